@@ -1,0 +1,31 @@
+# Two entry points: `make app` (set up, prepare data and default model, serve the app)
+# and `make test` (set up, run the tests). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: app test install lock clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a looser spec can pull a multi-GB CUDA build
+	$(PY) -m pip install --quiet $(if $(wildcard /opt/wheels),--find-links /opt/wheels) torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+app: install
+	$(PY) -m analysis.cli prepare
+	$(PY) -m analysis.cli train
+	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.headless true
+
+test: install
+	$(PY) -m pytest -q
+
+# Regenerate the lock from the current environment (after changing pyproject.toml).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^cure-explorer' > requirements.lock

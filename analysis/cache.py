@@ -1,0 +1,148 @@
+"""Content-addressed cache under `cache/`.
+
+Every artefact lives at `<root>/<kind>/<key>/` where key is a hash of the full
+configuration that produced it. A directory is written under a temporary name and
+renamed into place only when complete, with a manifest of file checksums written
+last; so a killed run never leaves a half-written artefact that is later trusted,
+and a corrupted one is detected, moved aside to `<root>/quarantine/`, and rebuilt.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import CacheError
+
+MANIFEST = "manifest.json"
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "cache"
+
+
+def cache_root(root: str | os.PathLike | None = None) -> Path:
+    """The cache folder: explicit argument, else $CURE_CACHE, else ./cache of the checkout."""
+    path = Path(root) if root is not None else Path(os.environ.get("CURE_CACHE", DEFAULT_ROOT))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_key(config: Any) -> str:
+    """Stable 16-hex-digit key of a JSON-serialisable configuration."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a sibling temp file, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def write_manifest(directory: Path) -> None:
+    files = {
+        str(p.relative_to(directory)): _sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    write_json_atomic(directory / MANIFEST, {"files": files, "written": time.time()})
+
+
+def verify(directory: Path) -> None:
+    """Raise CacheError unless every file listed in the manifest is present and intact."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        raise CacheError(f"{directory}: no {MANIFEST}; the artefact is incomplete")
+    files = read_json(manifest).get("files", {})
+    for rel, digest in files.items():
+        p = directory / rel
+        if not p.is_file():
+            raise CacheError(f"{p}: listed in the manifest but missing")
+        if _sha256(p) != digest:
+            raise CacheError(f"{p}: checksum mismatch; the file was modified or corrupted")
+
+
+def quarantine(directory: Path, root: Path) -> Path:
+    """Move a bad artefact aside (never delete: nothing is lost) and return where it went."""
+    dest = root / "quarantine" / f"{directory.parent.name}-{directory.name}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(directory), dest)
+    return dest
+
+
+@contextlib.contextmanager
+def key_lock(root: Path, kind: str, key: str) -> Iterator[None]:
+    """Exclusive lock per artefact so concurrent runs build it once and never clobber it."""
+    lock_dir = root / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def artefact_dir(root: Path, kind: str, key: str) -> Path:
+    return root / kind / key
+
+
+def build_or_load(
+    root: Path,
+    kind: str,
+    key: str,
+    build: Callable[[Path], None],
+    on_event: Callable[[str], None] | None = None,
+) -> Path:
+    """Return `<root>/<kind>/<key>`, building it with `build(tmp_dir)` if absent or corrupt.
+
+    `build` writes into a fresh temporary directory; only after it returns (and the
+    manifest is written) is the directory renamed into place. An exception inside
+    `build` leaves the cache exactly as it was.
+    """
+    final = artefact_dir(root, kind, key)
+    with key_lock(root, kind, key):
+        if final.exists():
+            try:
+                verify(final)
+                return final
+            except CacheError as exc:
+                moved = quarantine(final, root)
+                if on_event:
+                    on_event(f"{exc}; moved to {moved} and rebuilding")
+        tmp = root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            write_manifest(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final

@@ -1,0 +1,119 @@
+"""`cure`: the command line. With --json, one JSON object on stdout; progress always on stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import DataConfig, ModelConfig, TrainConfig
+from .errors import CureError
+from .progress import StderrBars
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="local GroupLens folder or ratings/items CSV folder "
+                   "(default: MovieLens-100K, fetched once into cache/data)")
+    p.add_argument("--history", type=int, default=10, help="rated items shown before the target (H)")
+    p.add_argument("--cache", default=None, help="cache folder (default: $CURE_CACHE or ./cache)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--forget", default=None, help="deletion request, e.g. users:0.1, users:12,40, "
+                   "interactions:0.05, genre:Horror")
+    p.add_argument("--forget-seed", type=int, default=0, help="seed that draws a fractional forget set")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--backbone", default=None, help="local Hugging Face causal LM folder to fine-tune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cure", description="CURE Explorer: circuit-aware unlearning for "
+                                     "LLM recommenders")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="obtain the data and summarise it")
+    _common(p)
+    p = sub.add_parser("train", help="train (or load) a recommender; with --forget, the exact retrain")
+    _common(p)
+    _model_args(p)
+    p = sub.add_parser("evaluate", help="metrics of a model next to the user+item bias baseline")
+    _common(p)
+    _model_args(p)
+    p.add_argument("--model", default=None, help="saved model folder (default: the model the options describe)")
+    p = sub.add_parser("rank", help="a user's top-k unrated items")
+    _common(p)
+    _model_args(p)
+    p.add_argument("--model", default=None)
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--k", type=int, default=10)
+    return parser
+
+
+def _workspace(args, progress):
+    from .workspace import open_workspace
+
+    return open_workspace(DataConfig(source=args.data, history=args.history), root=args.cache, progress=progress)
+
+
+def _model(args, ws, progress):
+    from .model.recommender import load_recommender
+    from .model.train import train_recommender
+
+    if getattr(args, "model", None):
+        return load_recommender(Path(args.model), ws.data)
+    forget = ws.forget_set(args.forget, seed=args.forget_seed) if args.forget else None
+    return train_recommender(ws, forget, ModelConfig(), TrainConfig(epochs=args.epochs, seed=args.seed),
+                             backbone=args.backbone, progress=progress)
+
+
+def run(args: argparse.Namespace) -> dict:
+    progress = StderrBars()
+    ws = _workspace(args, progress)
+    if args.command == "prepare":
+        return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
+                "cache": str(ws.root)}
+    rec = _model(args, ws, progress)
+    if args.command == "train":
+        training = rec.meta["training"]
+        return {"model_dir": str(rec.path), "train_seconds": training["train_seconds"],
+                "tokens_per_second": training["tokens_per_second"], "peak_rss_mb": training["peak_rss_mb"],
+                "best_epoch": training["best_epoch"], "forget": rec.meta["forget"], "metrics": rec.meta["metrics"]}
+    if args.command == "evaluate":
+        from .evaluate import baseline_metrics, evaluate_model
+
+        forget = ws.forget_set(args.forget, seed=args.forget_seed) if args.forget else None
+        metrics = rec.meta.get("metrics") if not args.model and "metrics" in rec.meta else None
+        metrics = metrics or evaluate_model(rec, ws, forget, progress=progress)
+        base = baseline_metrics(ws, forget)
+        return {"model_dir": str(rec.path), "metrics": metrics,
+                "baselines": {"user_item_bias": base["test"] | base["ranking"]}}
+    from .recommend import top_k
+
+    return {"user": args.user, "model_dir": str(rec.path), "items": top_k(rec, ws, args.user, args.k)}
+
+
+def _print_human(result: dict) -> None:
+    if "items" in result:
+        for row in result["items"]:
+            print(f"{row['rank']:>3}  {row['p_like']:.3f}  {row['title']}")
+        return
+    print(json.dumps(result, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except CureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_human(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

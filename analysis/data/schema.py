@@ -1,0 +1,56 @@
+"""The one in-memory form every loader returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+ITEM_COLUMNS = ["item_id", "title", "genres"]  # genres: tuple[str, ...] per item
+USER_COLUMNS = ["user_id", "age_group", "gender", "occupation"]
+
+# MovieLens-1M's age codes; MovieLens-100K's raw ages are bucketed onto the same groups
+# so that both datasets share one attribute vocabulary.
+AGE_GROUPS = [(1, "under18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"), (50, "50-55"), (56, "56+")]
+
+
+def age_group(age: int) -> str:
+    label = AGE_GROUPS[0][1]
+    for lower, name in AGE_GROUPS:
+        if age >= lower:
+            label = name
+    return label
+
+
+@dataclass(frozen=True)
+class RatingsData:
+    """Ratings, item metadata and (optional) user attributes of one dataset.
+
+    ratings: user_id:int, item_id:int, rating:float, timestamp:int
+    items:   item_id:int, title:str, genres:tuple[str, ...]
+    users:   user_id:int, age_group:str, gender:str, occupation:str ("unknown" where absent)
+    """
+
+    name: str
+    ratings: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    genres: tuple[str, ...] = field(default=())
+    source: str = ""
+
+    def summary(self) -> dict:
+        liked = float((self.ratings["rating"] > 3).mean())
+        genre_counts = {g: 0 for g in self.genres}
+        for gs in self.items["genres"]:
+            for g in gs:
+                genre_counts[g] = genre_counts.get(g, 0) + 1
+        return {
+            "name": self.name,
+            "source": self.source,
+            "users": int(self.ratings["user_id"].nunique()),
+            "items": int(len(self.items)),
+            "rated_items": int(self.ratings["item_id"].nunique()),
+            "ratings": int(len(self.ratings)),
+            "like_rate": round(liked, 4),
+            "genres": genre_counts,
+        }

@@ -1,0 +1,102 @@
+"""Evaluation of a recommender on the fixed split: classification, ranking, JSD."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .baselines import BiasBaseline, fit_bias_baseline
+from .data.forget import ForgetSet, retained_training
+from .data.samples import TEST, VALID
+from .metrics import classification, hit_ndcg_at_k, jsd
+from .model.recommender import Recommender
+from .model.sequences import PromptBuilder
+from .progress import ProgressFn, or_silent
+from .workspace import Workspace
+
+RANK_NEGATIVES = 100
+RANK_K = 10
+RANK_SEED = 1234
+
+
+def score_rows(rec: Recommender, ws: Workspace, rows: pd.DataFrame, progress: ProgressFn | None = None) -> np.ndarray:
+    return rec.score_prompts(PromptBuilder(rec.fmt, ws.interactions).prompts(rows), progress=progress)
+
+
+def evaluate_split(rec: Recommender, ws: Workspace, split: str, users: set[int] | None = None) -> dict:
+    rows = ws.interactions.split(split)
+    if users is not None:
+        rows = rows[rows["user_id"].isin(users)]
+    return classification(rows["label"].to_numpy(), score_rows(rec, ws, rows))
+
+
+def candidate_lists(ws: Workspace, negatives: int = RANK_NEGATIVES, seed: int = RANK_SEED) -> list[dict]:
+    """Per test user with a liked test item: their test items plus unrated negatives (seeded)."""
+    frame = ws.interactions.frame
+    all_items = np.array(sorted(ws.interactions.item_ids))
+    rng = np.random.default_rng(seed)
+    lists = []
+    for user_id, rows in frame.groupby("user_id", sort=True):
+        test = rows[rows["split"] == TEST]
+        if not test["label"].any():
+            continue
+        unrated = np.setdiff1d(all_items, rows["item_id"].to_numpy(), assume_unique=False)
+        neg = rng.choice(unrated, size=min(negatives, len(unrated)), replace=False)
+        items = np.concatenate([test["item_id"].to_numpy(), neg])
+        relevant = np.concatenate([test["label"].to_numpy(), np.zeros(len(neg), dtype=int)])
+        lists.append({"user_id": int(user_id), "context_pos": int(test["pos"].min()), "items": items,
+                      "relevant": relevant})
+    return lists
+
+
+def _ranking(score_list, lists: list[dict], progress: ProgressFn, k: int = RANK_K) -> dict:
+    hits, ndcgs = [], []
+    for n, cand in enumerate(lists):
+        hit, ndcg = hit_ndcg_at_k(cand["relevant"], score_list(cand), k)
+        hits.append(hit)
+        ndcgs.append(ndcg)
+        if n % 50 == 0 or n == len(lists) - 1:
+            progress("rank", n + 1, len(lists))
+    return {f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(ndcgs)), "users": len(lists)}
+
+
+def ranking_metrics(rec: Recommender, ws: Workspace, progress: ProgressFn | None = None,
+                    lists: list[dict] | None = None) -> dict:
+    builder = PromptBuilder(rec.fmt, ws.interactions)
+    lists = lists if lists is not None else candidate_lists(ws)
+    score = lambda c: rec.score_candidates(  # noqa: E731
+        builder.context(c["user_id"], c["context_pos"]), [rec.fmt.item_ids(i) for i in c["items"]])
+    return _ranking(score, lists, or_silent(progress)) | {"negatives": RANK_NEGATIVES}
+
+
+def bias_baseline(ws: Workspace, forget: ForgetSet | None = None) -> BiasBaseline:
+    training = retained_training(ws.interactions, forget)
+    return fit_bias_baseline(training, ws.interactions.split(VALID))
+
+
+def baseline_metrics(ws: Workspace, forget: ForgetSet | None = None) -> dict:
+    base = bias_baseline(ws, forget)
+    test = ws.interactions.split(TEST)
+    scores = base.score(test["user_id"].to_numpy(), test["item_id"].to_numpy())
+    lists = candidate_lists(ws)
+    ranking = _ranking(lambda c: base.score(np.full(len(c["items"]), c["user_id"]), c["items"]), lists,
+                       or_silent(None))
+    return {"test": classification(test["label"].to_numpy(), scores), "ranking": ranking,
+            "smoothing": list(base.smoothing)}
+
+
+def evaluate_model(rec: Recommender, ws: Workspace, forget: ForgetSet | None = None,
+                   progress: ProgressFn | None = None) -> dict:
+    """Test classification and ranking; with a forget set also the forget samples and retained users."""
+    out = {"test": evaluate_split(rec, ws, TEST), "valid": evaluate_split(rec, ws, VALID),
+           "ranking": ranking_metrics(rec, ws, progress)}
+    if forget is not None:
+        forget_rows = forget.forget_samples
+        out["forget"] = classification(forget_rows["label"].to_numpy(), score_rows(rec, ws, forget_rows))
+        kept = set(ws.interactions.user_ids) - set(forget.users)
+        out["test_retained_users"] = evaluate_split(rec, ws, TEST, users=kept)
+    return out
+
+
+def model_jsd(a: Recommender, b: Recommender, ws: Workspace, rows: pd.DataFrame) -> float:
+    """Mean JSD between two models' Yes/No distributions on the same sample rows."""
+    return jsd(score_rows(a, ws, rows), score_rows(b, ws, rows))

@@ -1,0 +1,120 @@
+"""Token sequences for training (many answers per sequence) and for single prompts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..data.samples import TRAIN, Interactions
+from .prompts import PromptFormat
+
+
+@dataclass
+class Sequence:
+    ids: list[int]
+    answer_positions: list[int]  # index of the token whose next-token logits answer
+    labels: list[int]
+
+
+class PromptBuilder:
+    """Renders prompts for one interactions table with one prompt format.
+
+    The canonical prompt of a sample (user, pos t) is the user's prefix, the pairs at
+    positions t-H..t-1 of the *full* time line, and the target item. Training sequences
+    instead come from the retained time line, so a forgotten interaction is neither a
+    label nor context there.
+    """
+
+    def __init__(self, fmt: PromptFormat, interactions: Interactions) -> None:
+        self.fmt = fmt
+        self.interactions = interactions
+        self.history = interactions.history
+        users = interactions.data.users.set_index("user_id")
+        self._users = users
+        self._prefix: dict[int, list[int]] = {}
+        frame = interactions.frame
+        bounds = frame.groupby("user_id").indices  # frame is sorted by (user_id, pos)
+        self._timeline = {
+            int(u): (frame["item_id"].to_numpy()[idx], frame["rating"].to_numpy()[idx]) for u, idx in bounds.items()
+        }
+
+    def prefix(self, user_id: int) -> list[int]:
+        if user_id not in self._prefix:
+            if user_id in self._users.index:
+                row = self._users.loc[user_id]
+            else:
+                row = pd.Series({"age_group": "unknown", "gender": "unknown", "occupation": "unknown"})
+            self._prefix[user_id] = self.fmt.prefix_ids(row)
+        return self._prefix[user_id]
+
+    def pair(self, item_id: int, rating: float) -> list[int]:
+        return self.fmt.item_ids(item_id) + self.fmt.rating_ids(rating)
+
+    def context(self, user_id: int, pos: int) -> list[int]:
+        """Prefix plus the H pairs before position `pos` of the user's full time line."""
+        items, ratings = self._timeline[int(user_id)]
+        ids = list(self.prefix(int(user_id)))
+        for j in range(max(0, pos - self.history), pos):
+            ids += self.pair(items[j], ratings[j])
+        return ids
+
+    def latest_context(self, user_id: int, splits: tuple[str, ...] | None = None) -> list[int]:
+        """Context for recommending next: the last H ratings (optionally only of some splits)."""
+        frame = self.interactions.frame
+        rows = frame[frame["user_id"] == user_id]
+        if splits is not None:
+            rows = rows[rows["split"].isin(splits)]
+        return self.context(user_id, int(rows["pos"].max()) + 1)
+
+    def prompts(self, rows: pd.DataFrame) -> list[list[int]]:
+        """Canonical prompts (context + target item) for sample rows with user_id, pos, item_id."""
+        return [
+            self.context(u, p) + self.fmt.item_ids(i)
+            for u, p, i in zip(rows["user_id"].to_numpy(), rows["pos"].to_numpy(), rows["item_id"].to_numpy())
+        ]
+
+    def training_sequences(self, retained: pd.DataFrame, per_sequence: int, offset: int) -> list[Sequence]:
+        """Cut each retained time line into sequences that answer up to `per_sequence` targets.
+
+        Targets are training samples with at least H retained ratings before them. A
+        sequence answering targets a..b-1 holds pairs a-H..b-1, so its first target sees
+        exactly the canonical prompt and later ones see up to per_sequence-1 extra pairs.
+        `offset` shifts the cut points so that, across epochs, each sample is sometimes
+        the first target.
+        """
+        H, K = self.history, per_sequence
+        out: list[Sequence] = []
+        for user_id, rows in retained.groupby("user_id", sort=True):
+            items = rows["item_id"].to_numpy()
+            ratings = rows["rating"].to_numpy()
+            labels = rows["label"].to_numpy()
+            is_target = rows["split"].to_numpy() == TRAIN
+            n = len(items)
+            if n <= H:
+                continue
+            cuts = [H] + list(range(H + (offset % K or K), n, K)) + [n]
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                if not is_target[a:b].any():
+                    continue
+                ids = list(self.prefix(int(user_id)))
+                answers, ys = [], []
+                for j in range(a - H, b):
+                    item_part = self.fmt.item_ids(items[j])
+                    ids += item_part
+                    if j >= a and is_target[j]:
+                        answers.append(len(ids) - 1)
+                        ys.append(int(labels[j]))
+                    if j < b - 1:  # the last target's rating is never needed as context
+                        ids += self.fmt.rating_ids(ratings[j])
+                out.append(Sequence(ids, answers, ys))
+        return out
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int) -> np.ndarray:
+    """Right-pad: with causal attention, padding after a token never changes it."""
+    width = max(len(s) for s in seqs)
+    out = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out

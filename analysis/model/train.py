@@ -1,0 +1,162 @@
+"""Training the recommender, from scratch or from a pretrained backbone, with one loop.
+
+Each step takes a batch of user sequences and supervises every answer position in
+them at once (binary cross-entropy on logit(Yes) - logit(No)). The model with the best
+validation AUC is kept. `train_recommender` with a deletion request is the exact
+unlearning gold standard: the forgotten interactions never enter training at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import resource
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from ..cache import build_or_load, config_key
+from ..config import CODE_VERSION, ModelConfig, TrainConfig
+from ..data.forget import ForgetSet, retained_training
+from ..errors import DataError, TrainingError
+from ..progress import ProgressFn, or_silent
+from ..workspace import Workspace
+from .prompts import build_word_tokenizer, make_format
+from .recommender import Recommender, answer_scores, final_hidden, load_recommender
+from .sequences import PromptBuilder, Sequence, pad_batch
+
+MODELS = "models"
+
+
+def backbone_fingerprint(path: Path) -> dict:
+    """Identify a local HF folder by its small files' content and its large files' sizes."""
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path}: not a Hugging Face model folder (no config.json)")
+    h = hashlib.sha256()
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes() if p.stat().st_size < 1 << 20 else str(p.stat().st_size).encode())
+    return {"path": str(path.resolve()), "digest": h.hexdigest()[:16]}
+
+
+def model_key(ws: Workspace, forget: ForgetSet | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
+              backbone: Path | None) -> str:
+    return config_key({
+        "kind": "recommender", "version": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+        "split": ws.config.split_fraction, "forget": forget.key if forget else None,
+        "model": backbone_fingerprint(backbone) if backbone else asdict(model_cfg), "train": asdict(train_cfg),
+    })
+
+
+def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, backbone: Path | None):
+    if backbone is not None:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        model = AutoModelForCausalLM.from_pretrained(backbone)
+        return model, tokenizer, "title"
+    tokenizer = build_word_tokenizer(ws.data)
+    H, K = ws.config.history, train_cfg.targets_per_sequence
+    n_positions = max(64, 1 << math.ceil(math.log2(8 + 2 * (H + K))))
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=model_cfg.d_model, n_layer=model_cfg.n_layer,
+        n_head=model_cfg.n_head, n_inner=model_cfg.d_mlp, resid_pdrop=model_cfg.dropout,
+        embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout, bos_token_id=None, eos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(config), tokenizer, "word"
+
+
+def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id: int) -> tuple[torch.Tensor, int]:
+    """Mean BCE over every answer position of a batch of sequences; also returns tokens seen."""
+    ids = torch.from_numpy(pad_batch([s.ids for s in batch], pad_id))
+    rows = torch.tensor([i for i, s in enumerate(batch) for _ in s.answer_positions])
+    cols = torch.tensor([p for s in batch for p in s.answer_positions])
+    labels = torch.tensor([y for s in batch for y in s.labels], dtype=torch.float32)
+    hidden = final_hidden(model, ids, [len(s.ids) for s in batch])[rows, cols]
+    scores = answer_scores(model, hidden, yes_id, no_id)
+    return F.binary_cross_entropy_with_logits(scores, labels), int(ids.numel())
+
+
+def _lr_lambda(total: int, warmup: float):
+    warm = max(1, int(total * warmup))
+    return lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+
+
+def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainConfig,
+         progress: ProgressFn) -> dict:
+    from ..evaluate import evaluate_split  # evaluation imports the model package; avoid a cycle
+
+    builder = PromptBuilder(rec.fmt, ws.interactions)
+    retained = retained_training(ws.interactions, forget)
+    rng = np.random.default_rng(cfg.seed)
+    per_epoch = len(builder.training_sequences(retained, cfg.targets_per_sequence, 0))
+    total_steps = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
+    decay = [p for n, p in rec.model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in rec.model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup))
+    best = {"valid_auc": -1.0, "epoch": -1, "state": None}
+    curve, tokens, step, t0 = [], 0, 0, time.perf_counter()
+    for epoch in range(cfg.epochs):
+        seqs = builder.training_sequences(retained, cfg.targets_per_sequence, int(rng.integers(cfg.targets_per_sequence)))
+        order = rng.permutation(len(seqs))
+        rec.model.train()
+        losses = []
+        for start in range(0, len(seqs), cfg.batch_size):
+            batch = [seqs[i] for i in order[start : start + cfg.batch_size]]
+            loss, n_tok = sequence_loss(rec.model, batch, rec.pad_id, rec.fmt.yes_id, rec.fmt.no_id)
+            if not torch.isfinite(loss) or loss.item() > 1e3:
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rec.model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            tokens += n_tok
+            step += 1
+            progress("train", step, total_steps)
+        valid = evaluate_split(rec, ws, "valid")
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": valid["auc"]})
+        if valid["auc"] > best["valid_auc"]:
+            best = {"valid_auc": valid["auc"], "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in rec.model.state_dict().items()}}
+    seconds = time.perf_counter() - t0
+    rec.model.load_state_dict(best["state"])
+    rec.model.eval()
+    return {"train_seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds, "steps": step,
+            "best_epoch": best["epoch"], "curve": curve,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg: ModelConfig | None = None,
+                      train_cfg: TrainConfig | None = None, backbone: str | Path | None = None,
+                      progress: ProgressFn | None = None) -> Recommender:
+    """Train (or load from cache) the recommender for this data, deletion request and config."""
+    from ..evaluate import evaluate_model
+
+    model_cfg, train_cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
+    backbone = Path(backbone) if backbone else None
+    progress = or_silent(progress)
+    key = model_key(ws, forget, model_cfg, train_cfg, backbone)
+
+    def build(tmp: Path) -> None:
+        torch.manual_seed(train_cfg.seed)
+        model, tokenizer, kind = _new_model(ws, model_cfg, train_cfg, backbone)
+        fmt = make_format(kind, tokenizer, ws.data)
+        meta = {"prompt_format": kind, "key": key, "data": ws.fingerprint, "history": ws.config.history,
+                "forget": forget.summary() if forget else None, "model_config": asdict(model_cfg),
+                "train_config": asdict(train_cfg), "backbone": str(backbone) if backbone else None,
+                "n_params": sum(p.numel() for p in model.parameters())}
+        rec = Recommender(model, tokenizer, fmt, meta)
+        meta["training"] = _fit(rec, ws, forget, train_cfg, progress)
+        meta["metrics"] = evaluate_model(rec, ws, forget, progress=progress)
+        rec.save(tmp)
+
+    path = build_or_load(ws.root, MODELS, key, build, on_event=lambda msg: progress(msg, 1, 1))
+    return load_recommender(path, ws.data)
