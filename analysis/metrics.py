@@ -58,7 +58,7 @@ def jsd(scores_a: np.ndarray, scores_b: np.ndarray) -> float:
     Q = np.stack([pb, 1 - pb], axis=-1)
     M = 0.5 * (P + Q)
     kl = lambda a, b: np.sum(a * (np.log2(a) - np.log2(b)), axis=-1)  # noqa: E731
-    return float(np.mean(0.5 * kl(P, M) + 0.5 * kl(Q, M)))
+    return max(0.0, float(np.mean(0.5 * kl(P, M) + 0.5 * kl(Q, M))))  # clamp rounding noise below 0
 
 
 def hit_ndcg_at_k(relevant: np.ndarray, scores: np.ndarray, k: int = 10) -> tuple[float, float]:

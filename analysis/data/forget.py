@@ -36,7 +36,7 @@ class ForgetSpec:
             users = f"@users:{','.join(map(str, self.user_ids))}" if self.user_ids else ""
             return f"genre:{self.genre}{users}"
         if self.fraction is not None:
-            return f"{self.level}:{self.fraction:g}"
+            return f"{self.level}:{self.fraction!r}"  # repr round-trips exactly: distinct specs, distinct keys
         return f"users:{','.join(map(str, self.user_ids))}"
 
 
@@ -71,9 +71,9 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
         )
     rest = rest.strip()
     if level == "genre":
-        genre, _, users = rest.partition("@")
+        genre, at, users = rest.partition("@")
         user_ids: tuple[int, ...] = ()
-        if users:
+        if at:
             tag, _, ids = users.partition(":")
             if tag.strip().lower() != "users":
                 raise ForgetSpecError(f"{spec!r}: after '@' write users:ID,ID,...")
@@ -130,7 +130,7 @@ def retained_training(interactions: Interactions, forget: ForgetSet | None) -> p
     frame = interactions.frame
     keep = frame["split"].isin(("history", TRAIN)).to_numpy()
     if forget is not None:
-        keep &= ~forget.mask
+        keep = keep & ~forget.mask
     return frame[keep]
 
 

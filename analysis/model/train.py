@@ -93,8 +93,11 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
     builder = PromptBuilder(rec.fmt, ws.interactions)
     retained = retained_training(ws.interactions, forget)
     rng = np.random.default_rng(cfg.seed)
-    per_epoch = len(builder.training_sequences(retained, cfg.targets_per_sequence, 0))
-    total_steps = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
+    offsets = rng.integers(cfg.targets_per_sequence, size=cfg.epochs)
+    epochs = [builder.training_sequences(retained, cfg.targets_per_sequence, int(o)) for o in offsets]
+    if not any(epochs):
+        raise TrainingError(f"no training sample has {ws.config.history} retained ratings before it")
+    total_steps = sum(math.ceil(len(seqs) / cfg.batch_size) for seqs in epochs)
     decay = [p for n, p in rec.model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in rec.model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -102,8 +105,7 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup))
     best = {"valid_auc": -1.0, "epoch": -1, "state": None}
     curve, tokens, step, t0 = [], 0, 0, time.perf_counter()
-    for epoch in range(cfg.epochs):
-        seqs = builder.training_sequences(retained, cfg.targets_per_sequence, int(rng.integers(cfg.targets_per_sequence)))
+    for epoch, seqs in enumerate(epochs):
         order = rng.permutation(len(seqs))
         rec.model.train()
         losses = []

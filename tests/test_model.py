@@ -1,0 +1,183 @@
+"""The recommender: tokenizer, prompts, training, save/load through transformers and TransformerBridge."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from analysis.data.forget import retained_training
+from analysis.errors import TrainingError
+from analysis.model.prompts import WordPrompt, build_word_tokenizer, item_token
+from analysis.model.recommender import load_recommender
+from analysis.model.sequences import PromptBuilder
+from analysis.model.train import train_recommender
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+
+@pytest.fixture
+def tiny_rec(tiny_ws):
+    return train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+
+
+def test_word_tokenizer_round_trip(tiny_data, tmp_path):
+    tok = build_word_tokenizer(tiny_data)
+    vocab = tok.get_vocab()
+    assert all(item_token(i) in vocab for i in tiny_data.items["item_id"])
+    assert "Yes" in vocab and "No" in vocab
+    text = "user age:25-34 gender:M occupation:technician rated: item_1 ★4 item_50 ★1 item_7"
+    ids = tok(text)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()
+    assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == ids
+
+
+def test_first_target_of_a_training_sequence_is_the_canonical_prompt(tiny_ws):
+    fmt = WordPrompt(build_word_tokenizer(tiny_ws.data))
+    builder = PromptBuilder(fmt, tiny_ws.interactions)
+    retained = retained_training(tiny_ws.interactions, None)
+    seqs = builder.training_sequences(retained, per_sequence=4, offset=0)
+    user_rows = tiny_ws.interactions.frame[tiny_ws.interactions.frame["user_id"] == 1]
+    first_sample = user_rows[user_rows["pos"] == tiny_ws.interactions.history]
+    canonical = builder.prompts(first_sample)[0]
+    seq = seqs[0]
+    assert seq.ids[: seq.answer_positions[0] + 1] == canonical
+    assert seq.labels[0] == int(first_sample["label"].iloc[0])
+    # every training sample is answered exactly once per epoch
+    n_answers = sum(len(s.labels) for s in seqs)
+    assert n_answers == len(tiny_ws.interactions.split("train"))
+
+
+def test_forgotten_interactions_are_neither_labels_nor_context(tiny_ws):
+    forget = tiny_ws.forget_set("interactions:0.2", seed=3)
+    fmt = WordPrompt(build_word_tokenizer(tiny_ws.data))
+    builder = PromptBuilder(fmt, tiny_ws.interactions)
+    retained = retained_training(tiny_ws.interactions, forget)
+    seqs = builder.training_sequences(retained, per_sequence=4, offset=1)
+    # Rebuild each user's retained time line and check the sequences only use it.
+    kept_pairs = {(u, i) for u, i in zip(retained["user_id"], retained["item_id"])}
+    lost = {(u, i) for u, i in zip(forget.forgotten["user_id"], forget.forgotten["item_id"])}
+    assert kept_pairs.isdisjoint(lost)
+    # answers = retained train samples with at least H retained ratings before them
+    n_answers = sum(len(s.labels) for s in seqs)
+    positions = retained.groupby("user_id").cumcount()
+    expected = int(((retained["split"] == "train") & (positions >= tiny_ws.interactions.history)).sum())
+    assert n_answers == expected
+    assert expected < len(tiny_ws.interactions.split("train"))
+
+
+def test_candidate_scoring_with_shared_context_equals_full_prompts(tiny_ws, tiny_rec):
+    builder = PromptBuilder(tiny_rec.fmt, tiny_ws.interactions)
+    rows = tiny_ws.interactions.split("test")
+    rows = rows[rows["user_id"] == rows["user_id"].iloc[0]]
+    pos = int(rows["pos"].iloc[0])
+    items = [1, 2, 3, 50, 100, 181]
+    context = builder.context(int(rows["user_id"].iloc[0]), pos)
+    full = tiny_rec.score_prompts([context + tiny_rec.fmt.item_ids(i) for i in items])
+    cached = tiny_rec.score_candidates(context, [tiny_rec.fmt.item_ids(i) for i in items])
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+def test_save_load_equal_logits_in_transformers_and_bridge(tiny_ws, tiny_rec):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    path = tiny_rec.path
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    prompt = PromptBuilder(tiny_rec.fmt, tiny_ws.interactions).prompts(tiny_ws.interactions.split("test").head(3))
+    ids = torch.tensor(prompt)
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
+    with torch.no_grad():
+        hf_logits = hf(ids).logits
+        bridge_logits, cache = bridge.run_with_cache(ids)
+    torch.testing.assert_close(bridge_logits, hf_logits, atol=1e-4, rtol=1e-4)
+    for layer in range(TINY_MODEL.n_layer):
+        assert cache[f"blocks.{layer}.attn.hook_z"].shape[-2] == TINY_MODEL.n_head
+        assert f"blocks.{layer}.hook_mlp_out" in cache
+    # the score is the Yes/No logit difference at the last token
+    diff = hf_logits[:, -1, tiny_rec.fmt.yes_id] - hf_logits[:, -1, tiny_rec.fmt.no_id]
+    np.testing.assert_allclose(tiny_rec.score_prompts(prompt), diff.numpy(), atol=1e-4)
+
+
+def test_training_is_deterministic_and_cached(tiny_ws, tiny_rec, tmp_path):
+    again = train_recommender(replace(tiny_ws, root=tmp_path / "other"), None, TINY_MODEL, TINY_TRAIN)
+    assert again.path != tiny_rec.path
+    assert again.meta["metrics"] == tiny_rec.meta["metrics"]
+    for (name, a), (_, b) in zip(tiny_rec.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # same configuration, same cache: loaded, not retrained
+    loaded = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+    assert loaded.path == tiny_rec.path
+    assert loaded.meta["training"]["train_seconds"] == tiny_rec.meta["training"]["train_seconds"]
+
+
+def test_metrics_are_recorded_and_sensible(tiny_rec):
+    m = tiny_rec.meta["metrics"]
+    for key in ("auc", "acc", "logloss"):
+        assert np.isfinite(m["test"][key])
+    assert 0.0 <= m["ranking"]["hr@10"] <= 1.0
+    assert tiny_rec.meta["training"]["tokens"] > 0
+
+
+def test_retrain_excludes_the_forget_set(tiny_ws, tiny_rec):
+    forget = tiny_ws.forget_set("users:3,5")
+    retrain = train_recommender(tiny_ws, forget, TINY_MODEL, TINY_TRAIN)
+    assert retrain.path != tiny_rec.path
+    assert retrain.meta["forget"]["spec"] == "users:3,5"
+    assert "forget" in retrain.meta["metrics"] and "test_retained_users" in retrain.meta["metrics"]
+
+
+def test_nan_loss_stops_training_and_writes_nothing(tiny_ws):
+    bad = replace(TINY_TRAIN, lr=1e30)  # explodes within a step or two
+    with pytest.raises(TrainingError, match="loss became"):
+        train_recommender(tiny_ws, None, TINY_MODEL, bad)
+    models = tiny_ws.root / "models"
+    assert not models.exists() or not any(p for p in models.iterdir())
+
+
+def test_corrupted_model_is_quarantined_and_rebuilt(tiny_ws, tiny_rec):
+    weights = tiny_rec.path / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-10] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    rebuilt = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+    assert rebuilt.path == tiny_rec.path
+    assert any((tiny_ws.root / "quarantine").iterdir())
+    assert rebuilt.meta["metrics"] == tiny_rec.meta["metrics"]
+
+
+def _tiny_pretrained_backbone(folder, titles):
+    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained here (no hub access)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = list(titles) + ["A user (age 25-34, gender M, occupation technician) rated movies from 1 to 5 stars.",
+                             "Will they like the last movie? Yes or No. 1 2 3 4 5 stars."]
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1)
+    folder.mkdir(parents=True)
+    bpe.save(str(folder / "tokenizer.json"))
+    tok = GPT2TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    tok.save_pretrained(folder)
+    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_path):
+    backbone = _tiny_pretrained_backbone(tmp_path / "gpt2-tiny", tiny_ws.data.items["title"].head(300))
+    rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN, backbone=backbone)
+    assert rec.meta["prompt_format"] == "title"
+    prompt = PromptBuilder(rec.fmt, tiny_ws.interactions).prompts(tiny_ws.interactions.split("test").head(1))[0]
+    text = rec.tokenizer.decode(prompt)
+    assert "stars." in text and text.rstrip().endswith(":")
+    assert np.isfinite(rec.meta["metrics"]["test"]["auc"])
+    reloaded = load_recommender(rec.path, tiny_ws.data)
+    np.testing.assert_allclose(reloaded.score_prompts([prompt]), rec.score_prompts([prompt]))
+    assert json.loads((rec.path / "recommender.json").read_text())["backbone"] == str(backbone)
