@@ -4,6 +4,8 @@ Holds no model math: everything shown comes from analysis/.
 """
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
@@ -92,7 +94,8 @@ def main() -> None:
     st.title("CURE Explorer")
     st.write("How an LLM-based recommender forgets: circuits, selective unlearning, before and after.")
     try:
-        ws = workspace(None, 10)
+        # CURE_DATA / CURE_HISTORY pick another dataset folder or history length (tests use a tiny one).
+        ws = workspace(os.environ.get("CURE_DATA") or None, int(os.environ.get("CURE_HISTORY", "10")))
         dataset_card(ws)
         rec = default_model(ws, ws.fingerprint)
         model_card(ws, rec, baseline(ws, ws.fingerprint))

@@ -161,7 +161,7 @@ def test_garbage_spec(spec):
 @pytest.mark.parametrize("spec,fragment", [
     ("users:1.5", "between 0 and 1"),
     ("users:0.0", "between 0 and 1"),
-    ("users:abc", "'abc'"),
+    ("users:abc", "expected a fraction of users"),
     ("interactions:1", "between 0 and 1"),
     ("interactions:0", "between 0 and 1"),
     ("interactions:x", "not a fraction"),

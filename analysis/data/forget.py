@@ -83,6 +83,10 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
         return ForgetSpec("interactions", fraction=_fraction(rest, spec))
     if "," in rest or rest.isdigit():
         return ForgetSpec("users", user_ids=_ids(rest, spec))
+    try:
+        float(rest)
+    except ValueError:
+        raise ForgetSpecError(f"{spec!r}: expected a fraction of users (users:0.1) or user ids (users:12,40,7)") from None
     return ForgetSpec("users", fraction=_fraction(rest, spec))
 
 

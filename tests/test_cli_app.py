@@ -1,0 +1,93 @@
+"""The `cure` command line and the minimal app, on a tiny GroupLens folder written here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analysis.cli import main
+
+
+def write_ml100k_folder(data, folder: Path) -> Path:
+    """Write a RatingsData in the GroupLens ml-100k layout (u.data, u.item, u.user)."""
+    folder.mkdir(parents=True)
+    r = data.ratings
+    (folder / "u.data").write_text("".join(
+        f"{u}\t{i}\t{int(x)}\t{t}\n" for u, i, x, t in zip(r.user_id, r.item_id, r.rating, r.timestamp)))
+    genres = list(data.genres)
+    lines = []
+    for item_id, title, gs in zip(data.items.item_id, data.items.title, data.items.genres):
+        flags = "|".join("1" if g in gs else "0" for g in genres)
+        lines.append(f"{item_id}|{title}|01-Jan-1995||http://x|{flags}\n")
+    (folder / "u.item").write_text("".join(lines), encoding="latin-1", errors="replace")
+    (folder / "u.genre").write_text("".join(f"{g}|{k}\n" for k, g in enumerate(genres)))
+    ages = {"under18": 15, "18-24": 20, "25-34": 30, "35-44": 40, "45-49": 47, "50-55": 52, "56+": 60}
+    (folder / "u.user").write_text("".join(
+        f"{u}|{ages[a]}|{g}|{o}|00000\n"
+        for u, a, g, o in zip(data.users.user_id, data.users.age_group, data.users.gender, data.users.occupation)))
+    return folder
+
+
+@pytest.fixture
+def tiny_folder(tiny_data, tmp_path) -> Path:
+    return write_ml100k_folder(tiny_data, tmp_path / "ml-100k-tiny")
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_prepare_train_evaluate_rank(tiny_folder, tmp_path, capsys):
+    common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache")]
+    prepared = run_json(capsys, "prepare", *common)
+    assert prepared["data"]["users"] == 40 and prepared["split"]["samples"]["test"] > 0
+    trained = run_json(capsys, "train", *common, "--epochs", "1")
+    assert Path(trained["model_dir"]).is_dir()
+    for key in ("auc", "acc", "logloss"):
+        assert 0 <= trained["metrics"]["test"][key] <= 10
+    assert trained["train_seconds"] > 0
+    evaluated = run_json(capsys, "evaluate", *common, "--epochs", "1")
+    assert evaluated["metrics"]["test"] == trained["metrics"]["test"]
+    assert 0.5 < evaluated["baselines"]["user_item_bias"]["auc"] <= 1
+    ranked = run_json(capsys, "rank", *common, "--epochs", "1", "--user", "3", "--k", "5")
+    assert [r["rank"] for r in ranked["items"]] == [1, 2, 3, 4, 5]
+    assert all(r["title"] for r in ranked["items"])
+    scores = [r["score"] for r in ranked["items"]]
+    assert scores == sorted(scores, reverse=True)
+    retrain = run_json(capsys, "train", *common, "--epochs", "1", "--forget", "users:3,5")
+    assert retrain["model_dir"] != trained["model_dir"] and retrain["forget"]["spec"] == "users:3,5"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--forget", "users:abc"], "expected a fraction of users"),
+    (["train", "--forget", "genre:Polka"], "unknown genre"),
+    (["rank", "--user", "99999"], "unknown user 99999"),
+])
+def test_bad_input_is_a_clear_error(tiny_folder, tmp_path, capsys, argv, message):
+    code = main([*argv, "--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "c"),
+                 "--epochs", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert message in captured.err
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["prepare", "--data", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "c")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_app_shows_dataset_and_model_cards(tiny_folder, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CURE_DATA", str(tiny_folder))
+    monkeypatch.setenv("CURE_HISTORY", "5")
+    monkeypatch.setenv("CURE_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(Path(__file__).parent.parent / "streamlit_app.py"), default_timeout=300).run()
+    assert not at.exception
+    assert [h.value for h in at.subheader] == ["Dataset", "Model"]
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Users"] == "40"
+    assert labels["Layers x heads"] == "4 x 4"
+    assert "user" in at.code[0].value and "item_" in at.code[0].value
