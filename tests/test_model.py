@@ -151,10 +151,10 @@ def test_corrupted_model_is_quarantined_and_rebuilt(tiny_ws, tiny_rec):
     assert rebuilt.meta["metrics"] == tiny_rec.meta["metrics"]
 
 
-def _tiny_pretrained_backbone(folder, titles):
-    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained here (no hub access)."""
+def _tiny_pretrained_backbone(folder, titles, family: str = "gpt2"):
+    """A randomly initialised GPT-2 or Llama with a byte-level BPE tokenizer trained here (no hub access)."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
 
     bpe = ByteLevelBPETokenizer()
     corpus = list(titles) + ["A user (age 25-34, gender M, occupation technician) rated movies from 1 to 5 stars.",
@@ -164,14 +164,20 @@ def _tiny_pretrained_backbone(folder, titles):
     bpe.save(str(folder / "tokenizer.json"))
     tok = GPT2TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     tok.save_pretrained(folder)
-    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2)
     torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=2, n_head=2))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=512))
+    model.save_pretrained(folder)
     return folder
 
 
-def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_path):
-    backbone = _tiny_pretrained_backbone(tmp_path / "gpt2-tiny", tiny_ws.data.items["title"].head(300))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_path, family):
+    backbone = _tiny_pretrained_backbone(tmp_path / f"{family}-tiny", tiny_ws.data.items["title"].head(300), family)
     rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN, backbone=backbone)
     assert rec.meta["prompt_format"] == "title"
     prompt = PromptBuilder(rec.fmt, tiny_ws.interactions).prompts(tiny_ws.interactions.split("test").head(1))[0]
@@ -180,4 +186,9 @@ def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_pat
     assert np.isfinite(rec.meta["metrics"]["test"]["auc"])
     reloaded = load_recommender(rec.path, tiny_ws.data)
     np.testing.assert_allclose(reloaded.score_prompts([prompt]), rec.score_prompts([prompt]))
+    # multi-token titles through the shared-context cache equal full prompts
+    context = PromptBuilder(rec.fmt, tiny_ws.interactions).context(1, 12)
+    items = [1, 2, 50, 181]
+    np.testing.assert_allclose(rec.score_candidates(context, [rec.fmt.item_ids(i) for i in items]),
+                               rec.score_prompts([context + rec.fmt.item_ids(i) for i in items]), atol=1e-4)
     assert json.loads((rec.path / "recommender.json").read_text())["backbone"] == str(backbone)
