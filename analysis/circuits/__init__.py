@@ -1,0 +1,1 @@
+"""Circuit discovery over heads and MLPs (in progress: see graph.py)."""
