@@ -111,9 +111,9 @@ class PromptBuilder:
         return out
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int) -> np.ndarray:
-    """Right-pad: with causal attention, padding after a token never changes it."""
-    width = max(len(s) for s in seqs)
+def pad_batch(seqs: list[list[int]], pad_id: int, width: int | None = None) -> np.ndarray:
+    """Right-pad (to `width`, default the longest): with causal attention, padding after a token never changes it."""
+    width = width or max(len(s) for s in seqs)
     out = np.full((len(seqs), width), pad_id, dtype=np.int64)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
