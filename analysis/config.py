@@ -1,7 +1,7 @@
 """Typed configurations. Every cached artefact is keyed by the hash of the configs that made it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # Bump when a change to the code makes old cached artefacts wrong.
 CODE_VERSION = 1
@@ -36,6 +36,3 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
 
-
-def as_key(*configs: object) -> list:
-    return [asdict(c) if c is not None else None for c in configs]  # type: ignore[call-overload]

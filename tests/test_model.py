@@ -59,10 +59,16 @@ def test_forgotten_interactions_are_neither_labels_nor_context(tiny_ws):
     builder = PromptBuilder(fmt, tiny_ws.interactions)
     retained = retained_training(tiny_ws.interactions, forget)
     seqs = builder.training_sequences(retained, per_sequence=4, offset=1)
-    # Rebuild each user's retained time line and check the sequences only use it.
-    kept_pairs = {(u, i) for u, i in zip(retained["user_id"], retained["item_id"])}
+    # The items of each sequence are a contiguous run of that user's *retained* time line.
+    inv = {v: k for k, v in fmt.tokenizer.get_vocab().items()}
+    timelines = {u: [f"item_{i}" for i in rows["item_id"]] for u, rows in retained.groupby("user_id")}
     lost = {(u, i) for u, i in zip(forget.forgotten["user_id"], forget.forgotten["item_id"])}
-    assert kept_pairs.isdisjoint(lost)
+    for s in seqs:
+        items = [inv[t] for t in s.ids if inv[t].startswith("item_")]
+        line = timelines[s.user_id]
+        starts = [k for k in range(len(line)) if line[k : k + len(items)] == items]
+        assert starts, f"sequence of user {s.user_id} is not a run of the retained time line"
+        assert not any((s.user_id, int(i[5:])) in lost for i in items)
     # answers = retained train samples with at least H retained ratings before them
     n_answers = sum(len(s.labels) for s in seqs)
     positions = retained.groupby("user_id").cumcount()

@@ -12,6 +12,7 @@ from .prompts import PromptFormat
 
 @dataclass
 class Sequence:
+    user_id: int
     ids: list[int]
     answer_positions: list[int]  # index of the token whose next-token logits answer
     labels: list[int]
@@ -107,7 +108,7 @@ class PromptBuilder:
                         ys.append(int(labels[j]))
                     if j < b - 1:  # the last target's rating is never needed as context
                         ids += self.fmt.rating_ids(ratings[j])
-                out.append(Sequence(ids, answers, ys))
+                out.append(Sequence(int(user_id), ids, answers, ys))
         return out
 
 
