@@ -56,14 +56,17 @@ def _workspace(args, progress):
     return open_workspace(DataConfig(source=args.data, history=args.history), root=args.cache, progress=progress)
 
 
+def _forget(args, ws):
+    return ws.forget_set(args.forget, seed=args.forget_seed) if args.forget else None
+
+
 def _model(args, ws, progress):
     from .model.recommender import load_recommender
     from .model.train import train_recommender
 
     if getattr(args, "model", None):
         return load_recommender(Path(args.model), ws.data)
-    forget = ws.forget_set(args.forget, seed=args.forget_seed) if args.forget else None
-    return train_recommender(ws, forget, ModelConfig(), TrainConfig(epochs=args.epochs, seed=args.seed),
+    return train_recommender(ws, _forget(args, ws), ModelConfig(), TrainConfig(epochs=args.epochs, seed=args.seed),
                              backbone=args.backbone, progress=progress)
 
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "evaluate":
         from .evaluate import baseline_metrics, evaluate_model
 
-        forget = ws.forget_set(args.forget, seed=args.forget_seed) if args.forget else None
+        forget = _forget(args, ws)
         metrics = rec.meta.get("metrics") if not args.model and "metrics" in rec.meta else None
         metrics = metrics or evaluate_model(rec, ws, forget, progress=progress)
         base = baseline_metrics(ws, forget)

@@ -6,6 +6,7 @@ difference but skips the (large, for pretrained backbones) vocabulary projection
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,6 @@ class Recommender:
 
 
 def _expand_cache(past, n: int):
-    import copy
-
     cache = copy.deepcopy(past)
     cache.batch_repeat_interleave(n)
     return cache
