@@ -52,13 +52,22 @@ class PromptBuilder:
     def pair(self, item_id: int, rating: float) -> list[int]:
         return self.fmt.item_ids(item_id) + self.fmt.rating_ids(rating)
 
+    def history_at(self, user_id: int, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items and ratings of the H pairs before position `pos` of the user's full time line."""
+        items, ratings = self._timeline[int(user_id)]
+        lo = max(0, pos - self.history)
+        return items[lo:pos], ratings[lo:pos]
+
+    def render(self, user_id: int, items, ratings, target: int | None = None) -> list[int]:
+        """Prefix, the given (item, rating) pairs, then the target item if any."""
+        ids = list(self.prefix(int(user_id)))
+        for item, rating in zip(items, ratings):
+            ids += self.pair(item, rating)
+        return ids + (self.fmt.item_ids(target) if target is not None else [])
+
     def context(self, user_id: int, pos: int) -> list[int]:
         """Prefix plus the H pairs before position `pos` of the user's full time line."""
-        items, ratings = self._timeline[int(user_id)]
-        ids = list(self.prefix(int(user_id)))
-        for j in range(max(0, pos - self.history), pos):
-            ids += self.pair(items[j], ratings[j])
-        return ids
+        return self.render(user_id, *self.history_at(user_id, pos))
 
     def latest_context(self, user_id: int, splits: tuple[str, ...] | None = None) -> list[int]:
         """Context for recommending next: the last H ratings (optionally only of some splits)."""
