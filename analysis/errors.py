@@ -23,3 +23,7 @@ class CacheError(CureError):
 
 class TrainingError(CureError):
     """Training diverged (NaN or exploding loss); nothing was written."""
+
+
+class SettingsError(CureError, ValueError):
+    """An option is out of range or names something that does not exist (a method, a module)."""

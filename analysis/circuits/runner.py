@@ -1,0 +1,191 @@
+"""Graph-level forward passes through TransformerLens hooks: outputs, input gradients, patching.
+
+The residual stream makes the graph exact: every reader's input is the sum of the outputs
+of the nodes before it (plus constant biases). So
+
+* a node's output is read at `blocks.0.hook_resid_pre` (input), `attn.hook_z` times the
+  head's W_O (heads; `use_attn_result` is slow on CPU) and `hook_mlp_out` (MLPs);
+* a node's input is written at `attn.hook_attn_in` (one residual copy per head, enabled
+  with `set_use_attn_in`), `ln2.hook_in` (MLP) and `ln_final.hook_in` (logits).
+
+One primitive, `patched_metric`, serves every intervention: each downstream input d has
+Σ_u remove[u, d] · (out_u - corrupt_u) taken out, with out_u from the *same* run. A single
+edge, a whole node (all its out-edges), the complement of a circuit and the empty circuit
+(= the corrupted run) are all masks over the same (n_upstream x n_downstream) grid.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model.recommender import Recommender
+from .graph import CircuitGraph
+
+INPUT_HOOK = "blocks.0.hook_resid_pre"
+LOGITS_IN_HOOK = "ln_final.hook_in"
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def mlp_out_hook(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def attn_in_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_attn_in"
+
+
+def mlp_in_hook(layer: int) -> str:
+    return f"blocks.{layer}.ln2.hook_in"
+
+
+class GraphRunner:
+    """Runs batches of right-padded prompts through a bridge, node by node of a CircuitGraph."""
+
+    def __init__(self, bridge, rec: Recommender) -> None:
+        self.bridge = bridge
+        cfg = bridge.cfg
+        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
+        self.graph = CircuitGraph.from_shape(self.n_layers, self.n_heads)
+        if not getattr(cfg, "use_attn_in", False):
+            bridge.set_use_attn_in(True)
+        with torch.no_grad():
+            self.w_o = [bridge.blocks[l].attn.W_O.detach().float() for l in range(self.n_layers)]  # (H, d_head, d)
+        self.yes, self.no = rec.fmt.yes_id, rec.fmt.no_id
+        self.pad_id = rec.pad_id
+        self.block = self.n_heads + 1  # nodes per layer: heads then MLP
+
+    # index helpers: positions in graph.upstream / graph.downstream
+    def up_head(self, layer: int) -> slice:
+        start = 1 + layer * self.block
+        return slice(start, start + self.n_heads)
+
+    def up_mlp(self, layer: int) -> int:
+        return 1 + layer * self.block + self.n_heads
+
+    def down_head(self, layer: int) -> slice:
+        start = layer * self.block
+        return slice(start, start + self.n_heads)
+
+    def down_mlp(self, layer: int) -> int:
+        return layer * self.block + self.n_heads
+
+    @property
+    def down_logits(self) -> int:
+        return self.n_layers * self.block
+
+    def metric(self, logits: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """Per prompt: logit difference toward the true label at the answer position."""
+        rows = torch.arange(len(last))
+        return sign * (logits[rows, last, self.yes] - logits[rows, last, self.no])
+
+    def _run(self, tokens: torch.Tensor, hooks: list[tuple[str, object]]) -> torch.Tensor:
+        fired: set[str] = set()
+
+        def tracked(name, fn):
+            def hook(x, hook=None):
+                fired.add(name)
+                return fn(x)
+            return name, hook
+
+        logits = self.bridge.run_with_hooks(tokens, fwd_hooks=[tracked(n, f) for n, f in hooks])
+        missing = {n for n, _ in hooks} - fired
+        if missing:  # an attribution over a hook that never fired would be silently zero
+            raise RuntimeError(f"hooks did not fire: {sorted(missing)}")
+        return logits
+
+    def _head_result(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bthe,hed->bthd", z, self.w_o[layer])
+
+    @torch.no_grad()
+    def outputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every upstream node's output at every position: (B, T, n_upstream, d_model)."""
+        parts: dict[int, torch.Tensor] = {}
+
+        def put(index, transform=lambda x: x):
+            def fn(x):
+                parts[index] = transform(x).detach()
+                return x
+            return fn
+
+        hooks = [(INPUT_HOOK, put(0, lambda x: x[:, :, None]))]
+        for l in range(self.n_layers):
+            hooks.append((z_hook(l), put(self.up_head(l).start, lambda z, l=l: self._head_result(l, z))))
+            hooks.append((mlp_out_hook(l), put(self.up_mlp(l), lambda x: x[:, :, None])))
+        self._run(tokens, hooks)
+        return torch.cat([parts[k] for k in sorted(parts)], dim=2)
+
+    def input_grads(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor,
+                    input_override: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(Σ metric)/d(input of every downstream node): (B, T, n_downstream, d_model), and the metric.
+
+        `input_override` replaces the embedding output (EAP-IG's interpolated inputs).
+        """
+        store: dict[int, torch.Tensor] = {}
+
+        def keep(index):
+            def fn(x):
+                # a fresh tensor: `ln2.hook_in` hands us the residual itself, whose gradient would
+                # also count the skip path; the copy only feeds this node
+                store[index] = x.clone()
+                return store[index]
+            return fn
+
+        hooks = []
+        if input_override is not None:  # a leaf that needs grad, so layer 0's inputs stay differentiable
+            override = input_override.detach().requires_grad_(True)
+            hooks.append((INPUT_HOOK, lambda x: override))
+        for l in range(self.n_layers):
+            hooks.append((attn_in_hook(l), keep(self.down_head(l).start)))
+            hooks.append((mlp_in_hook(l), keep(self.down_mlp(l))))
+        hooks.append((LOGITS_IN_HOOK, keep(self.down_logits)))
+        with torch.enable_grad():
+            metric = self.metric(self._run(tokens, hooks), last, sign)
+            order = sorted(store)
+            grads = torch.autograd.grad(metric.sum(), [store[k] for k in order])
+        shaped = [g if g.dim() == 4 else g[:, :, None] for g in grads]
+        return torch.cat(shaped, dim=2).detach(), metric.detach()
+
+    @torch.no_grad()
+    def patched_metric(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor,
+                       corrupt: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
+        """Metric per prompt with the edges in `remove` (bool, n_up x n_down) fed corrupted values."""
+        remove = (remove & self.graph.allowed).float()
+        live = remove.sum(1) > 0  # upstream nodes whose output must be tracked in this run
+        diffs: dict[int, torch.Tensor] = {}  # upstream index -> out_u(this run) - corrupt_u
+
+        def track(index, width, transform):
+            def fn(x):
+                if live[index : index + width].any():
+                    diffs[index] = transform(x) - corrupt[:, :, index : index + width]
+                return x
+            return fn
+
+        def subtract(down: slice | int):
+            cols = remove[:, down]
+
+            def fn(x):
+                if not diffs:
+                    return x
+                idx = sorted(diffs)
+                diff = torch.cat([diffs[i] for i in idx], dim=2)  # (B, T, n_tracked, d)
+                ups = torch.cat([torch.arange(i, i + diffs[i].shape[2]) for i in idx])
+                w = cols[ups]
+                if x.dim() == 4:  # one input per head
+                    return x - torch.einsum("btud,uh->bthd", diff, w)
+                return x - torch.einsum("btud,u->btd", diff, w)
+            return fn
+
+        hooks = [(INPUT_HOOK, track(0, 1, lambda x: x[:, :, None]))]
+        for l in range(self.n_layers):
+            hooks.append((attn_in_hook(l), subtract(self.down_head(l))))
+            hooks.append((z_hook(l), track(self.up_head(l).start, self.n_heads, lambda z, l=l: self._head_result(l, z))))
+            hooks.append((mlp_in_hook(l), subtract(self.down_mlp(l))))
+            hooks.append((mlp_out_hook(l), track(self.up_mlp(l), 1, lambda x: x[:, :, None])))
+        hooks.append((LOGITS_IN_HOOK, subtract(self.down_logits)))
+        return self.metric(self._run(tokens, hooks), last, sign)
+
+    @torch.no_grad()
+    def clean_metric(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        return self.metric(self._run(tokens, []), last, sign)
