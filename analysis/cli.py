@@ -47,7 +47,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)
+    p = sub.add_parser("circuits", help="circuits of the original model for a deletion request: forget, "
+                       "retain and shared modules")
+    _common(p)
+    _circuit_args(p)
     return parser
+
+
+def _circuit_args(p: argparse.ArgumentParser) -> None:
+    from .circuits.attribution import Method
+    from .circuits.corrupt import Corruption
+    from .circuits.discover import CircuitSettings as S
+    from .circuits.groups import GroupThresholds as G
+
+    p.add_argument("--forget", required=True, help="deletion request, e.g. users:0.1 (see `cure train`)")
+    p.add_argument("--forget-seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--method", default=S.method.value, choices=[m.value for m in Method])
+    p.add_argument("--n-prompts", type=int, default=S.n_prompts, help="prompts per side (forget, retain)")
+    p.add_argument("--corruption", default=S.corruption.value, choices=[c.value for c in Corruption])
+    p.add_argument("--ig-steps", type=int, default=S.ig_steps)
+    p.add_argument("--prompt-seed", type=int, default=S.seed, help="seed of prompt sampling and corruption")
+    p.add_argument("--stability-seeds", type=int, default=S.stability_seeds)
+    p.add_argument("--target", type=float, default=S.target, help="recovery the returned circuit must reach")
+    p.add_argument("--top-n", type=int, default=None, help="return the top-n edges instead of a target")
+    p.add_argument("--forget-threshold", type=float, default=G.forget, help="importance (x mean module) to "
+                   "count as important on forget prompts")
+    p.add_argument("--retain-threshold", type=float, default=G.retain)
+
+
+def _circuits(args, ws, progress) -> dict:
+    import time
+
+    from .circuits.discover import CircuitSettings, discover_circuits
+    from .circuits.groups import GroupThresholds
+
+    start = time.perf_counter()
+    settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
+                               ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
+                               target=args.target, top_n=args.top_n)
+    thresholds = GroupThresholds(args.forget_threshold, args.retain_threshold)
+    forget = ws.forget_set(args.forget, seed=args.forget_seed)
+    rec = _model(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress)
+    result = discover_circuits(ws, rec, forget, settings, thresholds, progress).to_json()
+    for bulky in ("attribution", "seeds"):  # raw per-seed tensors stay in the cached file (`path`)
+        result.pop(bulky)
+    result["compute_seconds"] = result.pop("seconds")
+    result["seconds"] = time.perf_counter() - start
+    result["model_dir"] = str(rec.path)
+    return result
 
 
 def _workspace(args, progress):
@@ -76,6 +127,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "prepare":
         return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
                 "cache": str(ws.root)}
+    if args.command == "circuits":
+        return _circuits(args, ws, progress)
     rec = _model(args, ws, progress)
     if args.command == "train":
         training = rec.meta["training"]
