@@ -91,3 +91,25 @@ def test_app_shows_dataset_and_model_cards(tiny_folder, tmp_path, monkeypatch):
     assert labels["Users"] == "40"
     assert labels["Layers x heads"] == "4 x 4"
     assert "user" in at.code[0].value and "item_" in at.code[0].value
+
+
+def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_folder, tmp_path, capsys):
+    common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--epochs", "1"]
+    small = ["--n-prompts", "8", "--stability-seeds", "2", "--ig-steps", "2"]
+    out = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small)
+    names = {n["name"] for n in out["nodes"]}
+    assert {"input", "a0.h0", "m0"} <= names and len(out["edges"]) == out["shape"]["n_edges"]
+    groups = {n["group"] for n in out["nodes"] if n["name"] != "input"}
+    assert groups <= {"forget-specific", "retain-specific", "task-shared", "inactive"}
+    assert {"from", "to", "forget_score", "retain_score"} <= set(out["edges"][0])
+    assert {"curve", "at_circuit"} <= set(out["faithfulness"]) and out["faithfulness"]["at_circuit"]["edges"] >= 0
+    assert -1 <= out["agreement"]["spearman_vs_patching"] <= 1
+    assert set(out["stability"]["jaccard"]) == {"forget-specific", "retain-specific", "task-shared", "inactive"}
+    assert out["seconds"] > 0 and out["forget"]["spec"] == "users:3,5"
+    # thresholds above every importance: the cached scores relabel everything inactive
+    again = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--forget-threshold", "1e9",
+                     "--retain-threshold", "1e9")
+    assert {n["group"] for n in again["nodes"] if n["name"] != "input"} == {"inactive"}
+    assert again["path"] == out["path"]
+    assert main(["circuits", *common, "--forget", "users:3,5", "--forget-threshold", "-1", "--json"]) == 2
+    assert "threshold" in capsys.readouterr().err
