@@ -51,22 +51,48 @@ def build_parser() -> argparse.ArgumentParser:
                        "retain and shared modules")
     _common(p)
     _circuit_args(p)
+    p = sub.add_parser("conflict", help="per-module gradient conflict cos(g_forget, g_retain) of the original model")
+    _common(p)
+    _original_args(p)
+    p = sub.add_parser("unlearn", help="unlearn a deletion request with one method; compared with the retrain")
+    _common(p)
+    _circuit_args(p, method_flag="--circuit-method")
+    _unlearn_args(p)
     return parser
 
 
-def _circuit_args(p: argparse.ArgumentParser) -> None:
-    from .circuits.attribution import Method
-    from .circuits.corrupt import Corruption
-    from .circuits.discover import CircuitSettings as S
-    from .circuits.groups import GroupThresholds as G
-
+def _original_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget", required=True, help="deletion request, e.g. users:0.1 (see `cure train`)")
     p.add_argument("--forget-seed", type=int, default=0)
     p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None)
-    p.add_argument("--method", default=S.method.value, choices=[m.value for m in Method])
+
+
+def _unlearn_args(p: argparse.ArgumentParser) -> None:
+    from .unlearn.methods import Method
+    from .unlearn.run import UnlearnConfig as U
+
+    p.add_argument("--method", dest="unlearn_method", required=True, choices=[m.value for m in Method])
+    p.add_argument("--modules", default="", help="selective: modules to update, e.g. a0.h1,m2")
+    p.add_argument("--steps", type=int, default=U.steps)
+    p.add_argument("--lr", type=float, default=U.lr)
+    p.add_argument("--batch-size", type=int, default=U.batch_size)
+    p.add_argument("--retain-weight", type=float, default=U.retain_weight)
+    p.add_argument("--retain-specific", default=U.retain_specific.value, choices=["freeze", "retain"])
+    p.add_argument("--unlearn-seed", type=int, default=U.seed)
+
+
+def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> None:
+    from .circuits.attribution import Method
+    from .circuits.corrupt import Corruption
+    from .circuits.discover import CircuitSettings as S
+    from .circuits.groups import GroupThresholds as G
+
+    _original_args(p)
+    p.add_argument(method_flag, dest="method", default=S.method.value, choices=[m.value for m in Method],
+                   help="circuit attribution method")
     p.add_argument("--n-prompts", type=int, default=S.n_prompts, help="prompts per side (forget, retain)")
     p.add_argument("--corruption", default=S.corruption.value, choices=[c.value for c in Corruption])
     p.add_argument("--ig-steps", type=int, default=S.ig_steps)
@@ -79,19 +105,30 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retain-threshold", type=float, default=G.retain)
 
 
-def _circuits(args, ws, progress) -> dict:
-    import time
-
-    from .circuits.discover import CircuitSettings, discover_circuits
+def _circuit_settings(args):
+    from .circuits.discover import CircuitSettings
     from .circuits.groups import GroupThresholds
 
-    start = time.perf_counter()
     settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
                                target=args.target, top_n=args.top_n)
-    thresholds = GroupThresholds(args.forget_threshold, args.retain_threshold)
+    return settings, GroupThresholds(args.forget_threshold, args.retain_threshold)
+
+
+def _original(args, ws, progress):
+    """The model a deletion request is made against (never the retrain: --forget names the request)."""
+    return _model(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress)
+
+
+def _circuits(args, ws, progress) -> dict:
+    import time
+
+    from .circuits.discover import discover_circuits
+
+    start = time.perf_counter()
+    settings, thresholds = _circuit_settings(args)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
-    rec = _model(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress)
+    rec = _original(args, ws, progress)
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress).to_json()
     for bulky in ("attribution", "seeds"):  # raw per-seed tensors stay in the cached file (`path`)
         result.pop(bulky)
@@ -99,6 +136,32 @@ def _circuits(args, ws, progress) -> dict:
     result["seconds"] = time.perf_counter() - start
     result["model_dir"] = str(rec.path)
     return result
+
+
+def _conflict(args, ws, progress) -> dict:
+    from .unlearn.run import conflict_of
+
+    rec = _original(args, ws, progress)
+    forget = ws.forget_set(args.forget, seed=args.forget_seed)
+    cmap = conflict_of(ws, rec, forget)
+    n_layers, n_heads = rec.model.config.num_hidden_layers, rec.model.config.num_attention_heads
+    return {"forget": forget.summary(), "model_dir": str(rec.path), **cmap.to_json(),
+            "heatmap": {"rows": [f"layer {l}" for l in range(n_layers)],
+                        "columns": [f"h{h}" for h in range(n_heads)] + ["mlp"],
+                        "cos": cmap.heatmap(n_layers, n_heads)}}
+
+
+def _unlearn(args, ws, progress) -> dict:
+    from .unlearn.lab import unlearn
+    from .unlearn.run import UnlearnConfig
+
+    settings, thresholds = _circuit_settings(args)
+    modules = tuple(m for m in args.modules.split(",") if m.strip())
+    cfg = UnlearnConfig(method=args.unlearn_method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                        retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
+                        seed=args.unlearn_seed, circuits=settings, thresholds=thresholds)
+    forget = ws.forget_set(args.forget, seed=args.forget_seed)
+    return unlearn(ws, _original(args, ws, progress), forget, cfg, progress)
 
 
 def _workspace(args, progress):
@@ -127,8 +190,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "prepare":
         return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
                 "cache": str(ws.root)}
-    if args.command == "circuits":
-        return _circuits(args, ws, progress)
+    if args.command in ("circuits", "conflict", "unlearn"):
+        return {"circuits": _circuits, "conflict": _conflict, "unlearn": _unlearn}[args.command](args, ws, progress)
     rec = _model(args, ws, progress)
     if args.command == "train":
         training = rec.meta["training"]

@@ -1,0 +1,77 @@
+"""Gradient conflict per circuit module: cos(g_forget, g_retain) over the module's parameters.
+
+Summaries: the share of modules with cos < 0, and the magnitude-weighted cosine
+Σ_m w_m cos_m / Σ_m w_m with w_m = |g_f,m| |g_r,m| (negative = the big modules conflict).
+The heatmap is layers x (heads + MLP), in the hook/graph vocabulary (`a{l}.h{h}`, `m{l}`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .modules import ModuleMap, flat
+
+
+NEGATIVE = -1e-6  # below this a cosine counts as a conflict; a projected update sits at 0 +- rounding
+
+
+def is_conflict(cos: float) -> bool:
+    return cos < NEGATIVE
+
+
+@dataclass
+class ConflictMap:
+    modules: list[str]
+    cos: list[float]
+    forget_norm: list[float]
+    retain_norm: list[float]
+
+    @property
+    def negative_share(self) -> float:
+        return sum(map(is_conflict, self.cos)) / len(self.cos) if self.cos else float("nan")
+
+    @property
+    def weighted_cos(self) -> float:
+        w = torch.tensor(self.forget_norm) * torch.tensor(self.retain_norm)
+        return float((w * torch.tensor(self.cos)).sum() / w.sum()) if float(w.sum()) > 0 else float("nan")
+
+    def heatmap(self, n_layers: int, n_heads: int) -> list[list[float | None]]:
+        """rows = layers, columns = heads 0..H-1 then the MLP; None where a module is absent."""
+        value = dict(zip(self.modules, self.cos))
+        return [[value.get(f"a{l}.h{h}") for h in range(n_heads)] + [value.get(f"m{l}")] for l in range(n_layers)]
+
+    def summary(self) -> dict:
+        return {"negative_share": self.negative_share, "weighted_cos": self.weighted_cos, "n_modules": len(self.cos)}
+
+    def to_json(self) -> dict:
+        return {**asdict(self), **self.summary()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ConflictMap":
+        return cls(d["modules"], d["cos"], d["forget_norm"], d["retain_norm"])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = a.norm(), b.norm()
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+def conflict_map(mapping: ModuleMap, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
+                 modules: list[str] | None = None) -> ConflictMap:
+    """Per-module cosine between two {param name: tensor} dicts (gradients or updates)."""
+    names = modules if modules is not None else list(mapping)
+    cos, fn, rn = [], [], []
+    for m in names:
+        f, r = flat(forget, mapping[m]), flat(retain, mapping[m])
+        cos.append(cosine(f, r))
+        fn.append(float(f.norm()))
+        rn.append(float(r.norm()))
+    return ConflictMap(list(names), cos, fn, rn)
+
+
+def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d loss / d parameter for every trainable parameter (zeros where it does not reach)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}

@@ -1,0 +1,105 @@
+"""The unlearning lab's entry points: run (or load) a method on a request, list stored runs.
+
+A run is stored under cache/runs/<key> (key = data + original model + request + config):
+the unlearned checkpoint (`model/`, safetensors), and `run.json` with the configuration,
+metrics next to retrain and the original, conflict before/after/applied, per-step curves,
+the circuit groups used, and wall times. Nothing is visible before the run is complete.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
+from ..circuits.discover import discover_circuits, model_identity
+from ..config import CODE_VERSION, ModelConfig, TrainConfig
+from ..data.forget import ForgetSet
+from ..errors import CacheError, SettingsError
+from ..model.recommender import Recommender, load_recommender
+from ..model.train import MODELS, model_key, train_recommender
+from ..progress import ProgressFn, or_silent
+from ..workspace import Workspace
+from .compare import compare_to_retrain
+from .methods import Method
+from .run import MODEL, RUN, UnlearnConfig, unlearn_steps
+
+RUNS = "runs"
+
+
+def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
+                progress: ProgressFn | None = None) -> tuple[Recommender, bool]:
+    """The exact retrain of the original's recipe without the forget set; and whether it was trained now."""
+    meta = original.meta
+    if "model_config" not in meta or "train_config" not in meta:
+        raise SettingsError(f"{original.path}: no training recipe recorded, so there is no retrain to compare with")
+    model_cfg, train_cfg = ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"])
+    backbone = Path(meta["backbone"]) if meta.get("backbone") else None
+    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone)).exists()
+    return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress), not cached
+
+
+def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig) -> str:
+    return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+                       "model": model_identity(original), "forget": forget.key, "config": cfg.key()})
+
+
+def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
+            progress: ProgressFn | None = None) -> dict:
+    """Run (or load) one unlearning configuration; returns the stored run.json plus its folder."""
+    progress = or_silent(progress)
+
+    def build(tmp: Path) -> None:
+        retrain, trained_now = retrain_for(ws, original, forget, progress)
+        groups, circuits = None, None
+        if cfg.uses_circuits:
+            start = time.perf_counter()
+            result = discover_circuits(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
+            groups = result.labels
+            circuits = {"path": str(result.path), "seconds_this_call": time.perf_counter() - start,
+                        "compute_seconds": result.seconds["total"],
+                        "groups": {m: g.value for m, g in result.labels.items()}}
+        if cfg.method is Method.RETRAIN:
+            model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
+                                         "rules": {}, "conflict": None}
+        else:
+            steps = unlearn_steps(ws, original, forget, cfg, groups, progress)
+            meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": forget.summary(),
+                                                   "config": cfg.key()}}
+            model_rec = Recommender(steps.pop("model"), original.tokenizer, original.fmt, meta)
+            model_rec.save(tmp / MODEL)
+            model_rec = load_recommender(tmp / MODEL, ws.data, check=False)
+        comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress)
+        write_json_atomic(tmp / RUN, {
+            "method": cfg.method.value, "config": cfg.key(), "forget": forget.summary(),
+            "seconds": steps["seconds"], "retrain_seconds": retrain.meta["training"]["train_seconds"],
+            "retrain_trained_in_this_run": trained_now, "circuits": circuits, "rules": steps["rules"],
+            "conflict": steps["conflict"], "curves": steps["curves"],
+            "metrics": comparison["metrics"]["run"], "retrain": comparison["metrics"]["retrain"],
+            "original": comparison["metrics"]["original"], "ranking_agreement": comparison["ranking_agreement"],
+            "model_dir": str(retrain.path) if cfg.method is Method.RETRAIN else None,
+            "original_dir": str(original.path), "retrain_dir": str(retrain.path),
+        })
+
+    path = build_or_load(ws.root, RUNS, run_key(ws, original, forget, cfg), build)
+    return load_run(path)
+
+
+def load_run(path: Path) -> dict:
+    path = Path(path)
+    run = read_json(path / RUN)
+    run["run_dir"] = str(path)
+    if run.get("model_dir") is None:
+        run["model_dir"] = str(path / MODEL)
+    return run
+
+
+def list_runs(root: Path) -> list[dict]:
+    """Every complete run under cache/runs (newest first); unreadable ones are skipped, not fatal."""
+    runs = []
+    for folder in sorted((Path(root) / RUNS).glob("[0-9a-f]*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            runs.append(load_run(folder))
+        except (CacheError, OSError, ValueError, KeyError):
+            continue
+    return runs
+

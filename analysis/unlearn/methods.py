@@ -1,0 +1,131 @@
+"""Unlearning update rules behind one interface.
+
+Every rule gets, per step, g_f (gradient of the method's forget objective, to be
+*descended*), g_r (gradient of the retain BCE) and, for `kl`, g_kl (gradient of the KL to
+the original on retain samples), as {parameter name: tensor}. It returns a `Step`: the
+direction to descend, the forget part of it (what the applied-update conflict measures)
+and the modules it touched. `retrain` is not a step rule; it is the foundation's
+training on the retain set (see run.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import torch
+
+from ..circuits.groups import Group
+from ..errors import SettingsError
+from .modules import ModuleMap, flat, write_flat
+
+Grads = dict[str, torch.Tensor]
+
+
+class Method(str, Enum):
+    RETRAIN = "retrain"
+    GA = "ga"
+    GRADDIFF = "graddiff"
+    NPO = "npo"
+    KL = "kl"
+    PCGRAD = "pcgrad"
+    CURE = "cure"
+    SELECTIVE = "selective"
+
+
+def parse_method(value) -> Method:
+    try:
+        return Method(value)
+    except ValueError:
+        raise SettingsError(f"unknown method {value!r}; choose one of {[m.value for m in Method]}") from None
+
+
+class RetainSpecific(str, Enum):
+    FREEZE = "freeze"  # CURE default: the modules only the retain set needs are left alone
+    RETAIN = "retain"  # option: they get the retain update only
+
+
+@dataclass
+class Step:
+    direction: Grads
+    forget_part: Grads
+    updated: list[str]  # modules whose forget part is not zero
+    rules: dict[str, str] = field(default_factory=dict)  # module -> the rule applied (cure/selective)
+
+
+def _zeros(like: Grads) -> Grads:
+    return {n: torch.zeros_like(t) for n, t in like.items()}
+
+
+def _add(a: Grads, b: Grads, w: float = 1.0) -> Grads:
+    return {n: a[n] + w * b[n] for n in a}
+
+
+def _dot(a: Grads, b: Grads) -> torch.Tensor:
+    return sum((a[n] * b[n]).sum() for n in a)
+
+
+def project_off(g: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
+    """g minus its component along `onto`, only when they conflict (PCGrad's rule)."""
+    dot = g @ onto
+    if dot >= 0 or onto.norm() == 0:
+        return g
+    return g - dot / (onto @ onto) * onto
+
+
+def uniform(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap) -> Step:
+    return Step(_add(g_f, g_r, retain_weight), g_f, list(mapping))
+
+
+def pcgrad(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap) -> Step:
+    """PCGrad over the whole parameter vector: each gradient projected off the other when they conflict."""
+    dot = _dot(g_f, g_r)
+    if dot < 0:
+        nf, nr = _dot(g_f, g_f), _dot(g_r, g_r)
+        f = {n: g_f[n] - dot / nr * g_r[n] for n in g_f}
+        r = {n: g_r[n] - dot / nf * g_f[n] for n in g_r}
+    else:
+        f, r = g_f, g_r
+    return Step(_add(f, r, retain_weight), f, list(mapping))
+
+
+def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap, groups: dict[str, Group],
+                  retain_specific: RetainSpecific) -> Step:
+    """CURE: each module updated by its group's rule; unowned parameters (embeddings, norms) frozen.
+
+    forget-specific: forget update only; retain-specific: frozen (or retain update only);
+    task-shared: forget gradient projected off the module's retain gradient when they
+    conflict, plus the retain update; inactive (and unlisted): frozen.
+    """
+    direction, forget_part = _zeros(g_f), _zeros(g_f)
+    updated, rules = [], {}
+    for m, slices in mapping.items():
+        group = groups.get(m, Group.INACTIVE)
+        f, r = flat(g_f, slices), flat(g_r, slices)
+        if group is Group.FORGET:
+            fm, dm, rule = f, f, "forget only"
+        elif group is Group.SHARED:
+            fm = project_off(f, r)
+            dm, rule = fm + retain_weight * r, "projected forget + retain"
+        elif group is Group.RETAIN and retain_specific is RetainSpecific.RETAIN:
+            fm, dm, rule = torch.zeros_like(f), retain_weight * r, "retain only"
+        else:
+            rules[m] = "frozen"
+            continue
+        # GQA: a K/V slice listed under several heads is written once per head with the same
+        # rule family; the last write wins, which is the documented sharing in modules.py
+        write_flat(direction, slices, dm)
+        write_flat(forget_part, slices, fm)
+        rules[m] = rule
+        if fm.abs().sum() > 0:
+            updated.append(m)
+    return Step(direction, forget_part, updated, rules)
+
+
+RULES: dict[Method, Callable] = {
+    Method.GA: lambda g_f, g_r, w, mapping: Step(dict(g_f), g_f, list(mapping)),
+    Method.GRADDIFF: uniform,
+    Method.NPO: uniform,
+    Method.KL: uniform,  # g_r is the KL gradient here (run.py passes it)
+    Method.PCGRAD: pcgrad,
+}
