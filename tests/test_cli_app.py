@@ -113,3 +113,21 @@ def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_f
     assert again["path"] == out["path"]
     assert main(["circuits", *common, "--forget", "users:3,5", "--forget-threshold", "-1", "--json"]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_conflict_and_unlearn_cli(tiny_folder, tmp_path, capsys):
+    common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--epochs", "1"]
+    conflict = run_json(capsys, "conflict", *common, "--forget", "users:3,5")
+    assert len(conflict["heatmap"]["cos"]) == 4 and len(conflict["heatmap"]["cos"][0]) == 5  # 4 layers x (4 heads + MLP)
+    assert 0 <= conflict["negative_share"] <= 1
+    small = ["--n-prompts", "8", "--stability-seeds", "1", "--ig-steps", "2", "--steps", "2", "--batch-size", "8"]
+    run = run_json(capsys, "unlearn", *common, "--forget", "users:3,5", "--method", "cure", *small)
+    assert run["method"] == "cure" and Path(run["run_dir"]).is_dir()
+    for key in ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc"):
+        assert key in run["metrics"] and key in run["retrain"] and key in run["original"]
+    for when in ("before", "after", "applied"):
+        assert 0 <= run["conflict"][when]["negative_share"] <= 1
+    assert run["seconds"] > 0 and run["retrain_seconds"] > 0
+    assert main(["unlearn", *common, "--forget", "users:3,5", "--method", "selective", "--modules", "a9.h9",
+                 *small, "--json"]) == 2
+    assert "unknown modules" in capsys.readouterr().err

@@ -1,0 +1,216 @@
+"""Unlearning: module slices, conflict, update rules, runs against retrain, nothing lost on failure."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analysis.circuits.discover import CircuitSettings
+from analysis.circuits.groups import Group
+from analysis.errors import SettingsError, TrainingError
+from analysis.model.train import train_recommender
+from analysis.unlearn.conflict import ConflictMap, conflict_map
+from analysis.unlearn.lab import list_runs, unlearn
+from analysis.unlearn.methods import Method, RetainSpecific, circuit_rules, project_off
+from analysis.unlearn.modules import flat, module_map, owned_mask, parse_modules
+from analysis.unlearn.run import UnlearnConfig
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+SMALL_CIRCUITS = CircuitSettings(n_prompts=8, stability_seeds=1, batch_size=8, ig_steps=2)
+
+
+@pytest.fixture
+def tiny_rec(tiny_ws):
+    return train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+
+
+def _llama(n_kv: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=n_kv, max_position_embeddings=64))
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+
+
+@pytest.mark.parametrize("make", [_gpt2, lambda: _llama(4)], ids=["gpt2", "llama"])
+def test_a_gradient_masked_to_one_head_leaves_every_other_module_untouched(make):
+    model = make()
+    mapping = module_map(model)
+    assert set(mapping) == {f"a{l}.h{h}" for l in range(2) for h in range(4)} | {"m0", "m1"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = owned_mask(model, mapping, ["a0.h1"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p -= torch.randn_like(p) * masks[n]
+    after = dict(model.named_parameters())
+    for m, slices in mapping.items():
+        moved = any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in slices)
+        assert moved == (m == "a0.h1"), m
+    # no slice is owned twice: the masks of all modules add up to at most one everywhere
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for m in mapping:
+        for n, mask in owned_mask(model, mapping, [m]).items():
+            total[n] += mask
+    assert max(float(t.max()) for t in total.values()) == 1.0
+
+
+@pytest.mark.parametrize("make", [_gpt2, lambda: _llama(4)], ids=["gpt2", "llama"])
+def test_a_heads_slices_change_only_that_heads_output(make, tmp_path):
+    """The map agrees with the model: editing a0.h2's slices moves a0.h2's hook_z and no other head's."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = make()
+    tokens = torch.randint(0, 50, (2, 7))
+
+    def z_of(folder):
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+
+        model.save_pretrained(folder)  # with a word-level tokenizer: boot_transformers wants one (no hub here)
+        words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50)}, unk_token="w0"))
+        PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0", pad_token="w0").save_pretrained(folder)
+        bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")
+        return bridge.run_with_cache(tokens, names_filter=lambda n: n == "blocks.0.attn.hook_z")[1]
+
+    clean = z_of(tmp_path / "clean")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for s in module_map(model)["a0.h2"]:
+            if "o_proj" not in s.param and "c_proj" not in s.param:  # Q, K, V feed z; O comes after it
+                s.of(params[s.param]).add_(torch.randn_like(s.of(params[s.param])))
+    edited = z_of(tmp_path / "edited")
+    moved = (clean["blocks.0.attn.hook_z"] - edited["blocks.0.attn.hook_z"]).abs().amax(dim=(0, 1, 3))
+    assert moved[2] > 1e-3 and float(moved[[0, 1, 3]].max()) == 0.0
+
+
+def test_grouped_query_heads_share_their_key_value_slices():
+    mapping = module_map(_llama(2))
+    k = lambda m: [s for s in mapping[m] if "k_proj" in s.param][0]  # noqa: E731
+    assert k("a0.h0") == k("a0.h1") and k("a0.h0") != k("a0.h2")
+
+
+def test_module_names_are_checked():
+    mapping = module_map(_gpt2())
+    assert parse_modules("a0.h1, m1", mapping) == ("a0.h1", "m1")
+    with pytest.raises(SettingsError, match="unknown modules"):
+        parse_modules("a9.h9", mapping)
+    with pytest.raises(SettingsError, match="no modules"):
+        parse_modules(" , ", mapping)
+
+
+def test_conflict_summaries_on_hand_made_gradients():
+    model = _gpt2()
+    mapping = module_map(model)
+    g = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    neg = {n: -t for n, t in g.items()}
+    cmap = conflict_map(mapping, g, neg)
+    assert cmap.negative_share == 1.0 and cmap.weighted_cos == pytest.approx(-1.0)
+    assert conflict_map(mapping, g, g).negative_share == 0.0
+    heat = cmap.heatmap(2, 4)
+    assert len(heat) == 2 and len(heat[0]) == 5 and heat[1][4] == pytest.approx(-1.0)
+    assert ConflictMap.from_json(json.loads(json.dumps(cmap.to_json()))).cos == cmap.cos
+
+
+def test_projection_removes_only_a_conflicting_component():
+    r = torch.tensor([1.0, 0.0])
+    assert torch.equal(project_off(torch.tensor([1.0, 1.0]), r), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(project_off(torch.tensor([-2.0, 1.0]), r), torch.tensor([0.0, 1.0]))
+
+
+def test_cure_rules_per_group():
+    model = _gpt2()
+    mapping = module_map(model)
+    torch.manual_seed(1)
+    g_f = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    g_r = {n: -g_f[n] + 0.3 * torch.randn_like(p) for n, p in model.named_parameters()}  # mostly conflicting
+    groups = {"a0.h0": Group.FORGET, "a0.h1": Group.RETAIN, "a0.h2": Group.SHARED, "m0": Group.INACTIVE}
+    for option in RetainSpecific:
+        step = circuit_rules(g_f, g_r, 1.0, mapping, groups, option)
+        d = lambda m: flat(step.direction, mapping[m])  # noqa: E731
+        fp = lambda m: flat(step.forget_part, mapping[m])  # noqa: E731
+        assert torch.equal(d("a0.h0"), flat(g_f, mapping["a0.h0"]))
+        expected_retain = flat(g_r, mapping["a0.h1"]) if option is RetainSpecific.RETAIN else 0 * d("a0.h1")
+        assert torch.equal(d("a0.h1"), expected_retain)
+        shared_f, shared_r = fp("a0.h2"), flat(g_r, mapping["a0.h2"])
+        assert abs(float(shared_f @ shared_r)) < 1e-3 * float(shared_f.norm() * shared_r.norm())
+        assert torch.allclose(d("a0.h2"), shared_f + shared_r)
+        for frozen in ("m0", "a1.h3"):  # inactive, and a module the groups do not list
+            assert float(d(frozen).abs().max()) == 0.0
+        assert float(step.direction["transformer.wte.weight"].abs().max()) == 0.0  # unowned: frozen
+        assert set(step.updated) == {"a0.h0", "a0.h2"}
+
+
+@pytest.mark.parametrize("method", ["ga", "graddiff", "npo", "kl", "pcgrad", "cure", "retrain"])
+def test_every_method_runs_on_a_copy_and_is_compared_with_retrain(tiny_ws, tiny_rec, method):
+    forget = tiny_ws.forget_set("users:0.2")
+    original = {n: p.clone() for n, p in tiny_rec.model.state_dict().items()}
+    cfg = UnlearnConfig(method=method, steps=3, lr=0.01, batch_size=8, circuits=SMALL_CIRCUITS)
+    run = unlearn(tiny_ws, tiny_rec, forget, cfg)
+    assert all(torch.equal(original[n], p) for n, p in tiny_rec.model.state_dict().items())
+    for who in ("metrics", "retrain", "original"):
+        assert {"jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc"} <= set(run[who])
+    assert run["retrain"]["jsd_forget"] == 0.0
+    assert run["retrain_seconds"] > 0 and run["seconds"] > 0
+    if method != "retrain":
+        assert len(run["curves"]) == 3
+        for when in ("before", "after"):
+            assert 0 <= run["conflict"][when]["negative_share"] <= 1
+        assert 0 <= run["conflict"]["applied"]["negative_share"] <= 1
+        assert (tiny_ws.root / "runs" / run["run_dir"].split("/")[-1] / "model" / "model.safetensors").is_file()
+    assert run["run_dir"] in {r["run_dir"] for r in list_runs(tiny_ws.root)}
+
+
+def test_cure_applies_no_conflicting_forget_update_while_graddiff_does(tiny_ws, tiny_rec):
+    forget = tiny_ws.forget_set("users:0.2")
+    share = {m: unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method=m, steps=3, lr=0.01, batch_size=8,
+                                                                 circuits=SMALL_CIRCUITS))
+             ["conflict"]["applied"]["negative_share"] for m in ("cure", "graddiff")}
+    assert share["cure"] == 0.0 and share["graddiff"] > 0.0
+
+
+def test_selective_updates_only_the_named_modules(tiny_ws, tiny_rec):
+    from analysis.model.recommender import load_recommender
+
+    forget = tiny_ws.forget_set("users:0.2")
+    run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a1.h0",), steps=2, lr=0.05,
+                                                           batch_size=8, circuits=SMALL_CIRCUITS))
+    after = load_recommender(run["model_dir"], tiny_ws.data).model
+    mapping = module_map(after)
+    before = dict(tiny_rec.model.named_parameters())
+    changed = {m for m, slices in mapping.items()
+               if any(not torch.equal(s.of(dict(after.named_parameters())[s.param]), s.of(before[s.param]))
+                      for s in slices)}
+    assert changed == {"a1.h0"}
+    assert run["rules"]["a1.h0"] == "projected forget + retain" and run["rules"]["m0"] == "frozen"
+    with pytest.raises(SettingsError, match="unknown modules"):
+        unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a7.h0",), steps=1,
+                                                         circuits=SMALL_CIRCUITS))
+    with pytest.raises(SettingsError, match="needs --modules"):
+        UnlearnConfig(method="selective")
+
+
+def test_an_exploding_run_stops_and_leaves_nothing_behind(tiny_ws, tiny_rec):
+    forget = tiny_ws.forget_set("users:0.2")
+    before = {n: p.clone() for n, p in tiny_rec.model.state_dict().items()}
+    with pytest.raises(TrainingError, match="nothing was stored"):
+        unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="ga", steps=50, lr=1e4, batch_size=8))
+    assert list_runs(tiny_ws.root) == []
+    runs = tiny_ws.root / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no temp dir left
+    assert all(torch.equal(before[n], p) for n, p in tiny_rec.model.state_dict().items())
+
+
+def test_bad_configs_are_clear_errors():
+    with pytest.raises(SettingsError, match="unknown method"):
+        UnlearnConfig(method="forget-harder")
+    with pytest.raises(SettingsError, match="learning rate"):
+        UnlearnConfig(method="ga", lr=float("nan"))
+    assert Method("cure") is Method.CURE
