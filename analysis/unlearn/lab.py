@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
 from ..circuits.discover import discover_circuits, model_identity
@@ -44,8 +45,11 @@ def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
 
 
 def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
-            progress: ProgressFn | None = None) -> dict:
-    """Run (or load) one unlearning configuration; returns the stored run.json plus its folder."""
+            progress: ProgressFn | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run (or load) one unlearning configuration; returns the stored run.json plus its folder.
+
+    `on_step` receives each step's curve row while the run goes (for live plots).
+    """
     progress = or_silent(progress)
 
     def build(tmp: Path) -> None:
@@ -62,7 +66,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
                                          "rules": {}, "conflict": None}
         else:
-            steps = unlearn_steps(ws, original, forget, cfg, groups, progress)
+            steps = unlearn_steps(ws, original, forget, cfg, groups, progress, on_step)
             meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": forget.summary(),
                                                    "config": cfg.key()}}
             model_rec = Recommender(steps.pop("model"), original.tokenizer, original.fmt, meta)

@@ -12,19 +12,16 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ..cache import build_or_load, config_key, read_json, write_json_atomic
-from ..circuits.discover import CircuitSettings, discover_circuits, model_identity, retain_samples
+from ..circuits.discover import CircuitSettings, retain_samples
 from ..circuits.groups import Group, GroupThresholds
-from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import SettingsError, TrainingError
-from ..model.recommender import Recommender, load_recommender
+from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
@@ -125,7 +122,8 @@ def raw_conflict(model, rec: Recommender, batches: Batches, mapping) -> Conflict
 
 
 def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
-                  groups: dict[str, Group] | None, progress: ProgressFn | None = None) -> dict:
+                  groups: dict[str, Group] | None, progress: ProgressFn | None = None,
+                  on_step: Callable[[dict], None] | None = None) -> dict:
     """Run the budget on a copy of the original; returns the model and everything measured."""
     progress = or_silent(progress)
     torch.manual_seed(cfg.seed)
@@ -174,13 +172,17 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
         else:
             chosen = RULES[cfg.method](g_f, g_second, cfg.retain_weight, mapping)
         applied = conflict_map(mapping, chosen.forget_part, g_r, chosen.updated)
+        raw = conflict_map(mapping, g_f, g_r)  # during the run: this method's forget objective vs retain
         applied_cos += applied.cos
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p -= cfg.lr * chosen.direction[name]
         curves.append({"step": step + 1, "forget_bce": float(forget_bce.detach()), "retain_bce": float(retain_bce.detach()),
                        "forget_objective": float(forget_obj.detach()), "applied_negative_share": applied.negative_share,
+                       "raw_negative_share": raw.negative_share,
                        "updated_modules": len(chosen.updated)})
+        if on_step:
+            on_step(curves[-1])
         progress("unlearn", step + 1, cfg.steps)
     seconds = time.perf_counter() - start
     after = raw_conflict(model, original, batches, mapping)
