@@ -24,3 +24,25 @@ def top_k(rec: Recommender, ws: Workspace, user_id: int, k: int = 10, exclude_ra
          "p_like": float(sigmoid(scores[j]))}
         for r, j in enumerate(order)
     ]
+
+
+def rank_changes(before: Recommender, after: Recommender, ws: Workspace, user_id: int, k: int = 10) -> list[dict]:
+    """The user's top-k after unlearning, each with its rank before (None: was not in the top-k before).
+
+    Ranks before are looked up among all unrated items, so an item that moved from 14 to 3
+    shows +11 rather than "new".
+    """
+    full_before = top_k(before, ws, user_id, k=len(ws.interactions.item_ids))
+    rank_before = {r["item_id"]: r["rank"] for r in full_before}
+    out = []
+    for row in top_k(after, ws, user_id, k):
+        was = rank_before.get(row["item_id"])
+        out.append({**row, "rank_before": was, "change": None if was is None else was - row["rank"]})
+    return out
+
+
+def candidate_prompt(rec: Recommender, ws: Workspace, user_id: int, item_id: int) -> list[int]:
+    """The prompt that scores `item_id` for `user_id` after their latest history."""
+    ws.interactions.check_user(user_id)
+    ws.interactions.check_item(int(item_id))
+    return PromptBuilder(rec.fmt, ws.interactions).latest_context(user_id) + rec.fmt.item_ids(int(item_id))

@@ -78,21 +78,6 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_app_shows_dataset_and_model_cards(tiny_folder, tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("CURE_DATA", str(tiny_folder))
-    monkeypatch.setenv("CURE_HISTORY", "5")
-    monkeypatch.setenv("CURE_CACHE", str(tmp_path / "cache"))
-    at = AppTest.from_file(str(Path(__file__).parent.parent / "streamlit_app.py"), default_timeout=300).run()
-    assert not at.exception
-    assert [h.value for h in at.subheader] == ["Dataset", "Model"]
-    labels = {m.label: m.value for m in at.metric}
-    assert labels["Users"] == "40"
-    assert labels["Layers x heads"] == "4 x 4"
-    assert "user" in at.code[0].value and "item_" in at.code[0].value
-
-
 def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_folder, tmp_path, capsys):
     common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--epochs", "1"]
     small = ["--n-prompts", "8", "--stability-seeds", "2", "--ig-steps", "2"]

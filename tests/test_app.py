@@ -1,0 +1,115 @@
+"""The app's pages through Streamlit's AppTest, on a tiny slice of MovieLens with a tiny cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.state import sync_graph_selection
+from tests.test_cli_app import write_ml100k_folder
+
+APP = str(Path(__file__).parent.parent / "streamlit_app.py")
+
+
+@pytest.fixture(scope="session")
+def app_files(tiny_data, tmp_path_factory) -> dict[str, str]:
+    """One tiny dataset folder and one cache for every app test: the default model trains once."""
+    root = tmp_path_factory.mktemp("app")
+    return {"CURE_DATA": str(write_ml100k_folder(tiny_data, root / "ml-100k-tiny")), "CURE_HISTORY": "5",
+            "CURE_CACHE": str(root / "cache"), "CURE_N_PROMPTS": "8", "CURE_STABILITY_SEEDS": "2"}
+
+
+@pytest.fixture
+def app_env(app_files, monkeypatch):
+    for name, value in app_files.items():
+        monkeypatch.setenv(name, value)
+    return app_files
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.run()
+    if page:
+        at.switch_page(f"app/pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_overview_shows_dataset_model_and_prompt(app_env):
+    at = open_page()
+    assert [h.value for h in at.subheader] == ["Dataset", "Model"]
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Users"] == "40" and labels["Layers x heads"] == "4 x 4"
+    assert "user" in at.code[0].value and "item_" in at.code[0].value
+
+
+def test_trace_splits_the_score_and_shows_attention(app_env):
+    at = open_page("trace")
+    labels = {m.label for m in at.metric}
+    assert {"Score (logit Yes - No)", "P(like)"} <= labels
+    assert len(at.get("plotly_chart")) == 2
+    at.selectbox(key="trace_layer").select(1).run()
+    at.selectbox(key="trace_head").select(2).run()
+    assert not at.exception
+    assert "a1.h2" in at.get("plotly_chart")[1].proto.spec
+
+
+def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(app_env):
+    at = open_page("circuits")
+    assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Agreement with exact patching (Spearman)"}
+    assert len(at.get("plotly_chart")) == 3 and len(at.get("download_button")) == 2
+    at.multiselect(key="module_picker").set_value(["a1.h0", "m1"]).run()
+    assert at.session_state["selected_modules"] == ["a1.h0", "m1"]
+    at.switch_page("app/pages/lab.py").run()
+    at.selectbox(key="lab_method").select("selective").run()
+    assert "a1.h0, m1" in at.info[0].value
+    at.number_input(key="lab_steps").set_value(2).run()
+    at.button(key="lab_run").click().run()
+    assert not at.exception, at.exception
+    assert "selective finished" in at.success[0].value
+    assert len(at.dataframe) == 1  # the stored runs table
+    at.switch_page("app/pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="compare_pick").value == at.session_state["compare_run"]
+    assert len(at.get("plotly_chart")) == 4  # conflict before / after / difference, and the Pareto view
+    assert [s.value for s in at.subheader][:2] == ["A forgotten user", "A retained user"]
+
+
+def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
+    at = open_page("lab")
+    at.number_input(key="lab_steps").set_value(3).run()
+    at.button(key="lab_run").click().run()
+    assert not at.exception, at.exception
+    assert "cure finished" in at.success[0].value
+    assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1  # the live per-step curve
+
+
+def test_errors_from_analysis_are_messages_and_the_app_keeps_working(app_env):
+    at = open_page("lab")
+    at.text_input(key="lab_request").set_value("users:abc").run()
+    assert not at.exception
+    assert "expected a fraction of users" in at.error[0].value
+    at.text_input(key="lab_request").set_value("genre:Polka").run()
+    assert "unknown genre" in at.error[0].value
+    at.switch_page("app/pages/overview.py").run()
+    assert not at.exception and at.metric
+
+
+def test_guided_tour_walks_the_pages(app_env):
+    at = open_page("tour")
+    assert "Step 1 of 5" in at.get("progress")[0].proto.text
+    at.button(key="tour_next").click().run()
+    assert at.session_state["tour_step"] == 1 and "Step 2 of 5" in at.get("progress")[0].proto.text
+    at.button(key="tour_prev").click().run()
+    assert at.session_state["tour_step"] == 0
+
+
+def test_graph_selection_events_fill_the_module_picker():
+    session = {"chart": {"selection": {"points": [{"customdata": "a0.h1"}, {"customdata": "input"},
+                                                  {"customdata": "m2"}, {"x": 1.0}]}}}
+    assert sync_graph_selection(session, "chart", "picker") == ["a0.h1", "m2"]
+    assert session["picker"] == ["a0.h1", "m2"]
+    session["picker"] = ["m0"]  # the user edits the list; the same old selection must not overwrite it
+    assert sync_graph_selection(session, "chart", "picker") is None and session["picker"] == ["m0"]
+    assert sync_graph_selection({}, "chart", "picker") is None
