@@ -236,3 +236,14 @@ def test_bias_baseline_on_real_ml100k(ml100k_interactions):
     chosen = auc(y, model.score(u, i))
     for a, b in ((1.0, 1.0), (100.0, 100.0), (1.0, 100.0), (100.0, 1.0)):
         assert chosen >= auc(y, _fit(inter.training, a, b).score(u, i))
+
+
+def test_pareto_front_on_hand_made_points():
+    from analysis.pareto import dominates, pareto_front
+
+    # (JSD to retrain: lower is better, test AUC: higher is better)
+    points = [(0.1, 0.80), (0.2, 0.85), (0.05, 0.70), (0.2, 0.80), (0.1, 0.80), (0.3, 0.84), (0.01, 0.60)]
+    # (0.2, 0.80) is dominated by (0.1, 0.80); (0.3, 0.84) by (0.2, 0.85); the duplicate (0.1, 0.80) stays
+    assert pareto_front(points) == [0, 1, 2, 4, 6]
+    assert dominates((0.1, 0.8), (0.2, 0.8)) and not dominates((0.1, 0.8), (0.1, 0.8))
+    assert pareto_front([]) == [] and pareto_front([(1.0, 0.5)]) == [0]

@@ -46,3 +46,31 @@ def test_patching_one_head_changes_the_score(traced):
     patched_score = patched[:, rec_yes] - patched[:, rec_no]
     assert (clean_score - patched_score).abs().max() > 1e-4
     np.testing.assert_allclose(clean_score.numpy(), trace.scores[:2].numpy(), atol=1e-4)
+
+
+def test_direct_effects_add_up_to_the_score_and_labels_name_items(tiny_ws):
+    from analysis.circuits.trace import token_labels, trace_one
+    from analysis.recommend import candidate_prompt
+
+    rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+    prompt = candidate_prompt(rec, tiny_ws, 1, 50)
+    traced = trace_one(load_bridge(rec), rec, prompt)
+    assert traced.score == pytest.approx(float(rec.score_prompts([prompt])[0]), abs=1e-4)
+    node_effects = {k: v for k, v in traced.direct.items() if k != "biases"}
+    assert set(node_effects) >= {"input", "a0.h0", "m1"}
+    assert sum(node_effects.values()) + traced.direct["biases"] == pytest.approx(traced.score, abs=1e-5)
+    # the bias term is small next to the modules: the linearisation is what carries the score
+    assert abs(traced.direct["biases"]) < sum(abs(v) for v in node_effects.values())
+    L, H = TINY_MODEL.n_layer, TINY_MODEL.n_head
+    assert traced.patterns.shape == (L, H, len(prompt), len(prompt))
+    labels = token_labels(rec, traced.tokens, tiny_ws.title)
+    assert labels[-1].endswith(tiny_ws.title(50)) and len(labels) == len(prompt)
+
+
+def test_rank_changes_report_where_each_item_was_before(tiny_ws):
+    from analysis.recommend import rank_changes, top_k
+
+    rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+    same = rank_changes(rec, rec, tiny_ws, 1, k=5)
+    assert [r["change"] for r in same] == [0] * 5 and [r["rank_before"] for r in same] == [1, 2, 3, 4, 5]
+    assert [r["item_id"] for r in same] == [r["item_id"] for r in top_k(rec, tiny_ws, 1, 5)]
