@@ -1,15 +1,20 @@
 """A run next to the retrained and the original model: forgetting, utility, privacy, rankings.
 
 Each model is scored once on fixed, seeded sample sets (forget samples, test, and the
-attacker's member / non-member sets); the retrained and original models' scores are
-kept in memory per (model, request), since every run of a request compares to them.
+attacker's member / non-member sets) and ranks the items of fixed, seeded users. The
+retrained and original models' views are cached on disk per (model, request), since
+every run of a request compares to them.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..cache import build_or_load, config_key, read_json, write_json_atomic
 from ..circuits.discover import model_identity, retain_samples
+from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..data.samples import TEST, VALID
 from ..metrics import classification, jsd
@@ -24,7 +29,7 @@ RANK_USERS = 20  # per side (forget users, retained users)
 RANK_K = 10
 SEED = 0
 
-_SCORES: dict[tuple, dict] = {}
+SCORES = "scores"  # cache kind: a reference model's scores and top-10 lists for one request
 
 
 def sample_sets(ws: Workspace, forget: ForgetSet) -> dict[str, pd.DataFrame]:
@@ -34,20 +39,44 @@ def sample_sets(ws: Workspace, forget: ForgetSet) -> dict[str, pd.DataFrame]:
             "members": cap(retain_samples(ws, forget)), "non_members": cap(ws.interactions.split(VALID))}
 
 
-def model_scores(rec: Recommender, ws: Workspace, forget: ForgetSet, sets: dict[str, pd.DataFrame],
-                 remember: bool = False, progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
-    key = (model_identity(rec), ws.fingerprint, str(forget.key))
-    if remember and key in _SCORES:
-        return _SCORES[key]
-    builder = PromptBuilder(rec.fmt, ws.interactions)
+def ranking_users(ws: Workspace, forget: ForgetSet) -> dict[str, list[int]]:
+    """Seeded forget users and retained users whose top-10 lists are compared before/after."""
+    rng = np.random.default_rng(SEED)
+    forgotten = sorted(forget.users)
+    kept = sorted(set(ws.interactions.user_ids) - set(forgotten))
+    return {side: [int(u) for u in rng.choice(users, size=min(RANK_USERS, len(users)), replace=False)] if users else []
+            for side, users in (("forget_users", forgotten), ("retain_users", kept))}
+
+
+def model_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: ProgressFn | None = None) -> dict:
+    """A model's scores on the sample sets and its top-10 items for the ranking users."""
     progress = or_silent(progress)
-    out = {}
+    builder = PromptBuilder(rec.fmt, ws.interactions)
+    sets = sample_sets(ws, forget)
+    scores = {}
     for i, (name, rows) in enumerate(sets.items()):
-        out[name] = rec.score_prompts(builder.prompts(rows))
+        scores[name] = rec.score_prompts(builder.prompts(rows))
         progress("score", i + 1, len(sets))
-    if remember:
-        _SCORES[key] = out
-    return out
+    users = ranking_users(ws, forget)
+    top = {str(u): [r["item_id"] for r in top_k(rec, ws, u, RANK_K)] for side in users.values() for u in side}
+    return {"scores": scores, "top10": top}
+
+
+def reference_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: ProgressFn | None = None) -> dict:
+    """model_view of a model every run of a request compares to (retrain, original): cached on disk."""
+    key = config_key({"code": CODE_VERSION, "model": model_identity(rec), "data": ws.fingerprint,
+                      "history": ws.config.history, "forget": forget.key, "seed": SEED, "k": RANK_K,
+                      "attack": ATTACK_SAMPLES, "users": RANK_USERS})
+
+    def build(tmp: Path) -> None:
+        view = model_view(rec, ws, forget, progress)
+        np.savez(tmp / "scores.npz", **view["scores"])
+        write_json_atomic(tmp / "top10.json", view["top10"])
+
+    path = build_or_load(ws.root, SCORES, key, build)
+    with np.load(path / "scores.npz") as z:
+        scores = {k: z[k] for k in z.files}
+    return {"scores": scores, "top10": read_json(path / "top10.json")}
 
 
 def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> dict:
@@ -60,36 +89,24 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
             "mia_auc": mia_auc(feats["members"], feats["non_members"], feats["forget"], feats["test"])}
 
 
-def _overlap(a: list[dict], b: list[dict]) -> float:
-    return len({r["item_id"] for r in a} & {r["item_id"] for r in b}) / max(len(a), 1)
-
-
-def ranking_agreement(before: Recommender, after: Recommender, ws: Workspace, forget: ForgetSet) -> dict:
-    """Mean top-10 overlap before vs after, for seeded forget users and retained users."""
-    rng = np.random.default_rng(SEED)
-    forgotten = sorted(forget.users)
-    kept = sorted(set(ws.interactions.user_ids) - set(forgotten))
-    out = {}
-    for side, users in (("forget_users", forgotten), ("retain_users", kept)):
-        if not users:
-            out[side] = None
-            continue
-        picked = rng.choice(users, size=min(RANK_USERS, len(users)), replace=False)
-        out[side] = float(np.mean([_overlap(top_k(before, ws, int(u), RANK_K), top_k(after, ws, int(u), RANK_K))
-                                   for u in picked]))
-    return out
+def _overlap(a: list[int], b: list[int]) -> float:
+    return len(set(a) & set(b)) / max(len(a), 1)
 
 
 def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recommender, ws: Workspace,
                        forget: ForgetSet, progress: ProgressFn | None = None) -> dict:
     """metrics[name] for run / retrain / original, each with JSD to retrain on forget and test."""
     sets = sample_sets(ws, forget)
-    scores = {"run": model_scores(run, ws, forget, sets, progress=progress),
-              "retrain": model_scores(retrain, ws, forget, sets, remember=True, progress=progress),
-              "original": model_scores(original, ws, forget, sets, remember=True, progress=progress)}
+    views = {"run": model_view(run, ws, forget, progress), "retrain": reference_view(retrain, ws, forget, progress),
+             "original": reference_view(original, ws, forget, progress)}
     metrics = {}
-    for name, s in scores.items():
+    for name, view in views.items():
+        s = view["scores"]
         metrics[name] = _metrics(s, sets)
-        metrics[name]["jsd_forget"] = jsd(s["forget"], scores["retrain"]["forget"])
-        metrics[name]["jsd_test"] = jsd(s["test"], scores["retrain"]["test"])
-    return {"metrics": metrics, "ranking_agreement": ranking_agreement(original, run, ws, forget)}
+        metrics[name]["jsd_forget"] = jsd(s["forget"], views["retrain"]["scores"]["forget"])
+        metrics[name]["jsd_test"] = jsd(s["test"], views["retrain"]["scores"]["test"])
+    agreement = {}
+    for side, users in ranking_users(ws, forget).items():
+        agreement[side] = float(np.mean([_overlap(views["original"]["top10"][str(u)], views["run"]["top10"][str(u)])
+                                         for u in users])) if users else None
+    return {"metrics": metrics, "ranking_agreement": agreement}
