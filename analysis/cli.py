@@ -58,7 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _circuit_args(p, method_flag="--circuit-method")
     _unlearn_args(p)
+    p = sub.add_parser("study", help="the evidence study: Pareto, deletion rates, levels, reproducibility, "
+                       "privacy; writes an HTML/CSV/JSON report under cache/reports/ (resumable)")
+    _common(p)
+    p.add_argument("--quick", action="store_true", help="1 seed and fewer cells (~15 min on 2 cores)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws (default 0 1 2)")
+    p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--backbone", default=None)
     return parser
+
+
+def _study(args, ws, progress) -> dict:
+    from dataclasses import replace
+
+    from .study import run_and_report
+    from .study.grid import StudyConfig
+
+    config = StudyConfig.quick() if args.quick else StudyConfig()
+    if args.seeds:
+        config = replace(config, seeds=tuple(args.seeds))
+    path, result = run_and_report(ws, _original(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress),
+                                  config, progress)
+    return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
+            "compared_methods": result["compared_methods"], "pareto": result["pareto"],
+            "reproducibility": result["reproducibility"], "transfer": result["transfer"]}
 
 
 def _original_args(p: argparse.ArgumentParser) -> None:
@@ -190,8 +215,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "prepare":
         return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
                 "cache": str(ws.root)}
-    if args.command in ("circuits", "conflict", "unlearn"):
-        return {"circuits": _circuits, "conflict": _conflict, "unlearn": _unlearn}[args.command](args, ws, progress)
+    if args.command in ("circuits", "conflict", "unlearn", "study"):
+        return {"circuits": _circuits, "conflict": _conflict, "unlearn": _unlearn,
+                "study": _study}[args.command](args, ws, progress)
     rec = _model(args, ws, progress)
     if args.command == "train":
         training = rec.meta["training"]
@@ -213,6 +239,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _print_human(result: dict) -> None:
+    if "report" in result:
+        print(result["report"])
+        return
     if "items" in result:
         for row in result["items"]:
             print(f"{row['rank']:>3}  {row['p_like']:.3f}  {row['title']}")

@@ -12,6 +12,7 @@ TITLES = {  # file -> (title, icon); the order is the order of the tour
     "circuits.py": ("Circuits", ":material/hub:"),
     "lab.py": ("Unlearning lab", ":material/science:"),
     "compare.py": ("Compare", ":material/compare_arrows:"),
+    "evidence.py": ("Evidence", ":material/fact_check:"),
     "tour.py": ("Guided tour", ":material/school:"),
 }
 

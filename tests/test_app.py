@@ -113,3 +113,18 @@ def test_graph_selection_events_fill_the_module_picker():
     session["picker"] = ["m0"]  # the user edits the list; the same old selection must not overwrite it
     assert sync_graph_selection(session, "chart", "picker") is None and session["picker"] == ["m0"]
     assert sync_graph_selection({}, "chart", "picker") is None
+
+
+def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, monkeypatch):
+    from analysis.circuits.discover import CircuitSettings
+    from analysis.study.grid import StudyConfig
+
+    tiny = StudyConfig(seeds=(0,), lrs=(0.003,), rates=("users:0.1",), levels=("users:0.1", "genre:Drama"), steps=2,
+                       circuits=CircuitSettings(n_prompts=8, stability_seeds=2))
+    monkeypatch.setattr(StudyConfig, "quick", classmethod(lambda cls: tiny))  # the real quick grid takes minutes
+    at = open_page("evidence")
+    at.button(key="ev_run").click().run()
+    assert not at.exception, at.exception
+    assert "report.html" in at.success[0].value
+    assert len(at.get("plotly_chart")) == 5  # Pareto, rates, levels, reproducibility, privacy
+    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 1

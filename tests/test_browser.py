@@ -29,7 +29,8 @@ WAIT = 300_000  # ms; the first page trains the tiny default model, Circuits com
 PAGES = [  # (sidebar link, page heading, screenshot name)
     ("Overview", "CURE Explorer", "overview"), ("Trace", "Trace one recommendation", "trace"),
     ("Circuits", "Circuits of a deletion request", "circuits"), ("Unlearning lab", "Unlearning lab", "lab"),
-    ("Compare", "Compare before and after", "compare"), ("Guided tour", "Guided tour", "tour")]
+    ("Compare", "Compare before and after", "compare"), ("Evidence", "Evidence", "evidence"),
+    ("Guided tour", "Guided tour", "tour")]
 
 
 def _browser_available() -> str | None:
@@ -122,4 +123,4 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path):
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SHOTS / "compare-after-run.png"), full_page=True)
         browser.close()
-    assert len(list(SHOTS.glob("*.png"))) >= 8
+    assert len(list(SHOTS.glob("*.png"))) >= 9

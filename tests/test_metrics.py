@@ -247,3 +247,15 @@ def test_pareto_front_on_hand_made_points():
     assert pareto_front(points) == [0, 1, 2, 4, 6]
     assert dominates((0.1, 0.8), (0.2, 0.8)) and not dominates((0.1, 0.8), (0.1, 0.8))
     assert pareto_front([]) == [] and pareto_front([(1.0, 0.5)]) == [0]
+
+
+def test_classification_of_an_empty_set_is_nan_not_a_warning():
+    import math
+    import warnings
+
+    from analysis.metrics import classification
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = classification(np.array([]), np.array([]))
+    assert out["n"] == 0 and all(math.isnan(out[k]) for k in ("auc", "acc", "logloss"))

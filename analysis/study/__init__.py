@@ -1,0 +1,19 @@
+"""The evidence study (`cure study`): a resumable grid of cached runs, and its report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..model.recommender import Recommender
+from ..progress import ProgressFn
+from ..workspace import Workspace
+from .grid import StudyConfig, run_study
+from .report import write_report
+
+
+def run_and_report(ws: Workspace, original: Recommender, config: StudyConfig,
+                   progress: ProgressFn | None = None) -> tuple[Path, dict]:
+    """Run (or resume) the study and write its report; returns the report folder and the results."""
+    start = time.perf_counter()
+    result = run_study(ws, original, config, progress)
+    return write_report(ws, original, result, time.perf_counter() - start), result

@@ -1,0 +1,181 @@
+"""The study's self-contained report: interactive plotly figures in one HTML file, plus CSV and JSON.
+
+Figures are built here (plotly, no streamlit) so the CLI report and the app's Evidence
+page draw the same pictures from the same numbers.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..cache import build_or_load, config_key, read_json, write_json_atomic
+from ..circuits.discover import model_identity
+from ..config import CODE_VERSION
+from ..model.recommender import Recommender
+from ..pareto import pareto_front
+from ..workspace import Workspace
+
+REPORTS = "reports"
+JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
+
+
+def pareto_figure(points: list[dict], title: str = "Forgetting vs utility") -> go.Figure:
+    """Points with method, jsd_forget, auc_test (optional *_std and label); the Pareto front dashed."""
+    fig = go.Figure()
+    for method in sorted({p["method"] for p in points}):
+        mine = [p for p in points if p["method"] == method]
+        fig.add_trace(go.Scatter(
+            x=[max(p["jsd_forget"], JSD_FLOOR) for p in mine], y=[p["auc_test"] for p in mine], mode="markers",
+            name=method, marker={"size": 11}, text=[p.get("label", method) for p in mine],
+            error_x={"array": [p.get("jsd_forget_std", 0) for p in mine]},
+            error_y={"array": [p.get("auc_test_std", 0) for p in mine]},
+            hovertemplate="%{text}<br>JSD forget %{x:.4f}<br>test AUC %{y:.4f}<extra></extra>"))
+    front = sorted((points[i] for i in pareto_front([(p["jsd_forget"], p["auc_test"]) for p in points])),
+                   key=lambda p: p["jsd_forget"])
+    if front:
+        fig.add_trace(go.Scatter(x=[max(p["jsd_forget"], JSD_FLOOR) for p in front], y=[p["auc_test"] for p in front],
+                                 mode="lines", name="Pareto front", line={"dash": "dash", "color": "black"}))
+    fig.update_layout(title=title, height=420, xaxis={"title": "JSD to retrain on forget samples (lower = closer)",
+                                                      "type": "log"}, yaxis={"title": "test AUC"})
+    return fig
+
+
+def metric_lines(summary: list[dict], x_key: str, metrics: tuple[str, ...], title: str) -> go.Figure:
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    colours = {}
+    for col, metric in enumerate(metrics, start=1):
+        for method in sorted({s["method"] for s in summary}):
+            mine = [s for s in summary if s["method"] == method]
+            colours.setdefault(method, len(colours))
+            fig.add_trace(go.Scatter(x=[s[x_key] for s in mine], y=[s[metric] for s in mine], name=method,
+                                     error_y={"array": [s.get(f"{metric}_std", 0) for s in mine]},
+                                     mode="lines+markers", legendgroup=method, showlegend=col == 1,
+                                     marker={"color": f"hsl({60 * colours[method]}, 60%, 45%)"}), row=1, col=col)
+    fig.update_layout(title=title, height=380)
+    return fig
+
+
+def jaccard_figure(stability: dict[str, float] | None, title: str) -> go.Figure:
+    stability = stability or {}
+    fig = go.Figure(go.Bar(x=list(stability), y=list(stability.values())))
+    fig.update_layout(title=title, height=320, yaxis={"range": [0, 1], "title": "mean pairwise Jaccard"})
+    return fig
+
+
+def privacy_figure(summary: list[dict]) -> go.Figure:
+    labels = [f"{s['method']} lr {s['lr']}" for s in summary]
+    fig = go.Figure(go.Bar(x=labels, y=[s["mia_auc"] for s in summary],
+                           error_y={"array": [s.get("mia_auc_std", 0) for s in summary]}, name="MIA AUC"))
+    ref = [s["retrain_mia_auc"] for s in summary if s.get("retrain_mia_auc") is not None]
+    if ref:
+        fig.add_hline(y=sum(ref) / len(ref), line_dash="dash", annotation_text="retrain")
+    fig.update_layout(title="Membership inference AUC (forget vs unseen samples)", height=360)
+    return fig
+
+
+def figures(result: dict) -> dict[str, go.Figure]:
+    rep = result["reproducibility"]
+    return {
+        "pareto": pareto_figure([{**s, "label": f"{s['method']} lr {s['lr']}"} for s in result["pareto"]],
+                                f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}"),
+        "rates": metric_lines(result["rates"], "request", ("jsd_forget", "auc_test", "mia_auc"),
+                              "Deletion rates (user level)"),
+        "levels": metric_lines(result["levels"], "request", ("jsd_forget", "auc_test", "mia_auc"),
+                               "Levels: user, interaction, behaviour"),
+        "reproducibility": jaccard_figure(rep["prompt_seeds"][0] if rep["prompt_seeds"] else None,
+                                          "Group stability over circuit prompt seeds (first deletion draw)"),
+        "privacy": privacy_figure(result["pareto"]),
+    }
+
+
+def _versions() -> dict:
+    names = ("torch", "transformers", "transformer-lens", "streamlit", "plotly", "networkx", "numpy", "pandas")
+    out = {"python": platform.python_version(), "cure-explorer code": CODE_VERSION}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(result: dict, meta: dict) -> str:
+    figs = figures(result)
+    parts = [f"<h1>CURE Explorer study</h1><p>{html.escape(meta['title'])}</p>",
+             "<h2>Reproduce</h2><pre>" + html.escape(json.dumps(meta, indent=1)) + "</pre>"]
+    first = True
+    notes = {
+        "pareto": "Each point: mean over deletion draws (error bars: standard deviation). Dashed: the Pareto front.",
+        "rates": f"CURE and the two strongest baselines ({', '.join(result['compared_methods'][1:])}) at lr "
+                 f"{result['default_lr']}.",
+        "levels": "The same three methods on a user-level, an interaction-level and a behaviour-level request.",
+        "reproducibility": "Two empty groups count as 1.0. Group sizes and the effect of groups from another "
+                           "circuit seed are in the table below.",
+        "privacy": "Dashed: the retrained model's MIA AUC, the value an unlearned model should match.",
+    }
+    for name, fig in figs.items():
+        parts.append(f"<h2>{name.capitalize()}</h2><p>{html.escape(notes[name])}</p>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
+        first = False
+    rep = result["reproducibility"]
+    parts.append("<h3>Groups from another circuit seed</h3><pre>"
+                 + html.escape(json.dumps({"group sizes": rep["group_sizes"], "deletion draws": rep["deletion_draws"],
+                                           **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
+    parts.append(f"<h2>Transfer</h2><p>{html.escape(str(result['transfer']))}</p>")
+    keys = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
+            "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "seconds"]
+    parts.append("<h2>Pareto table</h2>" + _table(result["pareto"], keys))
+    parts.append("<h2>Rates and levels</h2>" + _table(result["rates"] + result["levels"], ["request", *keys]))
+    style = "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px}</style>"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>CURE study</title>{style}</head>" \
+           f"<body>{''.join(parts)}</body></html>"
+
+
+def report_key(ws: Workspace, original: Recommender, config: dict) -> str:
+    return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+                       "model": model_identity(original), "study": config})
+
+
+def write_report(ws: Workspace, original: Recommender, result: dict, wall_seconds: float) -> Path:
+    meta = {"title": f"{ws.data.name}, model {original.path}", "config": result["config"], "seeds":
+            result["config"]["seeds"], "versions": _versions(),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+            "wall_seconds": wall_seconds, "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1
+                                                                     else " --quick")}
+
+    def build(tmp: Path) -> None:
+        (tmp / "report.html").write_text(render_html(result, meta))
+        write_json_atomic(tmp / "study.json", {**result, "meta": meta})
+        keys = sorted({k for r in result["rows"] for k in r})
+        with open(tmp / "table.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(result["rows"])
+
+    return build_or_load(ws.root, REPORTS, report_key(ws, original, result["config"]), build)
+
+
+def list_reports(root: Path) -> list[dict]:
+    out = []
+    for folder in sorted((Path(root) / REPORTS).glob("[0-9a-f]*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            out.append({**read_json(folder / "study.json"), "path": str(folder)})
+        except Exception:  # an unreadable report is skipped, never fatal to the listing
+            continue
+    return out

@@ -1,0 +1,46 @@
+"""Evidence: the studies in cache/reports (Pareto, rates, levels, reproducibility, privacy), and a quick one."""
+from dataclasses import replace
+
+import pandas as pd
+import streamlit as st
+
+from analysis.study import run_and_report
+from analysis.study.grid import StudyConfig
+from analysis.study.report import figures, list_reports
+from app import state
+
+st.title("Evidence")
+st.write("A claim that circuit-aware unlearning beats uniform unlearning is worth as much as the evidence beside "
+         "it. A study runs every method at several strengths, several deletion rates and levels, repeats the "
+         "circuit split, and measures membership inference; `cure study` runs the same from the command line.")
+with state.readable_errors():
+    ws = state.workspace()
+    rec = state.original()
+    if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run"):
+        settings, _ = state.circuit_settings()
+        bar, progress = state.progress_bar("Study")
+        path, _ = run_and_report(ws, rec, replace(StudyConfig.quick(), circuits=settings), progress)
+        st.session_state["evidence_pick"] = str(path)
+        st.success(f"Report written to {path / 'report.html'}")
+    reports = list_reports(ws.root)
+    if not reports:
+        st.info("No studies yet.")
+        st.stop()
+    labels = {r["path"]: f"{len(r['config']['seeds'])} seed(s) · {len(r['rows'])} cells · "
+                         f"{r['meta']['wall_seconds']:.0f} s · {r['path'].split('/')[-1]}" for r in reports}
+    paths = list(labels)
+    wanted = st.session_state.get("evidence_pick")
+    path = st.selectbox("Study", paths, index=paths.index(wanted) if wanted in paths else 0, format_func=labels.get,
+                        key="ev_pick")
+    result = next(r for r in reports if r["path"] == path)
+    st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}. "
+               f"Transfer: {result['transfer'].get('skipped', 'done')}")
+    for name, fig in figures(result).items():
+        st.plotly_chart(fig, width="stretch", key=f"ev_{name}")
+    cols = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "auc_test", "auc_test_std", "auc_forget",
+            "mia_auc", "mia_auc_std", "seconds"]
+    st.subheader("Pareto table")
+    st.dataframe(pd.DataFrame(result["pareto"])[cols], hide_index=True, width="stretch", key="ev_table")
+    with open(f"{path}/report.html", "rb") as f:
+        st.download_button("Download the report (HTML)", f.read(), file_name="cure-study.html", mime="text/html",
+                           key="ev_download")

@@ -1,0 +1,88 @@
+"""The evidence study on a tiny grid: every section, the report files, and resuming without recomputing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import analysis.unlearn.lab as lab
+from analysis.circuits.discover import CircuitSettings
+from analysis.model.train import train_recommender
+from analysis.study import run_and_report
+from analysis.study.grid import StudyConfig, summarise
+from analysis.study.report import list_reports
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=("users:0.1", "users:0.2"),
+                         levels=("users:0.2", "interactions:0.1", "genre:Drama"), steps=2,
+                         circuits=CircuitSettings(n_prompts=8, stability_seeds=2, batch_size=8, ig_steps=2))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def tiny_rec(tiny_ws):
+    return train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
+
+
+def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_ws, tiny_rec, monkeypatch):
+    calls = []
+    real = lab.unlearn_steps
+    monkeypatch.setattr(lab, "unlearn_steps", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def stop_after(n):
+        def progress(stage, done, total):
+            if stage == "study" and done >= n:
+                raise Stop
+        return progress
+
+    with pytest.raises(Stop):  # killed after 4 cells
+        run_and_report(tiny_ws, tiny_rec, TINY_STUDY, stop_after(4))
+    runs = tiny_ws.root / "runs"
+    finished = {p.name: p.stat().st_mtime for p in runs.iterdir() if not p.name.startswith(".")}
+    assert len(finished) == 4 and not (tiny_ws.root / "reports").exists()
+    computed_first = len(calls)
+
+    path, result = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
+    after = {p.name: p.stat().st_mtime for p in runs.iterdir() if not p.name.startswith(".")}
+    assert all(after[name] == mtime for name, mtime in finished.items())  # nothing finished was redone
+    unique_runs = {r["run_dir"] for r in result["rows"]}
+    retrain_cells = sum(1 for r in result["rows"] if r["method"] == "retrain")
+    assert len(calls) - computed_first == len(unique_runs) - len(finished) - (retrain_cells - 0)  # retrain: no steps
+
+    calls.clear()
+    again, _ = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
+    assert calls == [] and again == path
+
+    # every section is there
+    assert {s["method"] for s in result["pareto"]} == {"ga", "graddiff", "npo", "kl", "pcgrad", "cure", "retrain"}
+    assert all(s["n_seeds"] == 2 for s in result["pareto"])
+    assert result["compared_methods"][0] == "cure" and len(result["compared_methods"]) == 3
+    assert {s["request"] for s in result["rates"]} == set(TINY_STUDY.rates)
+    assert {s["request"] for s in result["levels"]} == set(TINY_STUDY.levels)
+    rep = result["reproducibility"]
+    assert len(rep["prompt_seeds"]) == 2 and set(rep["deletion_draws"]) == {
+        "forget-specific", "retain-specific", "task-shared", "inactive"}
+    assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
+    assert all(r["mia_auc"] is not None for r in result["rows"])
+    assert "skipped" in result["transfer"]
+    html = (path / "report.html").read_text()
+    for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce"):
+        assert section in html
+    assert "plotly" in html.lower() and "wall_seconds" in html
+    stored = json.loads((path / "study.json").read_text())
+    assert stored["meta"]["seeds"] == [0, 1] and stored["meta"]["versions"]["torch"]
+    header = (path / "table.csv").read_text().splitlines()[0]
+    assert "jsd_forget" in header and "mia_auc" in header
+    assert list_reports(tiny_ws.root)[0]["path"] == str(path)
+
+
+def test_summaries_give_mean_and_spread_over_seeds():
+    rows = [{"method": "cure", "lr": 0.1, "seed": s, "jsd_forget": v, "jsd_test": 0.0, "auc_test": 0.8,
+             "auc_forget": 0.7, "mia_auc": 0.5, "seconds": 1.0, "applied_conflict": 0.0, "retrain_mia_auc": 0.5,
+             "retrain_auc_test": 0.8} for s, v in enumerate((1.0, 2.0, 3.0))]
+    (s,) = summarise(rows, ("method", "lr"))
+    assert s["n_seeds"] == 3 and s["jsd_forget"] == pytest.approx(2.0)
+    assert s["jsd_forget_std"] == pytest.approx((2 / 3) ** 0.5) and s["auc_test_std"] == pytest.approx(0.0)
