@@ -67,6 +67,7 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress)
     row = {**asdict(cell), **{m: run["metrics"][m] for m in METRICS},
            **{f"retrain_{m}": run["retrain"][m] for m in METRICS},
+           **{f"original_{m}": run["original"][m] for m in METRICS},  # "do nothing", the bar to clear
            "seconds": run["seconds"], "retrain_seconds": run["retrain_seconds"],
            "applied_conflict": (run["conflict"] or {}).get("applied", {}).get("negative_share"),
            "run_dir": run["run_dir"]}
@@ -82,7 +83,8 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     for key, members in groups.items():
         entry = dict(zip(by, key))
         entry["n_seeds"] = len(members)
-        for m in (*METRICS, "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test"):
+        for m in (*METRICS, "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
+                  "original_jsd_forget", "original_auc_forget", "original_mia_auc"):
             values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
             entry[m] = float(values.mean()) if len(values) else None
             entry[f"{m}_std"] = float(values.std()) if len(values) > 1 else 0.0

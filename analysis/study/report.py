@@ -24,6 +24,7 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
+REPORT_VERSION = 5  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
@@ -138,7 +139,8 @@ def render_html(result: dict, meta: dict) -> str:
                                            **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
     parts.append(f"<h2>Transfer</h2><p>{html.escape(str(result['transfer']))}</p>")
     keys = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
-            "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "seconds"]
+            "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "original_jsd_forget", "original_auc_forget",
+            "original_mia_auc", "seconds"]
     parts.append("<h2>Pareto table</h2>" + _table(result["pareto"], keys))
     parts.append("<h2>Rates and levels</h2>" + _table(result["rates"] + result["levels"], ["request", *keys]))
     style = "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}" \
@@ -148,7 +150,7 @@ def render_html(result: dict, meta: dict) -> str:
 
 
 def report_key(ws: Workspace, original: Recommender, config: dict) -> str:
-    return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+    return config_key({"code": CODE_VERSION, "report": REPORT_VERSION, "data": ws.fingerprint, "history": ws.config.history,
                        "model": model_identity(original), "study": config})
 
 
@@ -156,7 +158,12 @@ def write_report(ws: Workspace, original: Recommender, result: dict, wall_second
     meta = {"title": f"{ws.data.name}, model {original.path}", "config": result["config"], "seeds":
             result["config"]["seeds"], "versions": _versions(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
-            "wall_seconds": wall_seconds, "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1
+            "wall_seconds": wall_seconds,
+            # a resumed study's wall time is short; what its unlearning steps and retrains cost when computed
+            # (circuit discovery and evaluation come on top)
+            "unlearning_and_retrain_seconds": sum(r["seconds"] for r in result["rows"] if r["method"] != "retrain")
+            + sum({(r["request"], r["seed"]): r["retrain_seconds"] for r in result["rows"]}.values()),
+            "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1
                                                                      else " --quick")}
 
     def build(tmp: Path) -> None:

@@ -37,10 +37,12 @@ with state.readable_errors():
                f"Transfer: {result['transfer'].get('skipped', 'done')}")
     for name, fig in figures(result).items():
         st.plotly_chart(fig, width="stretch", key=f"ev_{name}")
-    cols = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "auc_test", "auc_test_std", "auc_forget",
-            "mia_auc", "mia_auc_std", "seconds"]
+    cols = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "original_jsd_forget", "auc_test",
+            "auc_test_std", "auc_forget", "original_auc_forget", "mia_auc", "mia_auc_std", "seconds"]
     st.subheader("Pareto table")
-    st.dataframe(pd.DataFrame(result["pareto"])[cols], hide_index=True, width="stretch", key="ev_table")
+    st.caption("original_*: the model before unlearning, i.e. what doing nothing scores.")
+    table = pd.DataFrame(result["pareto"])
+    st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch", key="ev_table")
     with open(f"{path}/report.html", "rb") as f:
         st.download_button("Download the report (HTML)", f.read(), file_name="cure-study.html", mime="text/html",
                            key="ev_download")
