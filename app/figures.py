@@ -95,20 +95,3 @@ def attention_figure(pattern, labels: list[str], title: str) -> go.Figure:
     fig.update_layout(height=560, title=title, yaxis={"autorange": "reversed"}, margin={"t": 40},
                       xaxis={"tickangle": -60})
     return fig
-
-
-def pareto_figure(points: list[dict], front: list[int]) -> go.Figure:
-    """Forgetting (JSD to retrain on forget samples, lower is better) against utility (test AUC)."""
-    fig = go.Figure()
-    for method in sorted({p["method"] for p in points}):
-        mine = [p for p in points if p["method"] == method]
-        fig.add_trace(go.Scatter(x=[p["jsd_forget"] for p in mine], y=[p["auc_test"] for p in mine], mode="markers",
-                                 name=method, marker={"size": 11}, text=[p.get("label", "") for p in mine],
-                                 hovertemplate="%{text}<br>JSD forget %{x:.4f}<br>test AUC %{y:.4f}<extra></extra>"))
-    chosen = sorted((points[i] for i in front), key=lambda p: p["jsd_forget"])
-    if chosen:
-        fig.add_trace(go.Scatter(x=[p["jsd_forget"] for p in chosen], y=[p["auc_test"] for p in chosen],
-                                 mode="lines", name="Pareto front", line={"dash": "dash", "color": "black"}))
-    fig.update_layout(height=380, xaxis={"title": "JSD to retrain on forget samples (lower = closer)", "type": "log"},
-                      yaxis={"title": "test AUC"}, margin={"t": 30})
-    return fig

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.pareto import pareto_front
 from analysis.recommend import rank_changes
+from analysis.study.report import pareto_figure
 from analysis.unlearn.conflict import ConflictMap
 from analysis.unlearn.lab import list_runs
 from app import figures, state
@@ -87,7 +87,7 @@ with state.readable_errors():
 
     st.subheader(f"Forgetting vs utility: every run for {run['forget']['spec']}")
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
-    points = [{"method": r["method"], "jsd_forget": max(r["metrics"]["jsd_forget"], 1e-6),
-               "auc_test": r["metrics"]["auc_test"], "label": labels[r["run_dir"]]} for r in same]
-    front = pareto_front([(p["jsd_forget"], p["auc_test"]) for p in points])
-    st.plotly_chart(figures.pareto_figure(points, front), width="stretch", key="cmp_pareto")
+    points = [{"method": r["method"], "jsd_forget": r["metrics"]["jsd_forget"], "auc_test": r["metrics"]["auc_test"],
+               "label": labels[r["run_dir"]]} for r in same]
+    st.plotly_chart(pareto_figure(points, "Every run so far; dashed: the Pareto front"), width="stretch",
+                    key="cmp_pareto")
