@@ -27,3 +27,11 @@ class TrainingError(CureError):
 
 class SettingsError(CureError, ValueError):
     """An option is out of range or names something that does not exist (a method, a module)."""
+
+
+def parse_choice(enum_cls, value, what: str):
+    """`enum_cls(value)`, or a SettingsError that names the choices (for methods, corruptions, ...)."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise SettingsError(f"unknown {what} {value!r}; choose one of {[m.value for m in enum_cls]}") from None

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..errors import SettingsError
+from ..errors import SettingsError, parse_choice
 from ..progress import ProgressFn, or_silent
 from ..model.sequences import pad_batch
 from .corrupt import PromptSet
@@ -36,10 +36,7 @@ class Method(str, Enum):
 
 
 def parse_method(value) -> Method:
-    try:
-        return Method(value)
-    except ValueError:
-        raise SettingsError(f"unknown method {value!r}; choose one of {[m.value for m in Method]}") from None
+    return parse_choice(Method, value, "method")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..cache import build_or_load, config_key, read_json, write_json_atomic
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..data.samples import TRAIN
-from ..errors import ForgetSpecError, SettingsError
+from ..errors import ForgetSpecError, SettingsError, parse_choice
 from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
@@ -52,11 +52,7 @@ class CircuitSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
-        try:
-            object.__setattr__(self, "corruption", Corruption(self.corruption))
-        except ValueError:
-            raise SettingsError(f"unknown corruption {self.corruption!r}; choose one of "
-                                f"{[c.value for c in Corruption]}") from None
+        object.__setattr__(self, "corruption", parse_choice(Corruption, self.corruption, "corruption"))
         if self.n_prompts < 1 or self.stability_seeds < 1 or self.batch_size < 1 or self.ig_steps < 1:
             raise SettingsError("n_prompts, stability_seeds, batch_size and ig_steps must be at least 1")
         if self.top_n is not None and self.top_n < 0:

@@ -19,25 +19,7 @@ import torch
 
 from ..model.recommender import Recommender
 from .graph import CircuitGraph
-
-INPUT_HOOK = "blocks.0.hook_resid_pre"
-LOGITS_IN_HOOK = "ln_final.hook_in"
-
-
-def z_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
-def mlp_out_hook(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def attn_in_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_attn_in"
-
-
-def mlp_in_hook(layer: int) -> str:
-    return f"blocks.{layer}.ln2.hook_in"
+from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
 
 
 class GraphRunner:
@@ -111,8 +93,8 @@ class GraphRunner:
 
         hooks = [(INPUT_HOOK, put(0, lambda x: x[:, :, None]))]
         for l in range(self.n_layers):
-            hooks.append((z_hook(l), put(self.up_head(l).start, lambda z, l=l: self._head_result(l, z))))
-            hooks.append((mlp_out_hook(l), put(self.up_mlp(l), lambda x: x[:, :, None])))
+            hooks.append((hook_z(l), put(self.up_head(l).start, lambda z, l=l: self._head_result(l, z))))
+            hooks.append((hook_mlp_out(l), put(self.up_mlp(l), lambda x: x[:, :, None])))
         self._run(tokens, hooks)
         return torch.cat([parts[k] for k in sorted(parts)], dim=2)
 
@@ -137,8 +119,8 @@ class GraphRunner:
             override = input_override.detach().requires_grad_(True)
             hooks.append((INPUT_HOOK, lambda x: override))
         for l in range(self.n_layers):
-            hooks.append((attn_in_hook(l), keep(self.down_head(l).start)))
-            hooks.append((mlp_in_hook(l), keep(self.down_mlp(l))))
+            hooks.append((hook_attn_in(l), keep(self.down_head(l).start)))
+            hooks.append((hook_mlp_in(l), keep(self.down_mlp(l))))
         hooks.append((LOGITS_IN_HOOK, keep(self.down_logits)))
         with torch.enable_grad():
             metric = self.metric(self._run(tokens, hooks), last, sign)
@@ -179,10 +161,10 @@ class GraphRunner:
 
         hooks = [(INPUT_HOOK, track(0, 1, lambda x: x[:, :, None]))]
         for l in range(self.n_layers):
-            hooks.append((attn_in_hook(l), subtract(self.down_head(l))))
-            hooks.append((z_hook(l), track(self.up_head(l).start, self.n_heads, lambda z, l=l: self._head_result(l, z))))
-            hooks.append((mlp_in_hook(l), subtract(self.down_mlp(l))))
-            hooks.append((mlp_out_hook(l), track(self.up_mlp(l), 1, lambda x: x[:, :, None])))
+            hooks.append((hook_attn_in(l), subtract(self.down_head(l))))
+            hooks.append((hook_z(l), track(self.up_head(l).start, self.n_heads, lambda z, l=l: self._head_result(l, z))))
+            hooks.append((hook_mlp_in(l), subtract(self.down_mlp(l))))
+            hooks.append((hook_mlp_out(l), track(self.up_mlp(l), 1, lambda x: x[:, :, None])))
         hooks.append((LOGITS_IN_HOOK, subtract(self.down_logits)))
         return self.metric(self._run(tokens, hooks), last, sign)
 

@@ -13,23 +13,8 @@ import torch
 from ..model.recommender import Recommender
 from ..model.sequences import pad_batch
 from ..progress import ProgressFn, or_silent
+from .hooks import hook_mlp_out, hook_pattern, hook_resid_pre, hook_z
 from .runner import GraphRunner
-
-
-def hook_z(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
-def hook_mlp_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def hook_resid_pre(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
-
-
-def hook_pattern(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 def load_bridge(rec: Recommender):

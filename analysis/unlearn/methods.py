@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..circuits.groups import Group
-from ..errors import SettingsError
+from ..errors import parse_choice
 from .modules import ModuleMap, flat, write_flat
 
 Grads = dict[str, torch.Tensor]
@@ -34,10 +34,7 @@ class Method(str, Enum):
 
 
 def parse_method(value) -> Method:
-    try:
-        return Method(value)
-    except ValueError:
-        raise SettingsError(f"unknown method {value!r}; choose one of {[m.value for m in Method]}") from None
+    return parse_choice(Method, value, "method")
 
 
 class RetainSpecific(str, Enum):
