@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quick", action="store_true", help="1 seed and fewer cells (~15 min on 2 cores)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws (default 0 1 2)")
+    p.add_argument("--transfer-data", default=None, help="a second local dataset folder (e.g. ml-1m): groups "
+                   "found on a same-recipe model trained there drive CURE here")
     p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -79,8 +81,14 @@ def _study(args, ws, progress) -> dict:
     config = StudyConfig.quick() if args.quick else StudyConfig()
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
+    transfer = None
+    if args.transfer_data:
+        from .workspace import open_workspace
+
+        transfer = open_workspace(DataConfig(source=args.transfer_data, history=args.history), root=args.cache,
+                                  progress=progress)
     path, result = run_and_report(ws, _original(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress),
-                                  config, progress)
+                                  config, progress, transfer)
     return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
             "compared_methods": result["compared_methods"], "pareto": result["pareto"],
             "reproducibility": result["reproducibility"], "transfer": result["transfer"]}

@@ -127,4 +127,8 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     assert not at.exception, at.exception
     assert "report.html" in at.success[0].value
     assert len(at.get("plotly_chart")) == 5  # Pareto, rates, levels, reproducibility, privacy
-    assert len(at.dataframe) == 1 and len(at.get("download_button")) == 1
+    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 1
+    transfer = at.dataframe[1].value  # one draw and no second dataset: both transfer kinds say why they are skipped
+    assert set(transfer["cure with"]) == {"skipped: needs at least two deletion draws (seeds)",
+                                           "skipped: no second dataset given (cure study --transfer-data PATH, "
+                                           "e.g. a local ml-1m folder)"}

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import replace
+
 import pytest
 
 import analysis.unlearn.lab as lab
 from analysis.circuits.discover import CircuitSettings
+from analysis.config import DataConfig
+from analysis.data.samples import build_interactions
 from analysis.model.train import train_recommender
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig, summarise
 from analysis.study.report import list_reports
+from analysis.workspace import Workspace
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=("users:0.1", "users:0.2"),
@@ -27,7 +32,18 @@ def tiny_rec(tiny_ws):
     return train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
 
 
-def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_ws, tiny_rec, monkeypatch):
+@pytest.fixture
+def second_ws(ml100k, tiny_ws):
+    """Another 40 users of MovieLens-100K as a second dataset, in the same cache."""
+    users = sorted(ml100k.ratings["user_id"].unique())[40:80]
+    ratings = ml100k.ratings[ml100k.ratings["user_id"].isin(users)].reset_index(drop=True)
+    data = replace(ml100k, name="ml-100k users 41-80", ratings=ratings,
+                   users=ml100k.users[ml100k.users["user_id"].isin(users)].reset_index(drop=True))
+    return Workspace(data, build_interactions(data, history=5), DataConfig(history=5), tiny_ws.root)
+
+
+def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_ws, tiny_rec, second_ws,
+                                                                           monkeypatch):
     calls = []
     real = lab.unlearn_steps
     monkeypatch.setattr(lab, "unlearn_steps", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -39,13 +55,13 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
         return progress
 
     with pytest.raises(Stop):  # killed after 4 cells
-        run_and_report(tiny_ws, tiny_rec, TINY_STUDY, stop_after(4))
+        run_and_report(tiny_ws, tiny_rec, TINY_STUDY, stop_after(4), second_ws)
     runs = tiny_ws.root / "runs"
     finished = {p.name: p.stat().st_mtime for p in runs.iterdir() if not p.name.startswith(".")}
     assert len(finished) == 4 and not (tiny_ws.root / "reports").exists()
     computed_first = len(calls)
 
-    path, result = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
+    path, result = run_and_report(tiny_ws, tiny_rec, TINY_STUDY, transfer=second_ws)
     after = {p.name: p.stat().st_mtime for p in runs.iterdir() if not p.name.startswith(".")}
     assert all(after[name] == mtime for name, mtime in finished.items())  # nothing finished was redone
     unique_runs = {r["run_dir"] for r in result["rows"]}
@@ -53,7 +69,7 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert len(calls) - computed_first == len(unique_runs) - len(finished) - (retrain_cells - 0)  # retrain: no steps
 
     calls.clear()
-    again, _ = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
+    again, _ = run_and_report(tiny_ws, tiny_rec, TINY_STUDY, transfer=second_ws)
     assert calls == [] and again == path
 
     # every section is there
@@ -67,7 +83,19 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
         "forget-specific", "retain-specific", "task-shared", "inactive"}
     assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
     assert all(r["mia_auc"] is not None for r in result["rows"])
-    assert "skipped" in result["transfer"]
+    draws, datasets = result["transfer"]["across_draws"], result["transfer"]["across_datasets"]
+    assert draws["groups_from"] == ["draw 1", "draw 0"]  # draw 0 unlearns with draw 1's groups and back
+    assert datasets["groups_from"] == ["ml-100k users 41-80 draw 0", "ml-100k users 41-80 draw 1"]
+    for t in (draws, datasets):
+        assert 0 <= t["same_groups"] <= 1 and t["cure_with_transferred_groups"]["n_seeds"] == 2
+    transfer_runs = [r for r in result["rows"] if r["section"] == "transfer"]
+    assert len(transfer_runs) == 4 and all(r["method"] == "cure" for r in transfer_runs)
+    for r in transfer_runs:  # each used exactly the groups it says it used
+        used = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
+        assert used["circuits"]["given"]
+    # without a second dataset the section says why it is missing
+    alone, no_second = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
+    assert alone != path and "skipped" in no_second["transfer"]["across_datasets"]
     html = (path / "report.html").read_text()
     for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce"):
         assert section in html
@@ -76,7 +104,7 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert stored["meta"]["seeds"] == [0, 1] and stored["meta"]["versions"]["torch"]
     header = (path / "table.csv").read_text().splitlines()[0]
     assert "jsd_forget" in header and "mia_auc" in header
-    assert list_reports(tiny_ws.root)[0]["path"] == str(path)
+    assert [r["path"] for r in list_reports(tiny_ws.root)] == [str(alone), str(path)]  # newest first
 
 
 def test_summaries_give_mean_and_spread_over_seeds():

@@ -214,3 +214,33 @@ def test_bad_configs_are_clear_errors():
     with pytest.raises(SettingsError, match="learning rate"):
         UnlearnConfig(method="ga", lr=float("nan"))
     assert Method("cure") is Method.CURE
+
+
+def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_rec, monkeypatch):
+    import analysis.unlearn.lab as lab
+    from analysis.model.recommender import load_recommender
+
+    def no_discovery(*a, **k):
+        raise AssertionError("circuits were discovered although groups were given")
+
+    monkeypatch.setattr(lab, "discover_circuits", no_discovery)
+    forget = tiny_ws.forget_set("users:0.2")
+    mapping = module_map(tiny_rec.model)
+    given = {m: "inactive" for m in mapping} | {"a1.h1": "forget-specific"}
+    run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="cure", steps=2, lr=0.05, batch_size=8,
+                                                           groups=given))
+    assert run["circuits"]["given"] and run["circuits"]["groups"]["a1.h1"] == "forget-specific"
+    after = dict(load_recommender(run["model_dir"], tiny_ws.data).model.named_parameters())
+    before = dict(tiny_rec.model.named_parameters())
+    changed = {m for m, slices in mapping.items()
+               if any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in slices)}
+    assert changed == {"a1.h1"}
+    # given groups are part of the run's identity; none given keeps the stored key of older runs
+    assert "groups" in UnlearnConfig(groups=given).key() and "groups" not in UnlearnConfig().key()
+
+    with pytest.raises(SettingsError, match="other modules"):  # groups from a bigger model
+        unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="cure", steps=1, groups=given | {"a7.h0": "inactive"}))
+    with pytest.raises(SettingsError, match="unknown circuit group"):
+        UnlearnConfig(groups={"m0": "sort-of-shared"})
+    with pytest.raises(SettingsError, match="only apply to cure and selective"):
+        UnlearnConfig(method="ga", groups=given)

@@ -12,8 +12,11 @@ from .report import write_report
 
 
 def run_and_report(ws: Workspace, original: Recommender, config: StudyConfig,
-                   progress: ProgressFn | None = None) -> tuple[Path, dict]:
-    """Run (or resume) the study and write its report; returns the report folder and the results."""
+                   progress: ProgressFn | None = None, transfer: Workspace | None = None) -> tuple[Path, dict]:
+    """Run (or resume) the study and write its report; returns the report folder and the results.
+
+    `transfer`: a second dataset's workspace (same cache root) for the transfer section.
+    """
     start = time.perf_counter()
-    result = run_study(ws, original, config, progress)
+    result = run_study(ws, original, config, progress, transfer)
     return write_report(ws, original, result, time.perf_counter() - start), result

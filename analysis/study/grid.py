@@ -20,6 +20,7 @@ from ..progress import ProgressFn, or_silent
 from ..unlearn.lab import unlearn
 from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
+from .transfer import NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad")
 METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc")
@@ -57,15 +58,18 @@ class Cell:
     lr: float
     seed: int
     circuit_seed: int = 0
+    groups_from: str = ""  # transfer: where the given groups were found ("" = discovered on this request)
+    groups: dict[str, Group] = field(default_factory=dict, repr=False)
 
     def config(self, study: StudyConfig) -> UnlearnConfig:
         circuits = replace(study.circuits, seed=self.circuit_seed)
-        return UnlearnConfig(method=self.method, lr=self.lr, steps=study.steps, circuits=circuits)
+        return UnlearnConfig(method=self.method, lr=self.lr, steps=study.steps, circuits=circuits,
+                             groups=tuple((m, g.value) for m, g in self.groups.items()))
 
 
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress)
-    row = {**asdict(cell), **{m: run["metrics"][m] for m in METRICS},
+    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"][m] for m in METRICS},
            **{f"retrain_{m}": run["retrain"][m] for m in METRICS},
            **{f"original_{m}": run["original"][m] for m in METRICS},  # "do nothing", the bar to clear
            "seconds": run["seconds"], "retrain_seconds": run["retrain_seconds"],
@@ -90,6 +94,11 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
             entry[f"{m}_std"] = float(values.std()) if len(values) > 1 else 0.0
         out.append(entry)
     return out
+
+
+def _cure_summary(rows: list[dict]) -> dict | None:
+    found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
+    return found[0] if found else None
 
 
 def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
@@ -120,7 +129,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         return out
 
     # the grid's size is known only after the Pareto section picks the two strongest baselines
-    estimate = len(pareto_cells) + 3 * len(study.seeds) * (len(study.rates) + len(study.levels) + 1)
+    estimate = len(pareto_cells) + 3 * len(study.seeds) * (len(study.rates) + len(study.levels) + 1) \
+        + planned(study.seeds, transfer)
     rows += run_all(pareto_cells, estimate)
     pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
     chosen = ["cure", *strongest_baselines(pareto, default_lr)]
@@ -131,31 +141,46 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     total = len(pareto_cells) + len(later)
     rows += run_all(later, total)
 
+    sources = group_sources(ws, original, study.request, study.seeds, study.circuits, transfer, progress)
+    total += len(sources)
+    rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
+                          groups=src.groups) for src in sources], total)
+
     circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
                 for s in study.seeds]
     labelings = [c.labels for c in circuits]
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in study.seeds]
-    same_cure = summarise([r for r in rows if r["section"] == "pareto" and r["method"] == "cure"
-                           and r["lr"] == default_lr], ("method",))
-    other_cure = summarise([r for r in rows if r["section"] == "reproducibility"], ("method",))
+    own_cure = _cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
     reproducibility = {
         "prompt_seeds": [c.stability() for c in circuits],
         "deletion_draws": group_stability(labelings) if len(labelings) > 1 else None,
         "group_sizes": [{g.value: sum(1 for x in lab.values() if x is g) for g in Group} for lab in labelings],
         "groups_from_other_circuit_seed": {
-            "same_groups": sum(a == b for lab, o in zip(labelings, other) for a, b in
-                               ((lab[m], o[m]) for m in lab)) / max(1, sum(len(lab) for lab in labelings)),
-            "cure_with_own_groups": same_cure[0] if same_cure else None,
-            "cure_with_other_groups": other_cure[0] if other_cure else None},
+            "same_groups": same_label_share(labelings, other),
+            "cure_with_own_groups": own_cure,
+            "cure_with_other_groups": _cure_summary([r for r in rows if r["section"] == "reproducibility"])},
     }
+
+    def transferred(kind: str, why_skipped: str) -> dict:
+        used = [src for src in sources if src.kind == kind]
+        if not used:
+            return {"skipped": why_skipped}
+        return {"groups_from": [src.label for src in used],
+                "same_groups": same_label_share(labelings, [src.groups for src in used]),
+                "cure_with_own_groups": own_cure,
+                "cure_with_transferred_groups": _cure_summary(
+                    [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}
+
     return {
         "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,
         "pareto": pareto,
         "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
         "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
         "reproducibility": reproducibility,
-        "transfer": {"skipped": "no second dataset given (e.g. a local ml-1m folder via --transfer-data)"}
-        if transfer is None else {"skipped": "transfer across datasets is not implemented yet"},
+        "transfer": {"across_draws": transferred("draws", ONE_DRAW),
+                     "across_datasets": transferred("datasets", NO_SECOND_DATASET)},
+        "transfer_dataset": None if transfer is None else {"name": transfer.data.name,
+                                                           "fingerprint": transfer.fingerprint},
         "seconds": time.perf_counter() - start,
     }

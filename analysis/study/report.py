@@ -24,7 +24,7 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
-REPORT_VERSION = 5  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 6  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
@@ -115,6 +115,24 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def transfer_rows(result: dict) -> list[dict]:
+    """One row per transfer kind and per groups' origin (own vs transferred), or why it was skipped."""
+    rows = []
+    sections = result["transfer"]
+    if "skipped" in sections:  # a report written before transfer across draws existed
+        sections = {"across_datasets": sections}
+    for kind, t in sections.items():
+        name = kind.replace("_", " ")
+        if "skipped" in t:
+            rows.append({"groups from": name, "cure with": f"skipped: {t['skipped']}"})
+            continue
+        for which in ("own", "transferred"):
+            summary = t[f"cure_with_{which}_groups"] or {}
+            rows.append({"groups from": f"{name}: {', '.join(t['groups_from'])}", "same groups": t["same_groups"],
+                         "cure with": f"{which} groups", **summary})
+    return rows
+
+
 def render_html(result: dict, meta: dict) -> str:
     figs = figures(result)
     parts = [f"<h1>CURE Explorer study</h1><p>{html.escape(meta['title'])}</p>",
@@ -137,7 +155,10 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append("<h3>Groups from another circuit seed</h3><pre>"
                  + html.escape(json.dumps({"group sizes": rep["group_sizes"], "deletion draws": rep["deletion_draws"],
                                            **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
-    parts.append(f"<h2>Transfer</h2><p>{html.escape(str(result['transfer']))}</p>")
+    parts.append("<h2>Transfer</h2><p>CURE on each deletion draw with groups found elsewhere: on the next draw, "
+                 "and on a same-recipe model of a second dataset when one was given.</p>")
+    parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
+                                                "jsd_forget_std", "auc_test", "auc_forget", "mia_auc", "n_seeds"]))
     keys = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
             "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "original_jsd_forget", "original_auc_forget",
             "original_mia_auc", "seconds"]
@@ -149,9 +170,10 @@ def render_html(result: dict, meta: dict) -> str:
            f"<body>{''.join(parts)}</body></html>"
 
 
-def report_key(ws: Workspace, original: Recommender, config: dict) -> str:
+def report_key(ws: Workspace, original: Recommender, result: dict) -> str:
     return config_key({"code": CODE_VERSION, "report": REPORT_VERSION, "data": ws.fingerprint, "history": ws.config.history,
-                       "model": model_identity(original), "study": config})
+                       "model": model_identity(original), "study": result["config"],
+                       "transfer_dataset": result.get("transfer_dataset")})
 
 
 def write_report(ws: Workspace, original: Recommender, result: dict, wall_seconds: float) -> Path:
@@ -163,8 +185,9 @@ def write_report(ws: Workspace, original: Recommender, result: dict, wall_second
             # (circuit discovery and evaluation come on top)
             "unlearning_and_retrain_seconds": sum(r["seconds"] for r in result["rows"] if r["method"] != "retrain")
             + sum({(r["request"], r["seed"]): r["retrain_seconds"] for r in result["rows"]}.values()),
-            "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1
-                                                                     else " --quick")}
+            "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1 else " --quick")
+            + (" --transfer-data PATH" if result.get("transfer_dataset") else ""),
+            "transfer_dataset": result.get("transfer_dataset")}
 
     def build(tmp: Path) -> None:
         (tmp / "report.html").write_text(render_html(result, meta))
@@ -175,7 +198,7 @@ def write_report(ws: Workspace, original: Recommender, result: dict, wall_second
             writer.writeheader()
             writer.writerows(result["rows"])
 
-    return build_or_load(ws.root, REPORTS, report_key(ws, original, result["config"]), build)
+    return build_or_load(ws.root, REPORTS, report_key(ws, original, result), build)
 
 
 def list_reports(root: Path) -> list[dict]:

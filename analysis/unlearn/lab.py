@@ -55,7 +55,9 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
     def build(tmp: Path) -> None:
         retrain, trained_now = retrain_for(ws, original, forget, progress)
         groups, circuits = None, None
-        if cfg.uses_circuits:
+        if cfg.groups:
+            circuits = {"given": True, "groups": dict(cfg.groups)}
+        elif cfg.uses_circuits:
             start = time.perf_counter()
             result = discover_circuits(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
             groups = result.labels

@@ -49,11 +49,21 @@ class UnlearnConfig:
     seed: int = 0
     circuits: CircuitSettings = field(default_factory=CircuitSettings)
     thresholds: GroupThresholds = field(default_factory=GroupThresholds)
+    # (module, group) pairs found elsewhere (another dataset or deletion draw): when given,
+    # CURE and selective use them instead of discovering circuits on this request
+    groups: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
         object.__setattr__(self, "retain_specific", RetainSpecific(self.retain_specific))
         object.__setattr__(self, "modules", tuple(self.modules))
+        pairs = self.groups.items() if isinstance(self.groups, dict) else self.groups
+        try:
+            object.__setattr__(self, "groups", tuple(sorted((str(m), Group(g).value) for m, g in pairs)))
+        except ValueError as e:
+            raise SettingsError(f"unknown circuit group in given groups: {e}; use {[g.value for g in Group]}") from e
+        if self.groups and not self.uses_circuits:
+            raise SettingsError(f"given circuit groups only apply to cure and selective, not {self.method.value}")
         if self.steps < 1 or self.batch_size < 1:
             raise SettingsError("steps and batch_size must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -65,10 +75,17 @@ class UnlearnConfig:
     def uses_circuits(self) -> bool:
         return self.method in (Method.CURE, Method.SELECTIVE)
 
+    @property
+    def given_groups(self) -> dict[str, Group]:
+        return {m: Group(g) for m, g in self.groups}
+
     def key(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("circuits", "thresholds")}
+        # `groups` enters the key only when given, so runs stored before it existed keep their keys
+        d = {k: v for k, v in asdict(self).items() if k not in ("circuits", "thresholds", "groups")}
         d["method"], d["retain_specific"] = self.method.value, self.retain_specific.value
-        if self.uses_circuits:
+        if self.groups:
+            d["groups"] = [list(pair) for pair in self.groups]
+        elif self.uses_circuits:
             d["circuits"], d["thresholds"] = self.circuits.key(), asdict(self.thresholds)
         return d
 
@@ -97,6 +114,16 @@ def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str
     # selective: only the named modules move; a named module the circuit calls inactive or
     # retain-specific is updated like a task-shared one, since the caller asked for it
     return {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
+
+
+def _check_given(given: dict[str, Group], known) -> dict[str, Group]:
+    """Groups found on another model must name exactly this model's modules (same architecture)."""
+    missing, extra = sorted(set(known) - set(given)), sorted(set(given) - set(known))
+    if missing or extra:
+        raise SettingsError(f"the given circuit groups come from a model with other modules "
+                            f"(missing here: {missing[:4]}, unknown here: {extra[:4]}); transfer needs the same "
+                            f"architecture")
+    return given
 
 
 def _check(name: str, loss: torch.Tensor, step: int) -> float:
@@ -135,6 +162,8 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
     before = raw_conflict(model, original, batches, mapping)
+    if cfg.groups:
+        groups = _check_given(cfg.given_groups, mapping)
     rule_groups = _groups_for(cfg, groups or {}, mapping) if cfg.uses_circuits else None
 
     curves: list[dict] = []

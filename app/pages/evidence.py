@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig
-from analysis.study.report import figures, list_reports
+from analysis.study.report import figures, list_reports, transfer_rows
 from app import state
 
 st.title("Evidence")
@@ -33,8 +33,7 @@ with state.readable_errors():
     path = st.selectbox("Study", paths, index=paths.index(wanted) if wanted in paths else 0, format_func=labels.get,
                         key="ev_pick")
     result = next(r for r in reports if r["path"] == path)
-    st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}. "
-               f"Transfer: {result['transfer'].get('skipped', 'done')}")
+    st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}.")
     for name, fig in figures(result).items():
         st.plotly_chart(fig, width="stretch", key=f"ev_{name}")
     cols = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "original_jsd_forget", "auc_test",
@@ -43,6 +42,10 @@ with state.readable_errors():
     st.caption("original_*: the model before unlearning, i.e. what doing nothing scores.")
     table = pd.DataFrame(result["pareto"])
     st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch", key="ev_table")
+    st.subheader("Transfer")
+    st.caption("CURE with groups found on another deletion draw, or on a same-recipe model of a second dataset "
+               "(`cure study --transfer-data PATH`).")
+    st.dataframe(pd.DataFrame(transfer_rows(result)), hide_index=True, width="stretch", key="ev_transfer")
     with open(f"{path}/report.html", "rb") as f:
         st.download_button("Download the report (HTML)", f.read(), file_name="cure-study.html", mime="text/html",
                            key="ev_download")

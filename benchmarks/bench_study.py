@@ -1,0 +1,69 @@
+"""The evidence study's headline numbers: runs (or resumes) `cure study` and prints its tables.
+
+Per method and strength: forgetting (JSD to retrain on forget samples, forget AUC),
+utility (test AUC), membership-inference AUC and unlearning time, each as mean ± std
+over the deletion draws; then the rate and level sections and transfer. Writes
+benchmarks/results/study.json (summaries, not the per-cell rows: those are in the report).
+
+    .venv/bin/python benchmarks/bench_study.py [--quick] [--transfer-data PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from analysis.config import DataConfig
+from analysis.model.train import train_recommender
+from analysis.progress import StderrBars
+from analysis.study import run_and_report
+from analysis.study.grid import StudyConfig
+from analysis.study.report import transfer_rows
+from analysis.workspace import open_workspace
+
+OUT = Path(__file__).parent / "results" / "study.json"
+COLUMNS = ("jsd_forget", "auc_forget", "auc_test", "mia_auc", "seconds")
+
+
+def pm(s: dict, key: str) -> str:
+    return "-" if s.get(key) is None else f"{s[key]:.4f} ± {s.get(f'{key}_std', 0.0):.4f}"
+
+
+def table(summaries: list[dict], by: tuple[str, ...]) -> str:
+    lines = [" | ".join((*by, *COLUMNS)), " | ".join("---" for _ in (*by, *COLUMNS))]
+    lines += [" | ".join((*(str(s[k]) for k in by), *(pm(s, c) for c in COLUMNS))) for s in summaries]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--transfer-data", default=None)
+    args = parser.parse_args()
+    bars = StderrBars()
+    ws = open_workspace(progress=bars)
+    other = open_workspace(DataConfig(source=args.transfer_data), progress=bars) if args.transfer_data else None
+    original = train_recommender(ws, progress=bars)
+    config = StudyConfig.quick() if args.quick else StudyConfig()
+    path, result = run_and_report(ws, original, config, bars, other)
+    report = json.loads((path / "study.json").read_text())
+    first = next(s for s in result["pareto"] if s["method"] == "cure")
+    print(f"report: {path / 'report.html'}  ({len(result['rows'])} cells, seeds {list(config.seeds)})")
+    print("\nOriginal model (doing nothing): "
+          + ", ".join(f"{m} {first[f'original_{m}']:.4f}" for m in ("jsd_forget", "auc_forget", "mia_auc")))
+    print("\n## Pareto (request " + config.request + ")\n" + table(result["pareto"], ("method", "lr")))
+    print("\n## Deletion rates\n" + table(result["rates"], ("request", "method")))
+    print("\n## Levels\n" + table(result["levels"], ("request", "method")))
+    print("\n## Reproducibility\n" + json.dumps(result["reproducibility"]["deletion_draws"]))
+    for row in transfer_rows(result):
+        print("transfer:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                            if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({k: result[k] for k in ("config", "default_lr", "compared_methods", "pareto", "rates",
+                                                      "levels", "reproducibility", "transfer")}
+                              | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
+    print(f"\nwrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
