@@ -124,6 +124,13 @@ def test_genre(ml100k, ml100k_interactions):
     check_retained(inter, fs)
 
 
+def test_a_deterministic_request_has_one_forget_set_whatever_the_seed(ml100k_interactions):
+    inter = ml100k_interactions
+    for spec in ("genre:Horror", "users:12,40"):  # same set, so same key: one retrain and one run, not three
+        assert select_forget_set(inter, spec, seed=3).key == select_forget_set(inter, spec, seed=0).key
+    assert select_forget_set(inter, "users:0.1", seed=3).key != select_forget_set(inter, "users:0.1", seed=0).key
+
+
 def test_genre_case_insensitive_for_chosen_users(ml100k, ml100k_interactions):
     inter = ml100k_interactions
     fs = select_forget_set(inter, "genre:horror@users:12,40")

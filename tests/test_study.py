@@ -78,6 +78,8 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert result["compared_methods"][0] == "cure" and len(result["compared_methods"]) == 3
     assert {s["request"] for s in result["rates"]} == set(TINY_STUDY.rates)
     assert {s["request"] for s in result["levels"]} == set(TINY_STUDY.levels)
+    n_draws = {s["request"]: s["n_seeds"] for s in result["levels"]}
+    assert n_draws == {"users:0.2": 2, "interactions:0.1": 2, "genre:Drama": 1}  # a genre is one set, not a draw
     rep = result["reproducibility"]
     assert len(rep["prompt_seeds"]) == 2 and set(rep["deletion_draws"]) == {
         "forget-specific", "retain-specific", "task-shared", "inactive"}

@@ -31,6 +31,11 @@ class ForgetSpec:
     user_ids: tuple[int, ...] = ()
     genre: str | None = None
 
+    @property
+    def is_random(self) -> bool:
+        """A fraction is drawn with a seed; a genre or a list of users is the same set whatever the seed."""
+        return self.fraction is not None
+
     def __str__(self) -> str:
         if self.level == "genre":
             users = f"@users:{','.join(map(str, self.user_ids))}" if self.user_ids else ""
@@ -174,7 +179,8 @@ def select_forget_set(interactions: Interactions, spec: str | ForgetSpec, seed: 
             mask &= frame["user_id"].isin(parsed.user_ids).to_numpy()
         parsed = ForgetSpec("genre", genre=genre, user_ids=parsed.user_ids)
 
-    result = ForgetSet(parsed, seed, mask, interactions)
+    # a deterministic request has one forget set: seed 0 always, so its retrain and runs are stored once
+    result = ForgetSet(parsed, seed if parsed.is_random else 0, mask, interactions)
     if mask.sum() == 0:
         raise ForgetSpecError(f"{parsed}: selects no training interaction")
     if mask.sum() == training.sum():

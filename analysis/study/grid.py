@@ -15,6 +15,7 @@ import numpy as np
 
 from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group, group_stability
+from ..data.forget import parse_forget_spec
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..unlearn.lab import unlearn
@@ -96,6 +97,11 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     return out
 
 
+def _draws(spec: str, study: StudyConfig) -> tuple[int, ...]:
+    """The deletion draws of a request: one for a deterministic one (a genre), whose spread is then 0 over n=1."""
+    return study.seeds if parse_forget_spec(spec).is_random else study.seeds[:1]
+
+
 def _cure_summary(rows: list[dict]) -> dict | None:
     found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
     return found[0] if found else None
@@ -113,9 +119,10 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     progress = or_silent(progress)
     start = time.perf_counter()
     default_lr = UnlearnConfig.lr if UnlearnConfig.lr in study.lrs else study.lrs[0]
-    pareto_cells = [Cell("pareto", study.request, m, lr, s) for s in study.seeds for lr in study.lrs
+    seeds = _draws(study.request, study)  # the Pareto, reproducibility and transfer sections' draws
+    pareto_cells = [Cell("pareto", study.request, m, lr, s) for s in seeds for lr in study.lrs
                     for m in (*BASELINES, "cure")] + [Cell("pareto", study.request, "retrain", default_lr, s)
-                                                       for s in study.seeds]
+                                                       for s in seeds]
     rows: list[dict] = []
     done = 0
 
@@ -129,28 +136,29 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         return out
 
     # the grid's size is known only after the Pareto section picks the two strongest baselines
-    estimate = len(pareto_cells) + 3 * len(study.seeds) * (len(study.rates) + len(study.levels) + 1) \
-        + planned(study.seeds, transfer)
+    estimate = len(pareto_cells) + planned(seeds, transfer) + len(seeds) + 3 * sum(
+        len(_draws(spec, study)) for spec in (*study.rates, *study.levels))
     rows += run_all(pareto_cells, estimate)
     pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
     chosen = ["cure", *strongest_baselines(pareto, default_lr)]
-    later = [Cell("rates", spec, m, default_lr, s) for spec in study.rates for m in chosen for s in study.seeds]
-    later += [Cell("levels", spec, m, default_lr, s) for spec in study.levels for m in chosen for s in study.seeds]
+    later = [Cell("rates", spec, m, default_lr, s) for spec in study.rates for m in chosen for s in _draws(spec, study)]
+    later += [Cell("levels", spec, m, default_lr, s) for spec in study.levels for m in chosen
+              for s in _draws(spec, study)]
     later += [Cell("reproducibility", study.request, "cure", default_lr, s, study.other_circuit_seed)
-              for s in study.seeds]
+              for s in seeds]
     total = len(pareto_cells) + len(later)
     rows += run_all(later, total)
 
-    sources = group_sources(ws, original, study.request, study.seeds, study.circuits, transfer, progress)
+    sources = group_sources(ws, original, study.request, seeds, study.circuits, transfer, progress)
     total += len(sources)
     rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
                           groups=src.groups) for src in sources], total)
 
     circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
-                for s in study.seeds]
+                for s in seeds]
     labelings = [c.labels for c in circuits]
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
-                               replace(study.circuits, seed=study.other_circuit_seed)).labels for s in study.seeds]
+                               replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
     own_cure = _cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
     reproducibility = {
         "prompt_seeds": [c.stability() for c in circuits],
