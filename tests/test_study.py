@@ -14,13 +14,20 @@ from analysis.data.samples import build_interactions
 from analysis.model.train import train_recommender
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig, summarise
-from analysis.study.report import list_reports
+from analysis.study.report import figures, list_reports
 from analysis.workspace import Workspace
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=("users:0.1", "users:0.2"),
                          levels=("users:0.2", "interactions:0.1", "genre:Drama"), steps=2,
                          circuits=CircuitSettings(n_prompts=8, stability_seeds=2, batch_size=8, ig_steps=2))
+
+
+def tiny_rec_auc(result: dict) -> float:
+    """The original's test AUC as each stored run recorded it (one model, so one value)."""
+    values = {round(r["original_auc_test"], 12) for r in result["rows"]}
+    assert len(values) == 1
+    return values.pop()
 
 
 class Stop(Exception):
@@ -85,6 +92,9 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
         "forget-specific", "retain-specific", "task-shared", "inactive"}
     assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
     assert all(r["mia_auc"] is not None for r in result["rows"])
+    star = next(t for t in figures(result)["pareto"].data if t.name == "original (do nothing)")
+    cure = next(s for s in result["pareto"] if s["method"] == "cure")
+    assert star.y[0] == pytest.approx(cure["original_auc_test"]) and star.y[0] == pytest.approx(tiny_rec_auc(result))
     draws, datasets = result["transfer"]["across_draws"], result["transfer"]["across_datasets"]
     assert draws["groups_from"] == ["draw 1", "draw 0"]  # draw 0 unlearns with draw 1's groups and back
     assert datasets["groups_from"] == ["ml-100k users 41-80 draw 0", "ml-100k users 41-80 draw 1"]
@@ -116,3 +126,14 @@ def test_summaries_give_mean_and_spread_over_seeds():
     (s,) = summarise(rows, ("method", "lr"))
     assert s["n_seeds"] == 3 and s["jsd_forget"] == pytest.approx(2.0)
     assert s["jsd_forget_std"] == pytest.approx((2 / 3) ** 0.5) and s["auc_test_std"] == pytest.approx(0.0)
+
+
+def test_the_report_says_when_test_auc_cannot_separate_the_methods():
+    from analysis.study.report import _utility_spread
+
+    pareto = [{"method": "cure", "auc_test": 0.8070}, {"method": "npo", "auc_test": 0.8075},
+              {"method": "ga", "auc_test": 0.30},  # a collapse is not part of the comparison
+              {"method": "retrain", "auc_test": 0.79, "auc_test_std": 0.008}]
+    text = _utility_spread(pareto)
+    assert "0.8070-0.8075 (0.0005)" in text and "±0.0080" in text
+    assert _utility_spread(pareto[:2]) == ""  # no retrain, no reference

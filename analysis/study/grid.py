@@ -89,7 +89,7 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
         entry = dict(zip(by, key))
         entry["n_seeds"] = len(members)
         for m in (*METRICS, "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
-                  "original_jsd_forget", "original_auc_forget", "original_mia_auc"):
+                  "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
             values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
             entry[m] = float(values.mean()) if len(values) else None
             entry[f"{m}_std"] = float(values.std()) if len(values) > 1 else 0.0

@@ -24,12 +24,16 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
-REPORT_VERSION = 7  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 9  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
-def pareto_figure(points: list[dict], title: str = "Forgetting vs utility") -> go.Figure:
-    """Points with method, jsd_forget, auc_test (optional *_std and label); the Pareto front dashed."""
+def pareto_figure(points: list[dict], title: str = "Forgetting vs utility", original: dict | None = None) -> go.Figure:
+    """Points with method, jsd_forget, auc_test (optional *_std and label); the Pareto front dashed.
+
+    `original` ({jsd_forget, auc_test} of the model before unlearning) is drawn as a reference
+    star outside the front: a method sitting on it has changed nothing that these axes see.
+    """
     fig = go.Figure()
     for method in sorted({p["method"] for p in points}):
         mine = [p for p in points if p["method"] == method]
@@ -44,6 +48,11 @@ def pareto_figure(points: list[dict], title: str = "Forgetting vs utility") -> g
     if front:
         fig.add_trace(go.Scatter(x=[max(p["jsd_forget"], JSD_FLOOR) for p in front], y=[p["auc_test"] for p in front],
                                  mode="lines", name="Pareto front", line={"dash": "dash", "color": "black"}))
+    if original is not None:
+        fig.add_trace(go.Scatter(x=[max(original["jsd_forget"], JSD_FLOOR)], y=[original["auc_test"]], mode="markers",
+                                 name="original (do nothing)", marker={"symbol": "star", "size": 16, "color": "black"},
+                                 hovertemplate="original model<br>JSD forget %{x:.4f}<br>test AUC %{y:.4f}"
+                                               "<extra></extra>"))
     fig.update_layout(title=title, height=420, xaxis={"title": "JSD to retrain on forget samples (lower = closer)",
                                                       "type": "log"}, yaxis={"title": "test AUC"})
     return fig
@@ -82,11 +91,18 @@ def privacy_figure(summary: list[dict]) -> go.Figure:
     return fig
 
 
+def _original_point(summary: list[dict]) -> dict | None:
+    """The model before unlearning, from any summary that carries it (older reports do not)."""
+    found = next((s for s in summary if s.get("original_auc_test") is not None), None)
+    return None if found is None else {"jsd_forget": found["original_jsd_forget"], "auc_test": found["original_auc_test"]}
+
+
 def figures(result: dict) -> dict[str, go.Figure]:
     rep = result["reproducibility"]
     return {
         "pareto": pareto_figure([{**s, "label": f"{s['method']} lr {s['lr']}"} for s in result["pareto"]],
-                                f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}"),
+                                f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}",
+                                _original_point(result["pareto"])),
         "rates": metric_lines(result["rates"], "request", ("jsd_forget", "auc_test", "mia_auc"),
                               "Deletion rates (user level)"),
         "levels": metric_lines(result["levels"], "request", ("jsd_forget", "auc_test", "mia_auc"),
@@ -133,13 +149,25 @@ def transfer_rows(result: dict) -> list[dict]:
     return rows
 
 
+def _utility_spread(pareto: list[dict]) -> str:
+    """Whether test AUC separates the methods at all: their range next to retrain's own spread over draws."""
+    kept = [s["auc_test"] for s in pareto if s["method"] not in ("retrain", "ga")]
+    retrain = next((s for s in pareto if s["method"] == "retrain"), None)
+    if not kept or retrain is None:
+        return ""
+    return (f"Test AUC of every method but GA and retrain spans {min(kept):.4f}-{max(kept):.4f} "
+            f"({max(kept) - min(kept):.4f}); retrain's own spread over draws is ±{retrain['auc_test_std']:.4f}, "
+            "so a utility gap smaller than that is not evidence.")
+
+
 def render_html(result: dict, meta: dict) -> str:
     figs = figures(result)
     parts = [f"<h1>CURE Explorer study</h1><p>{html.escape(meta['title'])}</p>",
              "<h2>Reproduce</h2><pre>" + html.escape(json.dumps(meta, indent=1)) + "</pre>"]
     first = True
     notes = {
-        "pareto": "Each point: mean over deletion draws (error bars: standard deviation). Dashed: the Pareto front.",
+        "pareto": "Each point: mean over deletion draws (error bars: standard deviation). Dashed: the Pareto front. "
+                  + _utility_spread(result["pareto"]),
         "rates": f"CURE and the two strongest baselines ({', '.join(result['compared_methods'][1:])}) at lr "
                  f"{result['default_lr']}.",
         "levels": "The same three methods on a user-level, an interaction-level and a behaviour-level request.",
@@ -160,8 +188,8 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
                                                 "jsd_forget_std", "auc_test", "auc_forget", "mia_auc", "n_seeds"]))
     keys = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
-            "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "original_jsd_forget", "original_auc_forget",
-            "original_mia_auc", "seconds"]
+            "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "retrain_auc_test", "original_jsd_forget",
+            "original_auc_forget", "original_mia_auc", "original_auc_test", "seconds"]
     parts.append("<h2>Pareto table</h2>" + _table(result["pareto"], keys))
     parts.append("<h2>Rates and levels</h2>" + _table(result["rates"] + result["levels"], ["request", *keys]))
     style = "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}" \

@@ -89,5 +89,8 @@ with state.readable_errors():
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
     points = [{"method": r["method"], "jsd_forget": r["metrics"]["jsd_forget"], "auc_test": r["metrics"]["auc_test"],
                "label": labels[r["run_dir"]]} for r in same]
-    st.plotly_chart(pareto_figure(points, "Every run so far; dashed: the Pareto front"), width="stretch",
+    before = run["original"]  # this run's original model, before unlearning
+    st.plotly_chart(pareto_figure(points, "Every run so far; dashed: the Pareto front; star: the original model",
+                                  {"jsd_forget": before["jsd_forget"], "auc_test": before["auc_test"]}),
+                    width="stretch",
                     key="cmp_pareto")
