@@ -244,3 +244,15 @@ def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_r
         UnlearnConfig(groups={"m0": "sort-of-shared"})
     with pytest.raises(SettingsError, match="only apply to cure and selective"):
         UnlearnConfig(method="ga", groups=given)
+
+
+def test_a_model_without_a_recorded_recipe_cannot_be_retrained(tiny_rec):
+    from types import SimpleNamespace
+
+    from analysis.model.train import training_recipe
+
+    model_cfg, train_cfg, backbone = training_recipe(tiny_rec, "unused")
+    assert (model_cfg, train_cfg, backbone) == (TINY_MODEL, TINY_TRAIN, None)
+    foreign = SimpleNamespace(meta={"model_config": {}}, path="/models/foreign")  # e.g. a hand-made checkpoint
+    with pytest.raises(SettingsError, match="foreign: no training recipe recorded, so there is no retrain"):
+        training_recipe(foreign, "there is no retrain to compare with")

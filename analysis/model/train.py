@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from ..cache import build_or_load, config_key
 from ..config import CODE_VERSION, ModelConfig, TrainConfig
 from ..data.forget import ForgetSet, retained_training
-from ..errors import DataError, TrainingError
+from ..errors import DataError, SettingsError, TrainingError
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .prompts import build_word_tokenizer, make_format
@@ -134,6 +134,15 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
     return {"train_seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds, "steps": step,
             "best_epoch": best["epoch"], "curve": curve,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def training_recipe(rec: Recommender, purpose: str) -> tuple[ModelConfig, TrainConfig, Path | None]:
+    """The model and training configs (and backbone) a saved model was trained with, to train it again."""
+    meta = rec.meta
+    if "model_config" not in meta or "train_config" not in meta:
+        raise SettingsError(f"{rec.path}: no training recipe recorded, so {purpose}")
+    backbone = Path(meta["backbone"]) if meta.get("backbone") else None
+    return ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"]), backbone
 
 
 def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg: ModelConfig | None = None,

@@ -8,14 +8,11 @@ task rather than of one draw; if it moves a lot, the groups are specific to thei
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group
-from ..config import ModelConfig, TrainConfig
-from ..errors import SettingsError
 from ..model.recommender import Recommender
-from ..model.train import train_recommender
+from ..model.train import train_recommender, training_recipe
 from ..progress import ProgressFn
 from ..workspace import Workspace
 
@@ -40,13 +37,9 @@ def same_label_share(a: list[dict[str, Group]], b: list[dict[str, Group]]) -> fl
 
 def same_recipe_model(other: Workspace, original: Recommender, progress: ProgressFn | None = None) -> Recommender:
     """The original's architecture and training recipe, trained (or loaded) on the other dataset."""
-    meta = original.meta
-    if "model_config" not in meta or "train_config" not in meta:
-        raise SettingsError(f"{original.path}: no training recipe recorded, so no same-recipe model can be "
-                            "trained on the transfer dataset")
-    backbone = Path(meta["backbone"]) if meta.get("backbone") else None
-    return train_recommender(other, None, ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"]),
-                             backbone=backbone, progress=progress)
+    model_cfg, train_cfg, backbone = training_recipe(original, "no same-recipe model can be trained on the "
+                                                               "transfer dataset")
+    return train_recommender(other, None, model_cfg, train_cfg, backbone=backbone, progress=progress)
 
 
 def group_sources(ws: Workspace, original: Recommender, request: str, seeds: tuple[int, ...],

@@ -13,11 +13,11 @@ from typing import Callable
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
 from ..circuits.discover import discover_circuits, model_identity
-from ..config import CODE_VERSION, ModelConfig, TrainConfig
+from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
-from ..errors import CacheError, SettingsError
+from ..errors import CacheError
 from ..model.recommender import Recommender, load_recommender
-from ..model.train import MODELS, model_key, train_recommender
+from ..model.train import MODELS, model_key, train_recommender, training_recipe
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .compare import compare_to_retrain
@@ -30,11 +30,7 @@ RUNS = "runs"
 def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
                 progress: ProgressFn | None = None) -> tuple[Recommender, bool]:
     """The exact retrain of the original's recipe without the forget set; and whether it was trained now."""
-    meta = original.meta
-    if "model_config" not in meta or "train_config" not in meta:
-        raise SettingsError(f"{original.path}: no training recipe recorded, so there is no retrain to compare with")
-    model_cfg, train_cfg = ModelConfig(**meta["model_config"]), TrainConfig(**meta["train_config"])
-    backbone = Path(meta["backbone"]) if meta.get("backbone") else None
+    model_cfg, train_cfg, backbone = training_recipe(original, "there is no retrain to compare with")
     cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone)).exists()
     return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress), not cached
 

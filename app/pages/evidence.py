@@ -1,6 +1,4 @@
 """Evidence: the studies in cache/reports (Pareto, rates, levels, reproducibility, privacy), and a quick one."""
-from dataclasses import replace
-
 import pandas as pd
 import streamlit as st
 
@@ -16,10 +14,11 @@ st.write("A claim that circuit-aware unlearning beats uniform unlearning is wort
 with state.readable_errors():
     ws = state.workspace()
     rec = state.original()
+    st.caption("The quick study is the same as `cure study --quick` (same cells, same circuit settings, same "
+               "report), so one started here is resumed there and the other way round.")
     if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run"):
-        settings, _ = state.circuit_settings()
         bar, progress = state.progress_bar("Study")
-        path, _ = run_and_report(ws, rec, replace(StudyConfig.quick(), circuits=settings), progress)
+        path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress)
         st.session_state["evidence_pick"] = str(path)
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)
