@@ -139,3 +139,12 @@ def sync_graph_selection(session, chart_key: str, picker_key: str) -> list[str] 
     session["_last_graph_pick"] = picked
     session[picker_key] = picked
     return picked
+
+
+def pick_stored(title: str, items: list[dict], id_key: str, label_of, wanted_state: str, key: str) -> dict:
+    """A selectbox over stored results (runs, reports), opened on the one named in session_state[wanted_state]."""
+    labels = {item[id_key]: label_of(item) for item in items}
+    ids = list(labels)
+    wanted = st.session_state.get(wanted_state)
+    chosen = st.selectbox(title, ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get, key=key)
+    return next(item for item in items if item[id_key] == chosen)

@@ -154,14 +154,14 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     total = len(pareto_cells) + len(later)
     rows += run_all(later, total)
 
-    sources = group_sources(ws, original, study.request, seeds, study.circuits, transfer, progress)
+    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
+                for s in seeds]
+    labelings = [c.labels for c in circuits]
+    sources = group_sources(original, study.request, dict(zip(seeds, labelings)), study.circuits, transfer, progress)
     total += len(sources)
     rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
                           groups=src.groups) for src in sources], total)
 
-    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
-                for s in seeds]
-    labelings = [c.labels for c in circuits]
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
     own_cure = _cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])

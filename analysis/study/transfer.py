@@ -42,13 +42,15 @@ def same_recipe_model(other: Workspace, original: Recommender, progress: Progres
     return train_recommender(other, None, model_cfg, train_cfg, backbone=backbone, progress=progress)
 
 
-def group_sources(ws: Workspace, original: Recommender, request: str, seeds: tuple[int, ...],
-                  settings: CircuitSettings, other: Workspace | None = None,
-                  progress: ProgressFn | None = None) -> list[GroupSource]:
-    """Groups from the next deletion draw (draw s uses draw s+1's), and from the other dataset if given."""
+def group_sources(original: Recommender, request: str, own: dict[int, dict[str, Group]], settings: CircuitSettings,
+                  other: Workspace | None = None, progress: ProgressFn | None = None) -> list[GroupSource]:
+    """Groups from the next deletion draw (draw s uses draw s+1's), and from the other dataset if given.
+
+    `own`: each deletion draw's groups on this dataset, by seed.
+    """
+    seeds = tuple(own)
     sources = []
     if len(seeds) > 1:
-        own = {s: discover_circuits(ws, original, ws.forget_set(request, seed=s), settings).labels for s in seeds}
         sources += [GroupSource("draws", s, f"draw {nxt}", own[nxt]) for s, nxt in zip(seeds, (*seeds[1:], seeds[0]))]
     if other is not None:
         model = same_recipe_model(other, original, progress)

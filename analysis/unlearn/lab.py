@@ -52,7 +52,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
         retrain, trained_now = retrain_for(ws, original, forget, progress)
         groups, circuits = None, None
         if cfg.groups:
-            circuits = {"given": True, "groups": dict(cfg.groups)}
+            groups, circuits = cfg.given_groups, {"given": True, "groups": dict(cfg.groups)}
         elif cfg.uses_circuits:
             start = time.perf_counter()
             result = discover_circuits(ws, original, forget, cfg.circuits, cfg.thresholds, progress)

@@ -116,14 +116,13 @@ def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str
     return {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
 
 
-def _check_given(given: dict[str, Group], known) -> dict[str, Group]:
+def _check_given(given: dict[str, Group], known) -> None:
     """Groups found on another model must name exactly this model's modules (same architecture)."""
     missing, extra = sorted(set(known) - set(given)), sorted(set(given) - set(known))
     if missing or extra:
         raise SettingsError(f"the given circuit groups come from a model with other modules "
                             f"(missing here: {missing[:4]}, unknown here: {extra[:4]}); transfer needs the same "
                             f"architecture")
-    return given
 
 
 def _check(name: str, loss: torch.Tensor, step: int) -> float:
@@ -162,8 +161,8 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
     before = raw_conflict(model, original, batches, mapping)
-    if cfg.groups:
-        groups = _check_given(cfg.given_groups, mapping)
+    if cfg.groups:  # found on another model: it must have the same modules
+        _check_given(groups or {}, mapping)
     rule_groups = _groups_for(cfg, groups or {}, mapping) if cfg.uses_circuits else None
 
     curves: list[dict] = []

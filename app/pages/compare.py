@@ -33,13 +33,9 @@ with state.readable_errors():
     if not runs:
         st.info("No unlearning runs yet: start one in the Unlearning lab.")
         st.stop()
-    labels = {r["run_dir"]: f"{r['method']} · {r['forget']['spec']} · lr {r['config'].get('lr')} · "
-                            f"{r['config'].get('steps')} steps · {r['run_dir'].split('/')[-1]}" for r in runs}
-    dirs = list(labels)
-    wanted = st.session_state.get("compare_run")
-    run_dir = st.selectbox("Run", dirs, index=dirs.index(wanted) if wanted in dirs else 0, format_func=labels.get,
-                           key="compare_pick")
-    run = next(r for r in runs if r["run_dir"] == run_dir)
+    label = lambda r: (f"{r['method']} · {r['forget']['spec']} · lr {r['config'].get('lr')} · "  # noqa: E731
+                       f"{r['config'].get('steps')} steps · {r['run_dir'].split('/')[-1]}")
+    run = state.pick_stored("Run", runs, "run_dir", label, "compare_run", "compare_pick")
     forget = ws.forget_set(run["forget"]["spec"], seed=run["forget"]["seed"])
     after = state.saved_model(run["model_dir"])
 
@@ -88,7 +84,7 @@ with state.readable_errors():
     st.subheader(f"Forgetting vs utility: every run for {run['forget']['spec']}")
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
     points = [{"method": r["method"], "jsd_forget": r["metrics"]["jsd_forget"], "auc_test": r["metrics"]["auc_test"],
-               "label": labels[r["run_dir"]]} for r in same]
+               "label": label(r)} for r in same]
     before = run["original"]  # this run's original model, before unlearning
     st.plotly_chart(pareto_figure(points, "Every run so far; dashed: the Pareto front; star: the original model",
                                   {"jsd_forget": before["jsd_forget"], "auc_test": before["auc_test"]}),

@@ -25,13 +25,10 @@ with state.readable_errors():
     if not reports:
         st.info("No studies yet.")
         st.stop()
-    labels = {r["path"]: f"{len(r['config']['seeds'])} seed(s) · {len(r['rows'])} cells · "
-                         f"{r['meta']['wall_seconds']:.0f} s · {r['path'].split('/')[-1]}" for r in reports}
-    paths = list(labels)
-    wanted = st.session_state.get("evidence_pick")
-    path = st.selectbox("Study", paths, index=paths.index(wanted) if wanted in paths else 0, format_func=labels.get,
-                        key="ev_pick")
-    result = next(r for r in reports if r["path"] == path)
+    result = state.pick_stored("Study", reports, "path", lambda r: f"{len(r['config']['seeds'])} seed(s) · "
+                               f"{len(r['rows'])} cells · {r['meta']['wall_seconds']:.0f} s · "
+                               f"{r['path'].split('/')[-1]}", "evidence_pick", "ev_pick")
+    path = result["path"]
     st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}.")
     for name, fig in figures(result).items():
         st.plotly_chart(fig, width="stretch", key=f"ev_{name}")
