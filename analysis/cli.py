@@ -133,8 +133,13 @@ def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> 
     p.add_argument("--stability-seeds", type=int, default=S.stability_seeds)
     p.add_argument("--target", type=float, default=S.target, help="recovery the returned circuit must reach")
     p.add_argument("--top-n", type=int, default=None, help="return the top-n edges instead of a target")
-    p.add_argument("--forget-threshold", type=float, default=G.forget, help="importance (x mean module) to "
-                   "count as important on forget prompts")
+    p.add_argument("--group-rule", default=G.rule.value, choices=["specificity", "threshold"],
+                   help="specificity: bootstrap CI of log(I_forget/I_retain) against tau; threshold: the old rule")
+    p.add_argument("--tau", type=float, default=G.tau, help="specificity rule: ratio the CI must clear")
+    p.add_argument("--floor", type=float, default=G.floor, help="specificity rule: minimum importance "
+                   "(x a uniform share of the node's family)")
+    p.add_argument("--forget-threshold", type=float, default=G.forget, help="threshold rule: importance "
+                   "(x mean node) to count as important on forget prompts")
     p.add_argument("--retain-threshold", type=float, default=G.retain)
 
 
@@ -145,7 +150,8 @@ def _circuit_settings(args):
     settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
                                target=args.target, top_n=args.top_n)
-    return settings, GroupThresholds(args.forget_threshold, args.retain_threshold)
+    return settings, GroupThresholds(args.forget_threshold, args.retain_threshold, rule=args.group_rule,
+                                     tau=args.tau, floor=args.floor)
 
 
 def _original(args, ws, progress):
@@ -163,8 +169,9 @@ def _circuits(args, ws, progress) -> dict:
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     rec = _original(args, ws, progress)
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress).to_json()
-    for bulky in ("attribution", "seeds"):  # raw per-seed tensors stay in the cached file (`path`)
+    for bulky in ("attribution", "seeds", "node_scores"):  # raw scores stay in the cached folder (`path`)
         result.pop(bulky)
+    result["coverage"].pop("blocks", None)
     result["compute_seconds"] = result.pop("seconds")
     result["seconds"] = time.perf_counter() - start
     result["model_dir"] = str(rec.path)

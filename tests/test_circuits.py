@@ -13,6 +13,7 @@ from analysis.circuits.corrupt import build_prompt_set
 from analysis.circuits.discover import CircuitResult, CircuitSettings, discover_circuits
 from analysis.circuits.faithfulness import circuit_points
 from analysis.circuits.graph import CircuitGraph
+from analysis.circuits.nodes import recommender_table
 from analysis.circuits.groups import Group, GroupThresholds
 from analysis.circuits.runner import LOGITS_IN_HOOK, GraphRunner
 from analysis.circuits.trace import load_bridge
@@ -164,11 +165,20 @@ def test_discovery_is_cached_relabels_for_free_and_round_trips(tiny_ws, tiny_rec
     settings = CircuitSettings(n_prompts=12, stability_seeds=2, batch_size=12, ig_steps=2)
     result = discover_circuits(tiny_ws, tiny_rec, forget, settings)
     assert result.path is not None and (result.path / "circuit.json").is_file()
-    names = CircuitGraph.from_shape(TINY_MODEL.n_layer, TINY_MODEL.n_head).upstream[1:]
-    assert set(result.labels) == set(names)
-    assert set(result.stability()) == {g.value for g in Group}
+    table = recommender_table(tiny_rec)
+    assert list(result.labels) == table.scored  # roles, heads, MLPs, item rows
+    assert set(table.modules) <= set(result.labels) and set(table.roles) <= set(result.labels)
+    assert (result.path / "scores.safetensors").is_file()
+    stability = result.stability()
+    assert set(stability["jaccard"]) == {g.value for g in Group} and len(stability["sizes"]["inactive"]) == 2
     j = result.to_json()
-    assert {"nodes", "edges", "faithfulness", "agreement", "stability", "seconds"} <= set(j)
+    assert {"nodes", "edges", "faithfulness", "agreement", "stability", "seconds", "groups", "coverage"} <= set(j)
+    assert sum(j["groups"].values()) == len(table.scored)
+    assert j["coverage"]["forget_grad_share"] == pytest.approx(1.0)  # every parameter has an owner
+    kinds = {n["kind"] for n in j["nodes"]}
+    assert {"embedding", "head", "mlp", "item-row"} <= kinds
+    spec = next(n for n in j["nodes"] if n["name"] == "m0")["specificity"]
+    assert spec["low"] <= spec["estimate"] <= spec["high"]
     assert j["faithfulness"]["at_circuit"]["recovery"] >= settings.target or j["faithfulness"]["at_circuit"]["share"] == 1
     assert -1 <= j["agreement"]["spearman_vs_patching"] <= 1
     # a second call loads the stored result instead of computing it
@@ -177,13 +187,15 @@ def test_discovery_is_cached_relabels_for_free_and_round_trips(tiny_ws, tiny_rec
     monkeypatch.setattr(discover, "compute_circuits", lambda *a, **k: pytest.fail("recomputed"))
     again = discover_circuits(tiny_ws, tiny_rec, forget, settings)
     assert again.to_json()["edges"] == j["edges"]
-    strict = discover_circuits(tiny_ws, tiny_rec, forget, settings, GroupThresholds(100.0, 100.0))
+    strict = discover_circuits(tiny_ws, tiny_rec, forget, settings, GroupThresholds(1e9, 1e9, rule="threshold"))
     assert set(strict.labels.values()) == {Group.INACTIVE}
+    floor = discover_circuits(tiny_ws, tiny_rec, forget, settings, GroupThresholds(floor=1e9))
+    assert set(floor.labels.values()) == {Group.INACTIVE}
     # the graph survives networkx node-link JSON
     back = CircuitGraph.from_node_link(json.loads(json.dumps(again.graph.to_node_link())))
     torch.testing.assert_close(back.scores, again.graph.scores)
     assert torch.equal(back.in_circuit, again.graph.in_circuit)
-    assert CircuitResult.from_json(json.loads(json.dumps(j))).to_json()["nodes"] == j["nodes"]
+    assert CircuitResult.from_json(json.loads(json.dumps(j)), result.path, table).to_json()["nodes"] == j["nodes"]
 
 
 def test_bad_settings_are_clear_errors():

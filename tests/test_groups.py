@@ -37,13 +37,13 @@ def test_bad_thresholds_are_rejected():
 
 def test_jaccard_and_stability():
     assert jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
-    assert jaccard(set(), set()) == 1.0
+    assert jaccard(set(), set()) is None  # agreeing on nothing is not stability
     a = {"x": Group.FORGET, "y": Group.SHARED, "z": Group.INACTIVE}
     b = {"x": Group.FORGET, "y": Group.INACTIVE, "z": Group.SHARED}
     stab = group_stability([a, a, b])
     # pairs (a,a), (a,b), (a,b): forget-specific agrees everywhere, task-shared once in three
     assert stab[Group.FORGET.value] == 1.0
     assert stab[Group.SHARED.value] == pytest.approx(1 / 3)
-    assert stab[Group.RETAIN.value] == 1.0  # empty in every labeling
+    assert stab[Group.RETAIN.value] is None  # empty in every labeling: reported as empty, not 1.0
     with pytest.raises(ValueError):
         group_stability([a])

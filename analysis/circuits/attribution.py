@@ -12,6 +12,16 @@ means the edge carries evidence for the true label.
 
 A node's EAP score is the sum of its out-edges' scores: its output enters the residual
 stream once and every later reader sees it, so dM/d(out_u) = Σ_d dM/d(in_d).
+
+The input node splits by position: each position's share (clean - corrupt input) ·
+dM/d(input at that position) goes to the role of the token there (`emb:items`,
+`emb:ratings`, ...) and, for an item token, to that item's embedding row (`row:<id>`),
+so the roles add up to the input node and the item rows to `emb:items`. Exact patching
+of a role or row feeds just its positions the counterfactual input. Counterfactuals keep
+the prefix, the target and every position, so attributes, prompt words, positions and
+target-only item rows score 0 under them by construction (mean ablation scores them).
+
+Scores are kept per prompt (n_prompts x scored nodes): the grouping rule bootstraps them.
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ from ..errors import SettingsError, parse_choice
 from ..progress import ProgressFn, or_silent
 from ..model.sequences import pad_batch
 from .corrupt import PromptSet
+from .nodes import Kind
 from .runner import GraphRunner
 
 
@@ -60,6 +71,7 @@ class Attribution:
     corrupt_metric: float  # mean metric of the fully corrupted run
     n_prompts: int
     seconds: float
+    per_prompt: torch.Tensor | None = None  # (n_prompts, n_scored): roles, modules, item rows (table.scored)
 
 
 @dataclass
@@ -68,6 +80,38 @@ class Batch:
     last: torch.Tensor
     sign: torch.Tensor
     corrupt: torch.Tensor  # upstream outputs of the corrupted run (B, T, n_up, d)
+    codes: torch.Tensor  # (B, T) token-role code per position, -1 on padding
+    start: int  # index of the batch's first prompt
+
+
+def _codes(prompts: PromptSet, start: int, stop: int, width: int) -> torch.Tensor:
+    codes = torch.full((stop - start, width), -1, dtype=torch.long)
+    for b, i in enumerate(range(start, stop)):
+        if prompts.roles is not None:
+            codes[b, : len(prompts.roles[i])] = torch.from_numpy(prompts.roles[i])
+    return codes
+
+
+def split_input(runner: GraphRunner, contribution: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per-position input scores (B, T) -> per-prompt role and item-row scores (B, n_roles + n_rows)."""
+    table = runner.table
+    roles = table.of_kind(Kind.ROLE)
+    B = contribution.shape[0]
+    out = torch.zeros(B, len(roles) + len(table.item_rows), dtype=contribution.dtype)
+    for r, node in enumerate(roles):
+        out[:, r] = (contribution * (batch.codes == node.index)).sum(1)
+    if table.item_rows:
+        cols = runner.item_column[batch.tokens]  # (B, T)
+        hit = cols >= 0
+        rows = torch.arange(B)[:, None].expand_as(cols)[hit]
+        out.index_put_((rows, len(roles) + cols[hit]), contribution[hit], accumulate=True)
+    return out
+
+
+def scored_columns(runner: GraphRunner, modules: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """(B, n_up - 1) module scores and (B, n_roles + n_rows) input splits -> (B, n_scored) in table order."""
+    n_roles = len(runner.table.roles)
+    return torch.cat([inputs[:, :n_roles], modules, inputs[:, n_roles:]], dim=1)
 
 
 def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> Iterator[Batch]:
@@ -83,6 +127,7 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
             total = out.sum(0) if total is None else total + out.sum(0)
         mean = total / len(prompts)
     for start in range(0, len(prompts), batch_size):
+        codes = _codes(prompts, start, min(start + batch_size, len(prompts)), width)
         stop = start + batch_size
         tokens = torch.from_numpy(pad_batch(prompts.clean[start:stop], runner.pad_id, width))
         last = torch.tensor([len(p) - 1 for p in prompts.clean[start:stop]])
@@ -91,13 +136,15 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
             corrupt = runner.outputs(torch.from_numpy(pad_batch(prompts.corrupt[start:stop], runner.pad_id, width)))
         else:
             corrupt = mean.expand(len(tokens), *mean.shape)
-        yield Batch(tokens, last, sign, corrupt)
+        yield Batch(tokens, last, sign, corrupt, codes, start)
 
 
 def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig, progress: ProgressFn):
     steps = 1 if cfg.method is Method.EAP else cfg.ig_steps
     graph = runner.graph
     edges = torch.zeros(graph.allowed.shape)
+    per_prompt = []
+    allowed = graph.allowed.float()
     clean_sum = corrupt_sum = 0.0
     done = 0
     for batch in iter_batches(runner, prompts, cfg.batch_size):
@@ -114,14 +161,19 @@ def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionCo
                 clean_sum += float(metric.sum())
         if override is not None:
             clean_sum += float(runner.clean_metric(batch.tokens, batch.last, batch.sign).sum())
-        edges += torch.einsum("btud,btkd->uk", clean - batch.corrupt, grads)
+        diff = clean - batch.corrupt
+        per_edge = torch.einsum("btud,btkd->buk", diff, grads) * allowed
+        edges += per_edge.sum(0)
+        # the input's share per position: its readers are every downstream node
+        at_input = torch.einsum("btd,btkd->bt", diff[:, :, 0], grads * allowed[0][None, None, :, None])
+        per_prompt.append(scored_columns(runner, per_edge.sum(2)[:, 1:], split_input(runner, at_input, batch)))
         corrupt_sum += float(runner.patched_metric(batch.tokens, batch.last, batch.sign, batch.corrupt,
                                                    graph.allowed).sum())
         done += len(batch.tokens)
         progress(cfg.method.value, done, len(prompts))
     n = len(prompts)
     edges = torch.where(graph.allowed, edges / n, torch.zeros_like(edges))
-    return edges, edges.sum(1), clean_sum / n, corrupt_sum / n
+    return edges, edges.sum(1), clean_sum / n, corrupt_sum / n, torch.cat(per_prompt)
 
 
 def _masks_for_edges(runner: GraphRunner) -> list[torch.Tensor]:
@@ -142,21 +194,29 @@ def _masks_for_nodes(runner: GraphRunner) -> list[torch.Tensor]:
     return masks
 
 
+def patch_per_prompt(runner: GraphRunner, prompts: PromptSet, masks: list[torch.Tensor], batch_size: int = 64,
+                     progress: ProgressFn | None = None, stage: str = "patching") -> tuple[torch.Tensor, torch.Tensor]:
+    """M(clean) - M(patched) per removal mask and prompt (n_masks, n_prompts), and M(clean) per prompt."""
+    progress = or_silent(progress)
+    effects = torch.zeros(len(masks), len(prompts), dtype=torch.float64)
+    clean_all = torch.zeros(len(prompts), dtype=torch.float64)
+    n_batches = -(-len(prompts) // batch_size)
+    for b, batch in enumerate(iter_batches(runner, prompts, batch_size)):
+        rows = slice(batch.start, batch.start + len(batch.tokens))
+        clean = runner.clean_metric(batch.tokens, batch.last, batch.sign)
+        clean_all[rows] = clean.double()
+        for m, mask in enumerate(masks):
+            patched = runner.patched_metric(batch.tokens, batch.last, batch.sign, batch.corrupt, mask)
+            effects[m, rows] = (clean - patched).double()
+            progress(stage, b * len(masks) + m + 1, n_batches * len(masks))
+    return effects, clean_all
+
+
 def patch_effects(runner: GraphRunner, prompts: PromptSet, masks: list[torch.Tensor], batch_size: int = 64,
                   progress: ProgressFn | None = None, stage: str = "patching") -> tuple[torch.Tensor, float]:
     """M(clean) - M(patched) for each removal mask (mean over prompts), and M(clean)."""
-    progress = or_silent(progress)
-    effects = torch.zeros(len(masks), dtype=torch.float64)
-    clean_sum = 0.0
-    n_batches = -(-len(prompts) // batch_size)
-    for b, batch in enumerate(iter_batches(runner, prompts, batch_size)):
-        clean = runner.clean_metric(batch.tokens, batch.last, batch.sign)
-        clean_sum += float(clean.sum())
-        for m, mask in enumerate(masks):
-            patched = runner.patched_metric(batch.tokens, batch.last, batch.sign, batch.corrupt, mask)
-            effects[m] += float((clean - patched).sum())
-            progress(stage, b * len(masks) + m + 1, n_batches * len(masks))
-    return effects / len(prompts), clean_sum / len(prompts)
+    effects, clean = patch_per_prompt(runner, prompts, masks, batch_size, progress, stage)
+    return effects.mean(1), float(clean.mean())
 
 
 def patch_nodes(runner: GraphRunner, prompts: PromptSet, batch_size: int = 64,
@@ -166,15 +226,48 @@ def patch_nodes(runner: GraphRunner, prompts: PromptSet, batch_size: int = 64,
     return effects.float()
 
 
+def patch_embedding_nodes(runner: GraphRunner, prompts: PromptSet, names: list[str], batch_size: int = 64,
+                          progress: ProgressFn | None = None) -> torch.Tensor:
+    """Exact patching of role and item-row nodes, per prompt (n_names, n_prompts): each node's
+    positions fed the counterfactual input, everything else clean."""
+    progress = or_silent(progress)
+    table = runner.table
+    effects = torch.zeros(len(names), len(prompts), dtype=torch.float64)
+    n_batches = -(-len(prompts) // batch_size)
+    for b, batch in enumerate(iter_batches(runner, prompts, batch_size)):
+        rows = slice(batch.start, batch.start + len(batch.tokens))
+        clean_in = runner.outputs(batch.tokens)[:, :, 0]
+        diff = clean_in - batch.corrupt[:, :, 0]
+        clean = runner.clean_metric(batch.tokens, batch.last, batch.sign)
+        columns = runner.item_column[batch.tokens]
+        for k, name in enumerate(names):
+            node = table[name]
+            if node.kind is Kind.ROLE:
+                where = batch.codes == node.index
+            elif node.kind is Kind.ITEM_ROW:
+                where = columns == table.item_rows.index(name)
+            else:
+                raise ValueError(f"{name} is not an embedding role or item row")
+            if where.any():  # a node absent from the batch has no effect on it
+                patched = runner.patched_input(batch.tokens, batch.last, batch.sign, diff * where[..., None])
+                effects[k, rows] = (clean - patched).double()
+            progress("embedding patching", b * len(names) + k + 1, n_batches * len(names))
+    return effects
+
+
 def _patching_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig, progress: ProgressFn):
     graph = runner.graph
     masks = _masks_for_edges(runner) + _masks_for_nodes(runner) + [graph.allowed.clone()]
-    effects, clean = patch_effects(runner, prompts, masks, cfg.batch_size, progress, "edge patching")
-    n_edges = graph.n_edges
+    effects, clean = patch_per_prompt(runner, prompts, masks, cfg.batch_size, progress, "edge patching")
+    n_edges, n_up = graph.n_edges, len(graph.upstream)
+    means = effects.mean(1)
     edges = torch.zeros(graph.allowed.shape)
-    edges[graph.allowed] = effects[:n_edges].float()  # nonzero() and boolean indexing share row-major order
-    nodes = effects[n_edges : n_edges + len(graph.upstream)].float()
-    return edges, nodes, clean, clean - float(effects[-1])
+    edges[graph.allowed] = means[:n_edges].float()  # nonzero() and boolean indexing share row-major order
+    nodes = means[n_edges : n_edges + n_up].float()
+    table = runner.table
+    inputs = patch_embedding_nodes(runner, prompts, table.roles + table.item_rows, cfg.batch_size, progress)
+    per_prompt = scored_columns(runner, effects[n_edges + 1 : n_edges + n_up].T.float(), inputs.T.float())
+    return edges, nodes, float(clean.mean()), float(clean.mean() - means[-1]), per_prompt
 
 
 ALGORITHMS: dict[Method, Callable] = {
@@ -189,5 +282,6 @@ def attribute(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig | 
     """Score every edge and node of the runner's graph on a prompt set with the chosen method."""
     cfg = cfg or AttributionConfig()
     start = time.perf_counter()
-    edges, nodes, clean, corrupt = ALGORITHMS[Method(cfg.method)](runner, prompts, cfg, or_silent(progress))
-    return Attribution(Method(cfg.method), edges, nodes, clean, corrupt, len(prompts), time.perf_counter() - start)
+    edges, nodes, clean, corrupt, per_prompt = ALGORITHMS[Method(cfg.method)](runner, prompts, cfg, or_silent(progress))
+    return Attribution(Method(cfg.method), edges, nodes, clean, corrupt, len(prompts), time.perf_counter() - start,
+                       per_prompt)

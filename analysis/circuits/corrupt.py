@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..data.samples import HISTORY, TRAIN, Interactions
 from ..model.sequences import PromptBuilder
+from .nodes import TOKEN_ROLES, Role, VocabRoles
 
 PPR_ALPHA = 0.85  # the usual damping: ~6 steps of expected walk length from the donor
 
@@ -47,6 +48,7 @@ class PromptSet:
     corrupt: list[list[int]] | None
     labels: np.ndarray  # 1 = liked; the metric's sign
     corruption: Corruption
+    roles: list[np.ndarray] | None = None  # per prompt: each position's token-role code (nodes.TOKEN_ROLES)
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -55,14 +57,15 @@ class PromptSet:
         idx = list(idx)
         return PromptSet(self.rows.iloc[idx], [self.clean[i] for i in idx],
                          None if self.corrupt is None else [self.corrupt[i] for i in idx],
-                         self.labels[idx], self.corruption)
+                         self.labels[idx], self.corruption, None if self.roles is None else [self.roles[i] for i in idx])
 
     def concat(self, other: "PromptSet") -> "PromptSet":
         if self.corruption != other.corruption:
             raise ValueError("cannot join prompt sets with different corruptions")
         corrupt = None if self.corrupt is None else self.corrupt + other.corrupt
+        roles = None if self.roles is None or other.roles is None else self.roles + other.roles
         return PromptSet(pd.concat([self.rows, other.rows]), self.clean + other.clean, corrupt,
-                         np.concatenate([self.labels, other.labels]), self.corruption)
+                         np.concatenate([self.labels, other.labels]), self.corruption, roles)
 
 
 def user_item_graph(interactions: Interactions) -> nx.Graph:
@@ -135,6 +138,31 @@ def _fill_slots(history: np.ndarray, order: np.ndarray, length) -> list[int]:
     return out
 
 
+def position_roles(builder: PromptBuilder, user: int, items, ratings, target: int) -> np.ndarray:
+    """Each position's token role (its code in nodes.TOKEN_ROLES): the prefix's words and
+    attributes, then item and rating tokens, then the target item. A title prompt's prefix
+    writes the attributes inside a sentence, so all of it counts as prompt words."""
+    fmt = builder.fmt
+    vocab = _word_roles(builder)
+    prefix = builder.prefix(int(user))
+    codes = [TOKEN_ROLES.index(vocab.role[t]) if vocab is not None and t < len(vocab.role) else 0 for t in prefix]
+    for item, rating in zip(items, ratings):
+        codes += [_ITEMS] * len(fmt.item_ids(int(item))) + [_RATINGS] * len(fmt.rating_ids(float(rating)))
+    codes += [_ITEMS] * len(fmt.item_ids(int(target)))
+    return np.array(codes, dtype=np.int64)
+
+
+_ITEMS, _RATINGS = TOKEN_ROLES.index(Role.ITEMS), TOKEN_ROLES.index(Role.RATINGS)
+
+
+def _word_roles(builder: PromptBuilder) -> VocabRoles | None:
+    if getattr(builder.fmt, "kind", None) != "word":
+        return None
+    if not hasattr(builder, "_vocab_roles"):
+        builder._vocab_roles = VocabRoles.from_vocab(builder.fmt.tokenizer.get_vocab(), ())
+    return builder._vocab_roles
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -156,10 +184,13 @@ def build_prompt_set(builder: PromptBuilder, rows: pd.DataFrame, corruption: Cor
         users = np.array(sorted(int(n[1:]) for n in graph if n.startswith("u")))
         sampler = PPRSampler(graph, rng.choice(users, size=min(n_donors, len(users)), replace=False).tolist())
 
-    clean, corrupt = [], []
+    clean, corrupt, roles = [], [], []
     for user, pos, target in zip(rows["user_id"].to_numpy(), rows["pos"].to_numpy(), rows["item_id"].to_numpy()):
         items, ratings = builder.history_at(int(user), int(pos))
         clean.append(builder.render(int(user), items, ratings, int(target)))
+        roles.append(position_roles(builder, int(user), items, ratings, int(target)))
+        if len(roles[-1]) != len(clean[-1]):
+            raise ValueError("position roles must cover the prompt")
         if corruption is Corruption.MEAN:
             continue
         if corruption is Corruption.SHUFFLE:
@@ -181,4 +212,4 @@ def build_prompt_set(builder: PromptBuilder, rows: pd.DataFrame, corruption: Cor
         if len(corrupt[-1]) != len(clean[-1]):
             raise ValueError("a corrupted prompt must have the clean prompt's length")
     return PromptSet(rows.reset_index(drop=True), clean, None if corruption is Corruption.MEAN else corrupt,
-                     rows["label"].to_numpy().astype(np.int64), corruption)
+                     rows["label"].to_numpy().astype(np.int64), corruption, roles)

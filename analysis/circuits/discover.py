@@ -1,9 +1,11 @@
 """Circuits for a deletion request: attribution on forget and retain prompts, the task circuit,
-its faithfulness, agreement with exact patching, module groups and their stability.
+its faithfulness, agreement with exact patching, node groups with intervals and their stability.
 
-Cached under cache/circuits/<key>, key = model + data + deletion request + settings. The
-group thresholds are not part of the key: every node score needed to relabel (including
-the other seeds' scores for stability) is stored, so moving a threshold costs nothing.
+Cached under cache/circuits/<key> (key = model + data + deletion request + settings):
+`circuit.json` and the per-prompt node scores `scores.safetensors`. The group rule is not
+part of the key: relabelling reads the stored scores. `discover_groups` is the lean path
+for unlearning (attribution on one prompt seed, cached under cache/groups/<key>): it
+reuses a full result when one is cached.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from ..cache import build_or_load, config_key, read_json, write_json_atomic
+from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..data.samples import TRAIN
@@ -26,15 +28,20 @@ from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
-from .attribution import Attribution, AttributionConfig, Method, parse_method, attribute, patch_nodes
+from .attribution import Attribution, AttributionConfig, Method, attribute, parse_method, patch_embedding_nodes, patch_nodes
 from .corrupt import Corruption, PromptSet, build_prompt_set, user_item_graph
+from .coverage import coverage_view, forget_gradient_blocks
 from .faithfulness import CurvePoint, circuit_points, faithfulness_curve, smallest_circuit, top_edges
 from .graph import CircuitGraph
-from .groups import Group, GroupThresholds, group_stability, label_modules
+from .groups import Group, GroupThresholds
+from .nodes import NodeTable, recommender_table
 from .runner import GraphRunner
+from .scores import NodeGroups
 from .trace import load_bridge
 
 RESULT = "circuit.json"
+GROUPS = "groups.json"
+PATCHED_ROWS = 100  # item rows checked against exact patching per side (seeded sample of the rows present)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,18 @@ def retain_samples(ws: Workspace, forget: ForgetSet) -> pd.DataFrame:
     return frame[(frame["split"] == TRAIN).to_numpy() & ~forget.mask]
 
 
+def _table(rec: Recommender, ws: Workspace | None = None) -> NodeTable:
+    titles = dict(zip(ws.data.items["item_id"], ws.data.items["title"])) if ws is not None else None
+    return recommender_table(rec, titles)
+
+
+def _spearman(a, b) -> float | None:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
 @dataclass
 class CircuitResult:
     settings: CircuitSettings
@@ -92,19 +111,24 @@ class CircuitResult:
     forget_summary: dict
     n_layers: int
     n_heads: int
-    forget: dict  # attribution on forget prompts: edges, nodes, clean/corrupt metric, n_prompts
+    forget: dict  # attribution on forget prompts: edges, nodes (upstream), clean/corrupt metric, n_prompts
     retain: dict
-    patched_nodes: dict  # exact node patching on the same prompts: {"forget": [...], "retain": [...]}
+    patched: dict  # exact patching, {"forget": {node: effect}, "retain": {...}}: input, modules, roles, sampled rows
     curve: list[CurvePoint]
     at_circuit: CurvePoint
-    seed_nodes: list[dict]  # per stability seed: {"seed", "forget": [...], "retain": [...]}
+    node_groups: NodeGroups
+    coverage: dict  # {"blocks": [||g_forget||^2 per block], "total": ...}
     seconds: dict
-    labels: dict[str, Group] = field(default_factory=dict)
     path: Path | None = None
+    table: NodeTable | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.labels:
-            self.labels = self.label(self.thresholds)
+        if self.node_groups.thresholds != self.thresholds:
+            self.node_groups = self.node_groups.relabel(self.thresholds)
+
+    @property
+    def labels(self) -> dict[str, Group]:
+        return self.node_groups.labels
 
     @property
     def graph(self) -> CircuitGraph:
@@ -116,76 +140,108 @@ class CircuitResult:
 
     @property
     def modules(self) -> list[str]:
-        return CircuitGraph.from_shape(self.n_layers, self.n_heads).upstream[1:]
+        """Every scored node (roles, heads, MLPs, item rows): what selective unlearning can name."""
+        return list(self.node_groups.names)
 
     def combined_edges(self) -> torch.Tensor:
         nf, nr = self.forget["n_prompts"], self.retain["n_prompts"]
         return (nf * torch.tensor(self.forget["edges"]) + nr * torch.tensor(self.retain["edges"])) / (nf + nr)
 
     def label(self, thresholds: GroupThresholds, seed_index: int = 0) -> dict[str, Group]:
-        s = self.seed_nodes[seed_index]
-        return label_modules(self.modules, torch.tensor(s["forget"][1:]), torch.tensor(s["retain"][1:]), thresholds)
+        return self.node_groups.label(thresholds, seed_index)
 
     def relabel(self, thresholds: GroupThresholds) -> "CircuitResult":
-        return replace(self, thresholds=thresholds, labels=self.label(thresholds))
+        return replace(self, thresholds=thresholds, node_groups=self.node_groups.relabel(thresholds))
 
-    def stability(self) -> dict[str, float] | None:
-        if len(self.seed_nodes) < 2:
-            return None
-        return group_stability([self.label(self.thresholds, i) for i in range(len(self.seed_nodes))])
+    def stability(self) -> dict | None:
+        return self.node_groups.stability()
 
     def agreement(self) -> dict:
-        out = {}
+        """Spearman of attribution vs exact patching: heads and MLPs, embedding roles, sampled item rows."""
+        out: dict = {}
+        up = CircuitGraph.from_shape(self.n_layers, self.n_heads).upstream
+        ng = self.node_groups
+        mean = {side: dict(zip(ng.names, (ng.forget if side == "forget" else ng.retain)[0].mean(0).tolist()))
+                for side in ("forget", "retain")}
         for side in ("forget", "retain"):
-            ours = np.array(getattr(self, side)["nodes"][1:])
-            exact = np.array(self.patched_nodes[side][1:])
-            out[side] = float(spearmanr(ours, exact).statistic)
+            ours = getattr(self, side)["nodes"]
+            out[side] = _spearman(ours[1:], [self.patched[side][n] for n in up[1:]])
         nf, nr = self.forget["n_prompts"], self.retain["n_prompts"]
-        mix = lambda a, b: (nf * np.array(a[1:]) + nr * np.array(b[1:])) / (nf + nr)  # noqa: E731
-        out["all"] = float(spearmanr(mix(self.forget["nodes"], self.retain["nodes"]),
-                                     mix(self.patched_nodes["forget"], self.patched_nodes["retain"])).statistic)
+        mix = lambda a, b: (nf * np.array(a) + nr * np.array(b)) / (nf + nr)  # noqa: E731
+        out["all"] = _spearman(mix(self.forget["nodes"][1:], self.retain["nodes"][1:]),
+                               mix([self.patched["forget"][n] for n in up[1:]], [self.patched["retain"][n] for n in up[1:]]))
+        for kind, key in (("embedding", "roles"), ("item-row", "item_rows")):
+            a, b = [], []
+            for side in ("forget", "retain"):
+                names = [n for n, k in zip(ng.names, ng.kinds) if k == kind and n in self.patched[side]]
+                a += [mean[side][n] for n in names]
+                b += [self.patched[side][n] for n in names]
+            out[key] = _spearman(a, b)
+            out[f"n_{key}"] = len(a)
         return out
+
+    def coverage_view(self) -> dict:
+        table = self.table
+        if table is None or not self.coverage.get("blocks"):
+            return {"forget_grad_share": None}
+        return coverage_view(table, self.coverage["blocks"], self.coverage["total"], self.labels)
 
     def to_json(self) -> dict:
         """The CLI/app view plus everything needed to rebuild the result (`from_json`)."""
         g = self.graph
-        names = g.upstream
+        up = g.upstream
+        ng = self.node_groups
         agreement = self.agreement()
-        stability = self.stability()
+        f_mean, r_mean = ng.mean_scores()
+        input_node = {"name": "input", "kind": "input", "label": "input", "group": None, "specificity": None,
+                      "forget_score": self.forget["nodes"][0], "retain_score": self.retain["nodes"][0],
+                      "forget_patching": self.patched["forget"].get("input"),
+                      "retain_patching": self.patched["retain"].get("input")}
+        nodes = [input_node] + [{**ng.node_view(i), "forget_score": float(f_mean[i]), "retain_score": float(r_mean[i]),
+                                 "forget_patching": self.patched["forget"].get(n),
+                                 "retain_patching": self.patched["retain"].get(n)} for i, n in enumerate(ng.names)]
         return {
             "method": self.settings.method.value,
             "forget": self.forget_summary,
             "settings": self.settings.key(),
-            "thresholds": asdict(self.thresholds),
+            "thresholds": self.thresholds.as_dict(),
             "shape": {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_edges": g.n_edges},
             "metric": {side: {"clean": getattr(self, side)["clean_metric"], "corrupt": getattr(self, side)["corrupt_metric"],
                               "n_prompts": getattr(self, side)["n_prompts"]} for side in ("forget", "retain")},
-            "nodes": [{"name": n, "forget_score": self.forget["nodes"][i], "retain_score": self.retain["nodes"][i],
-                       "forget_patching": self.patched_nodes["forget"][i], "retain_patching": self.patched_nodes["retain"][i],
-                       "group": self.labels[n].value if n in self.labels else None} for i, n in enumerate(names)],
-            "edges": [{"from": names[i], "to": g.downstream[j], "forget_score": self.forget["edges"][i][j],
+            "nodes": nodes,
+            "groups": ng.sizes(),
+            "groups_by_kind": ng.sizes_by_kind(),
+            "top_forget_specific": ng.top(Group.FORGET),
+            "edges": [{"from": up[i], "to": g.downstream[j], "forget_score": self.forget["edges"][i][j],
                        "retain_score": self.retain["edges"][i][j], "score": float(g.scores[i, j]),
                        "in_circuit": bool(g.in_circuit[i, j])} for i, j in torch.nonzero(g.allowed).tolist()],
             "faithfulness": {"curve": [p.as_dict() for p in self.curve],
                              "at_circuit": {**self.at_circuit.as_dict(), "edges": self.at_circuit.n_edges}},
             "agreement": {"spearman_vs_patching": agreement["all"], "by_side": agreement,
-                          "over": "heads and MLPs (the input node is the whole corrupted run)"},
-            "stability": {"jaccard": stability, "seeds": [s["seed"] for s in self.seed_nodes]},
-            "seeds": self.seed_nodes,
-            "attribution": {"forget": self.forget, "retain": self.retain, "patched_nodes": self.patched_nodes},
+                          "over": "heads and MLPs (the input node is the whole corrupted run); roles and a "
+                                  f"sample of up to {PATCHED_ROWS} item rows per side under by_side"},
+            "stability": {**(self.stability() or {"jaccard": None, "sizes": None}), "seeds": ng.seeds},
+            "coverage": {**self.coverage_view(), **self.coverage},
+            "seeds": [{"seed": s, "forget": ng.forget[k].mean(0).tolist(), "retain": ng.retain[k].mean(0).tolist()}
+                      for k, s in enumerate(ng.seeds)],
+            "node_scores": {"file": "scores.safetensors", "names": ng.names, "kinds": ng.kinds, "titles": ng.titles,
+                            "families": ng.families.tolist(), "seeds": ng.seeds},
+            "attribution": {"forget": self.forget, "retain": self.retain, "patched": self.patched},
             "seconds": self.seconds,
             "path": str(self.path) if self.path else None,
         }
 
     @classmethod
-    def from_json(cls, d: dict, path: Path | None = None) -> "CircuitResult":
-        labels = {n["name"]: Group(n["group"]) for n in d["nodes"] if n["group"]}
+    def from_json(cls, d: dict, path: Path, table: NodeTable | None = None) -> "CircuitResult":
+        thresholds = GroupThresholds(**d["thresholds"])
         at = d["faithfulness"]["at_circuit"]
-        return cls(CircuitSettings(**d["settings"]), GroupThresholds(**d["thresholds"]), d["forget"],
-                   d["shape"]["n_layers"], d["shape"]["n_heads"], d["attribution"]["forget"], d["attribution"]["retain"],
-                   d["attribution"]["patched_nodes"], [CurvePoint(**p) for p in d["faithfulness"]["curve"]],
-                   CurvePoint(at["n_edges"], at["share"], at["faithfulness"], at["recovery"]), d["seeds"],
-                   d["seconds"], labels, path)
+        groups = NodeGroups.load(path, d["node_scores"], thresholds)
+        coverage = {k: d["coverage"][k] for k in ("blocks", "total") if k in d["coverage"]}
+        return cls(CircuitSettings(**d["settings"]), thresholds, d["forget"], d["shape"]["n_layers"],
+                   d["shape"]["n_heads"], d["attribution"]["forget"], d["attribution"]["retain"],
+                   d["attribution"]["patched"], [CurvePoint(**p) for p in d["faithfulness"]["curve"]],
+                   CurvePoint(at["n_edges"], at["share"], at["faithfulness"], at["recovery"]), groups, coverage,
+                   d["seconds"], path, table)
 
 
 def _attribution_dict(a: Attribution) -> dict:
@@ -201,30 +257,67 @@ def _prompt_sets(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: C
     return make(f_rows, seed), make(r_rows, seed + 10_000)
 
 
+class _Discovery:
+    """What every discovery step shares: the runner over the node table, prompts, settings."""
+
+    def __init__(self, ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings,
+                 progress: ProgressFn) -> None:
+        self.ws, self.rec, self.forget, self.settings, self.progress = ws, rec, forget, settings, progress
+        self.table = _table(rec, ws)
+        self.runner = GraphRunner(load_bridge(rec), rec, self.table)
+        self.builder = PromptBuilder(rec.fmt, ws.interactions)
+        self.graph = user_item_graph(ws.interactions) if settings.corruption is Corruption.PPR else None
+        self.cfg = AttributionConfig(settings.method, settings.ig_steps, settings.batch_size)
+
+    def prompt_sets(self, seed: int) -> tuple[PromptSet, PromptSet]:
+        return _prompt_sets(self.ws, self.rec, self.forget, self.settings, seed, self.builder, self.graph)
+
+    def attribute(self, seeds: list[int], first: tuple[PromptSet, PromptSet] | None = None):
+        """Per seed, attribution on forget and retain prompts; returns attributions of the first seed too."""
+        forget_pp, retain_pp, first_attr = [], [], None
+        for k, seed in enumerate(seeds):
+            f_set, r_set = first if (k == 0 and first is not None) else self.prompt_sets(seed)
+            f_attr, r_attr = attribute(self.runner, f_set, self.cfg, self.progress), attribute(self.runner, r_set, self.cfg, self.progress)
+            forget_pp.append(f_attr.per_prompt)
+            retain_pp.append(r_attr.per_prompt)
+            if k == 0:
+                first_attr = (f_attr, r_attr)
+        return forget_pp, retain_pp, first_attr
+
+    def coverage(self, f_set: PromptSet) -> dict:
+        blocks, total = forget_gradient_blocks(self.rec, self.table, f_set.clean, f_set.labels, self.settings.batch_size)
+        return {"blocks": blocks, "total": total}
+
+
 def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings,
                      thresholds: GroupThresholds = GroupThresholds(), progress: ProgressFn | None = None) -> CircuitResult:
     """Everything in CircuitResult, computed now (see `discover_circuits` for the cached entry point)."""
     progress = or_silent(progress)
     t0 = time.perf_counter()
-    runner = GraphRunner(load_bridge(rec), rec)
-    builder = PromptBuilder(rec.fmt, ws.interactions)
-    graph = user_item_graph(ws.interactions) if settings.corruption is Corruption.PPR else None
-    cfg = AttributionConfig(settings.method, settings.ig_steps, settings.batch_size)
+    d = _Discovery(ws, rec, forget, settings, progress)
+    runner, table = d.runner, d.table
     seconds: dict[str, float] = {}
 
     tick = time.perf_counter()
-    f_set, r_set = _prompt_sets(ws, rec, forget, settings, settings.seed, builder, graph)
+    f_set, r_set = d.prompt_sets(settings.seed)
     seconds["prompts"] = time.perf_counter() - tick
-    f_attr = attribute(runner, f_set, cfg, progress)
-    r_attr = attribute(runner, r_set, cfg, progress)
+    seeds = list(range(settings.seed, settings.seed + settings.stability_seeds))
+    forget_pp, retain_pp, (f_attr, r_attr) = d.attribute(seeds[:1], (f_set, r_set))
     seconds["attribution"] = f_attr.seconds + r_attr.seconds
 
     tick = time.perf_counter()
-    if settings.method is Method.PATCHING:
-        patched = {"forget": f_attr.nodes.tolist(), "retain": r_attr.nodes.tolist()}
-    else:
-        patched = {"forget": patch_nodes(runner, f_set, settings.batch_size, progress).tolist(),
-                   "retain": patch_nodes(runner, r_set, settings.batch_size, progress).tolist()}
+    patched = {}
+    rng = np.random.default_rng(settings.seed)
+    for side, ps, attr in (("forget", f_set, f_attr), ("retain", r_set, r_attr)):
+        up_effects = attr.nodes if settings.method is Method.PATCHING else patch_nodes(runner, ps, settings.batch_size, progress)
+        values = dict(zip(runner.graph.upstream, up_effects.tolist()))
+        present = [n for n, v in zip(table.item_rows, attr.per_prompt[:, len(table.roles) + len(table.modules):].abs().sum(0))
+                   if v > 0]
+        rows = sorted(rng.choice(present, size=min(PATCHED_ROWS, len(present)), replace=False).tolist()) if present else []
+        names = table.roles + rows
+        exact = patch_embedding_nodes(runner, ps, names, settings.batch_size, progress).mean(1)
+        values.update(zip(names, exact.tolist()))
+        patched[side] = values
     seconds["node_patching"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -240,20 +333,16 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     seconds["faithfulness"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    seed_nodes = [{"seed": settings.seed, "forget": f_attr.nodes.tolist(), "retain": r_attr.nodes.tolist()}]
-    for seed in range(settings.seed + 1, settings.seed + settings.stability_seeds):
-        fs, rs = _prompt_sets(ws, rec, forget, settings, seed, builder, graph)
-        if settings.method is Method.PATCHING:  # groups only need node scores
-            nodes = [patch_nodes(runner, s, settings.batch_size, progress) for s in (fs, rs)]
-        else:
-            nodes = [attribute(runner, s, cfg, progress).nodes for s in (fs, rs)]
-        seed_nodes.append({"seed": seed, "forget": nodes[0].tolist(), "retain": nodes[1].tolist()})
+    more_f, more_r, _ = d.attribute(seeds[1:]) if len(seeds) > 1 else ([], [], None)
     seconds["stability"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    coverage = d.coverage(f_set)
+    seconds["coverage"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - t0
-
+    groups = NodeGroups.from_table(table, seeds, forget_pp + more_f, retain_pp + more_r, thresholds)
     return CircuitResult(settings, thresholds, forget.summary(), runner.n_layers, runner.n_heads,
-                         _attribution_dict(f_attr), _attribution_dict(r_attr), patched, curve, at, seed_nodes,
-                         seconds)
+                         _attribution_dict(f_attr), _attribution_dict(r_attr), patched, curve, at, groups, coverage,
+                         seconds, table=table)
 
 
 def circuits_key(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings) -> str:
@@ -261,16 +350,68 @@ def circuits_key(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: C
                        "model": model_identity(rec), "forget": forget.key, "settings": settings.key()})
 
 
+def _store(tmp: Path, result: CircuitResult) -> None:
+    result.node_groups.save(tmp)
+    write_json_atomic(tmp / RESULT, result.to_json())
+
+
 def discover_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings | None = None,
                       thresholds: GroupThresholds | None = None, progress: ProgressFn | None = None) -> CircuitResult:
-    """Cached circuits for a deletion request; thresholds relabel the cached scores for free."""
+    """Cached circuits for a deletion request; the group rule relabels the cached scores for free."""
     settings = settings or CircuitSettings()
     thresholds = thresholds or GroupThresholds()
 
     def build(tmp: Path) -> None:
-        result = compute_circuits(ws, rec, forget, settings, thresholds, progress)
-        write_json_atomic(tmp / RESULT, result.to_json())
+        _store(tmp, compute_circuits(ws, rec, forget, settings, thresholds, progress))
 
     path = build_or_load(ws.root, "circuits", circuits_key(ws, rec, forget, settings), build)
-    result = CircuitResult.from_json(read_json(path / RESULT), path)
+    result = CircuitResult.from_json(read_json(path / RESULT), path, _table(rec, ws))
     return result if result.thresholds == thresholds else result.relabel(thresholds)
+
+
+@dataclass
+class GroupsResult:
+    """The lean discovery: node scores on one prompt seed, groups, coverage (no curve, no patching)."""
+
+    node_groups: NodeGroups
+    coverage: dict
+    seconds: dict
+    path: Path | None
+    table: NodeTable | None = None
+    from_full: bool = False  # read off a cached full circuit result
+
+    @property
+    def labels(self) -> dict[str, Group]:
+        return self.node_groups.labels
+
+    def coverage_view(self) -> dict:
+        return coverage_view(self.table, self.coverage["blocks"], self.coverage["total"], self.labels)
+
+
+def discover_groups(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings | None = None,
+                    thresholds: GroupThresholds | None = None, progress: ProgressFn | None = None) -> GroupsResult:
+    """Node groups for unlearning: a cached full result when there is one, else attribution + bootstrap only."""
+    settings = settings or CircuitSettings()
+    thresholds = thresholds or GroupThresholds()
+    table = _table(rec, ws)
+    full = artefact_dir(ws.root, "circuits", circuits_key(ws, rec, forget, settings))
+    if full.exists():
+        r = discover_circuits(ws, rec, forget, settings, thresholds, progress)
+        return GroupsResult(r.node_groups, r.coverage, r.seconds, r.path, table, True)
+    lean = replace(settings, stability_seeds=1)
+
+    def build(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        d = _Discovery(ws, rec, forget, lean, or_silent(progress))
+        f_set, r_set = d.prompt_sets(lean.seed)
+        forget_pp, retain_pp, _ = d.attribute([lean.seed], (f_set, r_set))
+        coverage = d.coverage(f_set)
+        groups = NodeGroups.from_table(d.table, [lean.seed], forget_pp, retain_pp, thresholds)
+        meta = groups.save(tmp)
+        write_json_atomic(tmp / GROUPS, {"node_scores": meta, "coverage": coverage, "settings": lean.key(),
+                                         "seconds": {"total": time.perf_counter() - t0}})
+
+    path = build_or_load(ws.root, "groups", circuits_key(ws, rec, forget, lean), build)
+    d = read_json(path / GROUPS)
+    groups = NodeGroups.load(path, d["node_scores"], thresholds)
+    return GroupsResult(groups, d["coverage"], d["seconds"], path, table)

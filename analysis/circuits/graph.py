@@ -14,26 +14,9 @@ from dataclasses import dataclass
 import networkx as nx
 import torch
 
+from .nodes import NodeTable, graph_table, head_name, mlp_name  # noqa: F401 - names re-exported
+
 INPUT, LOGITS = "input", "logits"
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"a{layer}.h{head}"
-
-
-def mlp_name(layer: int) -> str:
-    return f"m{layer}"
-
-
-def _layer_of(name: str) -> float:
-    """Position in the forward pass: heads of layer l before its MLP; input first, logits last."""
-    if name == INPUT:
-        return -1.0
-    if name == LOGITS:
-        return float("inf")
-    if name.startswith("a"):
-        return int(name[1 : name.index(".")])
-    return int(name[1:]) + 0.5
 
 
 @dataclass
@@ -48,13 +31,14 @@ class CircuitGraph:
 
     @classmethod
     def from_shape(cls, n_layers: int, n_heads: int) -> "CircuitGraph":
-        if n_layers < 1 or n_heads < 1:
-            raise ValueError(f"a graph needs at least one layer and one head, got {n_layers} x {n_heads}")
-        blocks = [[head_name(l, h) for h in range(n_heads)] + [mlp_name(l)] for l in range(n_layers)]
-        upstream = [INPUT] + [n for block in blocks for n in block]
-        downstream = [n for block in blocks for n in block] + [LOGITS]
-        up_pos = torch.tensor([_layer_of(n) for n in upstream])
-        down_pos = torch.tensor([_layer_of(n) for n in downstream])
+        return cls.from_table(graph_table(n_layers, n_heads))
+
+    @classmethod
+    def from_table(cls, table: NodeTable) -> "CircuitGraph":
+        upstream, downstream = list(table.upstream), list(table.downstream)
+        up_pos = torch.tensor([table[n].order for n in upstream])
+        down_pos = torch.tensor([table[n].order for n in downstream])
+        n_layers, n_heads = table.n_layers, table.n_heads
         # u reaches d iff u runs strictly before d: heads of one layer run in parallel
         allowed = up_pos[:, None] < down_pos[None, :]
         zeros = torch.zeros(allowed.shape)
@@ -83,8 +67,9 @@ class CircuitGraph:
 
     def to_networkx(self) -> nx.DiGraph:
         g = nx.DiGraph(n_layers=self.n_layers, n_heads=self.n_heads)
+        table = graph_table(self.n_layers, self.n_heads)
         for name in self.nodes:
-            g.add_node(name, layer=_layer_of(name))
+            g.add_node(name, layer=table[name].order)
         for i, j in torch.nonzero(self.allowed).tolist():
             g.add_edge(self.upstream[i], self.downstream[j], score=float(self.scores[i, j]),
                        in_circuit=bool(self.in_circuit[i, j]))

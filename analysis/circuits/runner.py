@@ -20,42 +20,68 @@ import torch
 from ..model.recommender import Recommender
 from .graph import CircuitGraph
 from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
+from .nodes import Kind, NodeTable, recommender_table
+
+
+def _span(index: dict[str, int], names: list[str]) -> slice:
+    """The columns of `names` (a layer's heads), which the table keeps contiguous."""
+    cols = [index[n] for n in names]
+    if cols != list(range(cols[0], cols[0] + len(cols))):
+        raise ValueError(f"nodes {names} are not contiguous in the graph")
+    return slice(cols[0], cols[-1] + 1)
 
 
 class GraphRunner:
-    """Runs batches of right-padded prompts through a bridge, node by node of a CircuitGraph."""
+    """Runs batches of right-padded prompts through a bridge, node by node of the model's node table."""
 
-    def __init__(self, bridge, rec: Recommender) -> None:
+    def __init__(self, bridge, rec: Recommender, table: NodeTable | None = None) -> None:
         self.bridge = bridge
         cfg = bridge.cfg
-        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
-        self.graph = CircuitGraph.from_shape(self.n_layers, self.n_heads)
+        self.table = table or recommender_table(rec)
+        self.n_layers, self.n_heads = self.table.n_layers, self.table.n_heads
+        if (self.n_layers, self.n_heads) != (int(cfg.n_layers), int(cfg.n_heads)):
+            raise ValueError("the node table does not describe the bridged model")
+        self.graph = CircuitGraph.from_table(self.table)
         if not getattr(cfg, "use_attn_in", False):
             bridge.set_use_attn_in(True)
         with torch.no_grad():
             self.w_o = [bridge.blocks[l].attn.W_O.detach().float() for l in range(self.n_layers)]  # (H, d_head, d)
         self.yes, self.no = rec.fmt.yes_id, rec.fmt.no_id
         self.pad_id = rec.pad_id
-        self.block = self.n_heads + 1  # nodes per layer: heads then MLP
+        up = {n: i for i, n in enumerate(self.graph.upstream)}
+        down = {n: j for j, n in enumerate(self.graph.downstream)}
+        heads = [[n.name for n in self.table.of_kind(Kind.HEAD) if n.layer == l] for l in range(self.n_layers)]
+        mlps = [next(n.name for n in self.table.of_kind(Kind.MLP) if n.layer == l) for l in range(self.n_layers)]
+        self._up_heads = [_span(up, h) for h in heads]
+        self._down_heads = [_span(down, h) for h in heads]
+        self._up_mlps = [up[m] for m in mlps]
+        self._down_mlps = [down[m] for m in mlps]
+        self._down_logits = down["logits"]
+        # token id -> column among the item-row nodes (-1: not an item token), for per-row scores
+        rows = {n.index: c for c, n in enumerate(self.table.of_kind(Kind.ITEM_ROW))}
+        vocab = rec.tokenizer.get_vocab()
+        self.item_column = torch.full((max(vocab.values()) + 1,), -1, dtype=torch.long)
+        if rows:
+            for word, i in vocab.items():
+                if word.startswith("item_") and word[5:].isdigit() and int(word[5:]) in rows:
+                    self.item_column[i] = rows[int(word[5:])]
 
-    # index helpers: positions in graph.upstream / graph.downstream
+    # column lookups in graph.upstream / graph.downstream, read off the node table
     def up_head(self, layer: int) -> slice:
-        start = 1 + layer * self.block
-        return slice(start, start + self.n_heads)
+        return self._up_heads[layer]
 
     def up_mlp(self, layer: int) -> int:
-        return 1 + layer * self.block + self.n_heads
+        return self._up_mlps[layer]
 
     def down_head(self, layer: int) -> slice:
-        start = layer * self.block
-        return slice(start, start + self.n_heads)
+        return self._down_heads[layer]
 
     def down_mlp(self, layer: int) -> int:
-        return layer * self.block + self.n_heads
+        return self._down_mlps[layer]
 
     @property
     def down_logits(self) -> int:
-        return self.n_layers * self.block
+        return self._down_logits
 
     def metric(self, logits: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """Per prompt: logit difference toward the true label at the answer position."""
@@ -167,6 +193,13 @@ class GraphRunner:
             hooks.append((hook_mlp_out(l), track(self.up_mlp(l), 1, lambda x: x[:, :, None])))
         hooks.append((LOGITS_IN_HOOK, subtract(self.down_logits)))
         return self.metric(self._run(tokens, hooks), last, sign)
+
+    @torch.no_grad()
+    def patched_input(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor,
+                      delta: torch.Tensor) -> torch.Tensor:
+        """Metric per prompt with `delta` (B, T, d) taken out of the embedding output: patching an
+        embedding role or item row = its positions fed their counterfactual input."""
+        return self.metric(self._run(tokens, [(INPUT_HOOK, lambda x: x - delta)]), last, sign)
 
     @torch.no_grad()
     def clean_metric(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:

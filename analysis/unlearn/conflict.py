@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .modules import ModuleMap, flat
+from ..circuits.nodes import NodeTable, graph_table
+from .modules import flat
 
 
 NEGATIVE = -1e-6  # below this a cosine counts as a conflict; a projected update sits at 0 +- rounding
@@ -29,7 +30,10 @@ class ConflictMap:
 
     @property
     def negative_share(self) -> float:
-        return sum(map(is_conflict, self.cos)) / len(self.cos) if self.cos else float("nan")
+        """Share of conflicting nodes among those both gradients reach (an item row absent from
+        both batches has no gradient and no conflict: counting it would dilute the share)."""
+        live = [c for c, f, r in zip(self.cos, self.forget_norm, self.retain_norm) if f > 0 and r > 0]
+        return sum(map(is_conflict, live)) / len(live) if live else float("nan")
 
     @property
     def weighted_cos(self) -> float:
@@ -38,8 +42,7 @@ class ConflictMap:
 
     def heatmap(self, n_layers: int, n_heads: int) -> list[list[float | None]]:
         """rows = layers, columns = heads 0..H-1 then the MLP; None where a module is absent."""
-        value = dict(zip(self.modules, self.cos))
-        return [[value.get(f"a{l}.h{h}") for h in range(n_heads)] + [value.get(f"m{l}")] for l in range(n_layers)]
+        return graph_table(n_layers, n_heads).heatmap(dict(zip(self.modules, self.cos)))
 
     def summary(self) -> dict:
         return {"negative_share": self.negative_share, "weighted_cos": self.weighted_cos, "n_modules": len(self.cos)}
@@ -57,13 +60,14 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
-def conflict_map(mapping: ModuleMap, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
+def conflict_map(table: NodeTable, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
                  modules: list[str] | None = None) -> ConflictMap:
-    """Per-module cosine between two {param name: tensor} dicts (gradients or updates)."""
-    names = modules if modules is not None else list(mapping)
+    """Per-node cosine between two {param name: tensor} dicts (gradients or updates), over the slices it owns."""
+    owners = table.owners
+    names = modules if modules is not None else list(owners)
     cos, fn, rn = [], [], []
     for m in names:
-        f, r = flat(forget, mapping[m]), flat(retain, mapping[m])
+        f, r = flat(forget, owners[m]), flat(retain, owners[m])
         cos.append(cosine(f, r))
         fn.append(float(f.norm()))
         rn.append(float(r.norm()))

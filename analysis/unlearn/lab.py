@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
-from ..circuits.discover import discover_circuits, model_identity
+from ..circuits.discover import discover_groups, model_identity
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import CacheError
@@ -55,10 +55,11 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             groups, circuits = cfg.given_groups, {"given": True, "groups": dict(cfg.groups)}
         elif cfg.uses_circuits:
             start = time.perf_counter()
-            result = discover_circuits(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
+            result = discover_groups(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
             groups = result.labels
             circuits = {"path": str(result.path), "seconds_this_call": time.perf_counter() - start,
-                        "compute_seconds": result.seconds["total"],
+                        "compute_seconds": result.seconds["total"], "from_full_result": result.from_full,
+                        "sizes": result.node_groups.sizes(), "coverage": result.coverage_view(),
                         "groups": {m: g.value for m, g in result.labels.items()}}
         if cfg.method is Method.RETRAIN:
             model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],

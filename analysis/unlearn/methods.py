@@ -15,9 +15,10 @@ from typing import Callable
 
 import torch
 
-from ..circuits.groups import Group
+from ..circuits.groups import Group, block_group
 from ..errors import parse_choice
-from .modules import ModuleMap, flat, write_flat
+from ..circuits.nodes import NodeTable
+from .modules import flat, write_flat
 
 Grads = dict[str, torch.Tensor]
 
@@ -70,11 +71,11 @@ def project_off(g: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
     return g - dot / (onto @ onto) * onto
 
 
-def uniform(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap) -> Step:
-    return Step(_add(g_f, g_r, retain_weight), g_f, list(mapping))
+def uniform(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable) -> Step:
+    return Step(_add(g_f, g_r, retain_weight), g_f, list(table.owners))
 
 
-def pcgrad(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap) -> Step:
+def pcgrad(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable) -> Step:
     """PCGrad over the whole parameter vector: each gradient projected off the other when they conflict."""
     dot = _dot(g_f, g_r)
     if dot < 0:
@@ -83,44 +84,48 @@ def pcgrad(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap) -> 
         r = {n: g_r[n] - dot / nf * g_f[n] for n in g_r}
     else:
         f, r = g_f, g_r
-    return Step(_add(f, r, retain_weight), f, list(mapping))
+    return Step(_add(f, r, retain_weight), f, list(table.owners))
 
 
-def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, mapping: ModuleMap, groups: dict[str, Group],
+def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable, groups: dict[str, Group],
                   retain_specific: RetainSpecific) -> Step:
-    """CURE: each module updated by its group's rule; unowned parameters (embeddings, norms) frozen.
+    """CURE: each parameter block updated by its group's rule (see `block_group`).
 
     forget-specific: forget update only; retain-specific: frozen (or retain update only);
-    task-shared: forget gradient projected off the module's retain gradient when they
-    conflict, plus the retain update; inactive (and unlisted): frozen.
+    task-shared: forget gradient projected off the block's retain gradient when they
+    conflict, plus the retain update; inactive (and unlisted): frozen. Every trainable
+    parameter lies in exactly one block, so nothing is frozen for want of an owner.
     """
     direction, forget_part = _zeros(g_f), _zeros(g_f)
-    updated, rules = [], {}
-    for m, slices in mapping.items():
-        group = groups.get(m, Group.INACTIVE)
-        f, r = flat(g_f, slices), flat(g_r, slices)
+    moved: set[str] = set()
+    rules: dict[str, str] = {}
+    for block in table.blocks:
+        group = block_group(block.owners, groups)
+        if group is Group.INACTIVE or (group is Group.RETAIN and retain_specific is RetainSpecific.FREEZE):
+            for o in block.owners:
+                rules.setdefault(o, "frozen")
+            continue
+        f, r = flat(g_f, block.slices), flat(g_r, block.slices)
         if group is Group.FORGET:
             fm, dm, rule = f, f, "forget only"
         elif group is Group.SHARED:
             fm = project_off(f, r)
             dm, rule = fm + retain_weight * r, "projected forget + retain"
-        elif group is Group.RETAIN and retain_specific is RetainSpecific.RETAIN:
-            fm, dm, rule = torch.zeros_like(f), retain_weight * r, "retain only"
         else:
-            rules[m] = "frozen"
-            continue
-        # GQA: a K/V slice listed under several heads is written once per head with the same
-        # rule family; the last write wins, which is the documented sharing in modules.py
-        write_flat(direction, slices, dm)
-        write_flat(forget_part, slices, fm)
-        rules[m] = rule
+            fm, dm, rule = torch.zeros_like(f), retain_weight * r, "retain only"
+        write_flat(direction, block.slices, dm)
+        write_flat(forget_part, block.slices, fm)
+        for o in block.owners:
+            if len(block.owners) == 1 or rules.get(o, "frozen") == "frozen":
+                rules[o] = rule if len(block.owners) == 1 else f"{rule} (shared)"
         if fm.abs().sum() > 0:
-            updated.append(m)
+            moved.update(block.owners)
+    updated = [n for n in table.owners if n in moved]
     return Step(direction, forget_part, updated, rules)
 
 
 RULES: dict[Method, Callable] = {
-    Method.GA: lambda g_f, g_r, w, mapping: Step(dict(g_f), g_f, list(mapping)),
+    Method.GA: lambda g_f, g_r, w, table: Step(dict(g_f), g_f, list(table.owners)),
     Method.GRADDIFF: uniform,
     Method.NPO: uniform,
     Method.KL: uniform,  # g_r is the KL gradient here (run.py passes it)

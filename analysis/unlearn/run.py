@@ -27,7 +27,7 @@ from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .conflict import ConflictMap, conflict_map, gradients, is_conflict
 from .methods import RULES, Method, RetainSpecific, Step, circuit_rules, parse_method
-from .modules import module_map, parse_modules
+from .modules import parse_modules, recommender_table
 from .objectives import bce, ga_loss, kl_to_reference, npo_loss, prompt_scores
 
 RUN = "run.json"
@@ -86,7 +86,7 @@ class UnlearnConfig:
         if self.groups:
             d["groups"] = [list(pair) for pair in self.groups]
         elif self.uses_circuits:
-            d["circuits"], d["thresholds"] = self.circuits.key(), asdict(self.thresholds)
+            d["circuits"], d["thresholds"] = self.circuits.key(), self.thresholds.as_dict()
         return d
 
 
@@ -113,12 +113,13 @@ def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str
     chosen = parse_modules(list(cfg.modules), known)
     # selective: only the named modules move; a named module the circuit calls inactive or
     # retain-specific is updated like a task-shared one, since the caller asked for it
-    return {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
+    groups = {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
+    return {"logits": Group.INACTIVE, **groups}  # only what was named moves
 
 
 def _check_given(given: dict[str, Group], known) -> None:
-    """Groups found on another model must name exactly this model's modules (same architecture)."""
-    missing, extra = sorted(set(known) - set(given)), sorted(set(given) - set(known))
+    """Groups found on another model must name exactly this model's scored nodes (same architecture)."""
+    missing, extra = sorted(set(known.scored) - set(given)), sorted(set(given) - set(known.scored))
     if missing or extra:
         raise SettingsError(f"the given circuit groups come from a model with other modules "
                             f"(missing here: {missing[:4]}, unknown here: {extra[:4]}); transfer needs the same "
@@ -132,7 +133,7 @@ def _check(name: str, loss: torch.Tensor, step: int) -> float:
     return value
 
 
-def raw_conflict(model, rec: Recommender, batches: Batches, mapping) -> ConflictMap:
+def raw_conflict(model, rec: Recommender, batches: Batches, table) -> ConflictMap:
     """cos(g_forget, g_retain) per module, g_forget from the forget objective of GA (-BCE).
 
     The samples come from their own seed, so before, after and any model compare on the
@@ -144,7 +145,7 @@ def raw_conflict(model, rec: Recommender, batches: Batches, mapping) -> Conflict
     score = lambda p: prompt_scores(model, p, rec.pad_id, rec.fmt.yes_id, rec.fmt.no_id)  # noqa: E731
     g_f = gradients(model, ga_loss(score(fp), fl))
     g_r = gradients(model, bce(score(rp), rl))
-    return conflict_map(mapping, g_f, g_r)
+    return conflict_map(table, g_f, g_r)
 
 
 def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
@@ -157,13 +158,13 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     for p in model.parameters():
         p.requires_grad_(True)
     reference = original.model.eval()
-    mapping = module_map(model)
+    table = recommender_table(original)
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
-    before = raw_conflict(model, original, batches, mapping)
+    before = raw_conflict(model, original, batches, table)
     if cfg.groups:  # found on another model: it must have the same modules
-        _check_given(groups or {}, mapping)
-    rule_groups = _groups_for(cfg, groups or {}, mapping) if cfg.uses_circuits else None
+        _check_given(groups or {}, table)
+    rule_groups = _groups_for(cfg, groups or {}, table) if cfg.uses_circuits else None
 
     curves: list[dict] = []
     applied_cos: list[float] = []
@@ -193,14 +194,14 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
         else:
             g_second = g_r
         if cfg.method is Method.GA:
-            chosen: Step = RULES[Method.GA](g_f, g_second, 0.0, mapping)
+            chosen: Step = RULES[Method.GA](g_f, g_second, 0.0, table)
         elif cfg.uses_circuits:
-            chosen = circuit_rules(g_f, g_second, cfg.retain_weight, mapping, rule_groups, cfg.retain_specific)
+            chosen = circuit_rules(g_f, g_second, cfg.retain_weight, table, rule_groups, cfg.retain_specific)
             rules = chosen.rules
         else:
-            chosen = RULES[cfg.method](g_f, g_second, cfg.retain_weight, mapping)
-        applied = conflict_map(mapping, chosen.forget_part, g_r, chosen.updated)
-        raw = conflict_map(mapping, g_f, g_r)  # during the run: this method's forget objective vs retain
+            chosen = RULES[cfg.method](g_f, g_second, cfg.retain_weight, table)
+        applied = conflict_map(table, chosen.forget_part, g_r, chosen.updated)
+        raw = conflict_map(table, g_f, g_r)  # during the run: this method's forget objective vs retain
         applied_cos += applied.cos
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -213,7 +214,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
             on_step(curves[-1])
         progress("unlearn", step + 1, cfg.steps)
     seconds = time.perf_counter() - start
-    after = raw_conflict(model, original, batches, mapping)
+    after = raw_conflict(model, original, batches, table)
     n = len(applied_cos)
     return {"model": model, "seconds": seconds, "curves": curves, "rules": rules,
             "conflict": {"before": before.to_json(), "after": after.to_json(),
@@ -227,4 +228,4 @@ def conflict_of(ws: Workspace, rec: Recommender, forget: ForgetSet, seed: int = 
     model = copy.deepcopy(rec.model).eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return raw_conflict(model, rec, Batches(ws, rec, forget, CONFLICT_SAMPLES, seed), module_map(model))
+    return raw_conflict(model, rec, Batches(ws, rec, forget, CONFLICT_SAMPLES, seed), recommender_table(rec))

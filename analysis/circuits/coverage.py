@@ -1,0 +1,49 @@
+"""Where the forget gradient lives: its squared norm per parameter block of the node table.
+
+CURE can only move what some node owns and its group lets move; this measures both. The
+gradient is the forget objective of gradient ascent (-BCE on forget samples), the one
+GA, GradDiff and CURE descend.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..unlearn.objectives import ga_loss, prompt_scores
+from .groups import Group, block_group
+from .nodes import NodeTable
+
+
+def forget_gradient_blocks(rec, table: NodeTable, prompts: list[list[int]], labels, batch_size: int = 64
+                           ) -> tuple[list[float], float]:
+    """Squared norm of the forget gradient in each block (table.blocks order), and over all parameters."""
+    model = rec.model.eval()
+    params = {n: p for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in params.items()}
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    labels = torch.as_tensor(labels)
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            loss = ga_loss(prompt_scores(model, chunk, rec.pad_id, rec.fmt.yes_id, rec.fmt.no_id),
+                           labels[start : start + batch_size]) * len(chunk) / len(prompts)
+            for (n, p), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+                if g is not None:
+                    grads[n] += g
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    total = float(sum((g.double() ** 2).sum() for g in grads.values()))
+    blocks = [float(sum((s.of(grads[s.param]).double() ** 2).sum() for s in b.slices)) for b in table.blocks]
+    return blocks, total
+
+
+def coverage_view(table: NodeTable, block_sq: list[float], total: float, groups: dict[str, Group]) -> dict:
+    """Owned share of ||g_forget||^2 and its split by the group whose rule each block follows."""
+    by_group = {g.value: 0.0 for g in Group}
+    for block, sq in zip(table.blocks, block_sq):
+        by_group[block_group(block.owners, groups).value] += sq / total if total > 0 else 0.0
+    owned = sum(block_sq) / total if total > 0 else float("nan")
+    return {"forget_grad_share": owned, "by_group": by_group,
+            "moved_by_cure": by_group[Group.FORGET.value] + by_group[Group.SHARED.value]}
