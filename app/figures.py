@@ -95,3 +95,56 @@ def attention_figure(pattern, labels: list[str], title: str) -> go.Figure:
     fig.update_layout(height=560, title=title, yaxis={"autorange": "reversed"}, margin={"t": 40},
                       xaxis={"tickangle": -60})
     return fig
+
+
+def specificity_figure(nodes: list[dict], tau: float, floor_of: dict[str, float], title: str) -> go.Figure:
+    """Forget importance vs retain importance per node (log axes), coloured by group; hover shows
+    the specificity interval. Dotted lines: the tau band around the diagonal."""
+    import math
+
+    fig = go.Figure()
+    lo = min([min(n["forget_importance"], n["retain_importance"]) for n in nodes
+              if min(n["forget_importance"], n["retain_importance"]) > 0] or [1e-4])
+    hi = max([max(n["forget_importance"], n["retain_importance"]) for n in nodes] or [1.0])
+    tiny = lo / 3  # nodes with 0 on a side sit on the axis edge instead of vanishing off a log axis
+    for group in ("forget-specific", "retain-specific", "task-shared", "inactive"):
+        members = [n for n in nodes if n["group"] == group]
+        if not members:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[max(n["retain_importance"], tiny) for n in members], y=[max(n["forget_importance"], tiny) for n in members],
+            mode="markers", name=f"{group} ({len(members)})", customdata=[n["name"] for n in members],
+            marker={"color": GROUP_COLOURS[group], "size": [11 if n["kind"] != "item-row" else 6 for n in members],
+                    "symbol": ["circle" if n["kind"] != "item-row" else "diamond" for n in members]},
+            hovertext=[f"<b>{n['label']}</b> ({n['kind']})<br>specificity log(I_f/I_r) "
+                       f"{n['specificity']['estimate']:+.2f} [{n['specificity']['low']:+.2f}, "
+                       f"{n['specificity']['high']:+.2f}]<br>floor {floor_of.get(n['kind'], 0):.2g}"
+                       for n in members], hoverinfo="text"))
+    for ratio, dash in ((1.0, "solid"), (tau, "dot"), (1 / tau, "dot")):
+        fig.add_trace(go.Scatter(x=[tiny, hi * 2], y=[tiny * ratio, hi * 2 * ratio], mode="lines", showlegend=False,
+                                 hoverinfo="skip", line={"color": "#999", "dash": dash, "width": 1}))
+    fig.update_layout(height=460, title=title, legend={"title": "group"}, margin={"t": 40},
+                      xaxis={"type": "log", "title": "importance on retain prompts (share of family)",
+                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)]},
+                      yaxis={"type": "log", "title": "importance on forget prompts (share of family)",
+                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)]})
+    return fig
+
+
+def interval_figure(nodes: list[dict], tau: float, title: str) -> go.Figure:
+    """Specificity estimates with their bootstrap intervals; dotted: ±log(tau)."""
+    import math
+
+    colours = [GROUP_COLOURS[n["group"]] for n in nodes]
+    fig = go.Figure(go.Scatter(
+        x=[n["label"] for n in nodes], y=[n["specificity"]["estimate"] for n in nodes], mode="markers",
+        marker={"color": colours, "size": 9},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [n["specificity"]["high"] - n["specificity"]["estimate"] for n in nodes],
+                 "arrayminus": [n["specificity"]["estimate"] - n["specificity"]["low"] for n in nodes]},
+        hovertext=[f"{n['name']}: {n['group']}" for n in nodes], hoverinfo="text+y"))
+    for y in (math.log(tau), -math.log(tau)):
+        fig.add_hline(y=y, line_dash="dot", line_color="#999")
+    fig.update_layout(height=380, title=title, yaxis={"title": "log(I_forget / I_retain)"}, margin={"t": 40},
+                      xaxis={"tickangle": -45})
+    return fig

@@ -58,7 +58,9 @@ def test_trace_splits_the_score_and_shows_attention(app_env):
 def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(app_env):
     at = open_page("circuits")
     assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Agreement with exact patching (Spearman)"}
-    assert len(at.get("plotly_chart")) == 3 and len(at.get("download_button")) == 2
+    # graph, specificity scatter, intervals, faithfulness, stability
+    assert len(at.get("plotly_chart")) == 5 and len(at.get("download_button")) == 2
+    assert any("Groups on this request" in m.value for m in at.markdown)
     at.multiselect(key="module_picker").set_value(["a1.h0", "m1"]).run()
     assert at.session_state["selected_modules"] == ["a1.h0", "m1"]
     at.switch_page("app/pages/lab.py").run()

@@ -91,11 +91,20 @@ def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_f
     assert -1 <= out["agreement"]["spearman_vs_patching"] <= 1
     assert set(out["stability"]["jaccard"]) == {"forget-specific", "retain-specific", "task-shared", "inactive"}
     assert out["seconds"] > 0 and out["forget"]["spec"] == "users:3,5"
-    # thresholds above every importance: the cached scores relabel everything inactive
-    again = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--forget-threshold", "1e9",
-                     "--retain-threshold", "1e9")
+    # the keys the issue names: kinds, intervals, coverage, group sizes
+    kinds = {n["kind"] for n in out["nodes"]}
+    assert {"input", "embedding", "head", "mlp", "item-row"} <= kinds
+    spec = next(n["specificity"] for n in out["nodes"] if n["name"] == "m0")
+    assert spec["low"] <= spec["estimate"] <= spec["high"]
+    assert out["coverage"]["forget_grad_share"] == pytest.approx(1.0)
+    assert sum(out["groups"].values()) == len(out["nodes"]) - 1
+    # a floor above every importance: the cached scores relabel everything inactive
+    again = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--floor", "1e9")
     assert {n["group"] for n in again["nodes"] if n["name"] != "input"} == {"inactive"}
     assert again["path"] == out["path"]
+    strict = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--group-rule", "threshold",
+                      "--forget-threshold", "1e9", "--retain-threshold", "1e9")
+    assert {n["group"] for n in strict["nodes"] if n["name"] != "input"} == {"inactive"}
     assert main(["circuits", *common, "--forget", "users:3,5", "--forget-threshold", "-1", "--json"]) == 2
     assert "threshold" in capsys.readouterr().err
 

@@ -205,6 +205,7 @@ class CircuitResult:
             "forget": self.forget_summary,
             "settings": self.settings.key(),
             "thresholds": self.thresholds.as_dict(),
+            "floor_share": ng.floor_shares(),
             "shape": {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_edges": g.n_edges},
             "metric": {side: {"clean": getattr(self, side)["clean_metric"], "corrupt": getattr(self, side)["corrupt_metric"],
                               "n_prompts": getattr(self, side)["n_prompts"]} for side in ("forget", "retain")},

@@ -82,6 +82,11 @@ class NodeGroups:
             out.setdefault(kind, {g.value: 0 for g in Group})[labels[name].value] += 1
         return out
 
+    def floor_shares(self) -> dict[str, float]:
+        """Per node kind, the importance (share of its family) the floor asks for."""
+        sizes = {f: int(np.sum(self.families == f)) for f in np.unique(self.families)}
+        return {kind: self.thresholds.floor / sizes[f] for kind, f in zip(self.kinds, self.families)}
+
     def mean_scores(self, seed_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forget[seed_index].mean(0), self.retain[seed_index].mean(0)
 

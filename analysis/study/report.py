@@ -73,9 +73,12 @@ def metric_lines(summary: list[dict], x_key: str, metrics: tuple[str, ...], titl
     return fig
 
 
-def jaccard_figure(stability: dict[str, float] | None, title: str) -> go.Figure:
+def jaccard_figure(stability: dict[str, float | None] | None, title: str) -> go.Figure:
+    """A bar per group; a group empty on every seed gets no bar and says "empty" (not Jaccard 1.0)."""
     stability = stability or {}
-    fig = go.Figure(go.Bar(x=list(stability), y=list(stability.values())))
+    fig = go.Figure(go.Bar(x=list(stability), y=[v for v in stability.values()],
+                           text=["empty" if v is None else f"{v:.2f}" for v in stability.values()],
+                           textposition="outside"))
     fig.update_layout(title=title, height=320, yaxis={"range": [0, 1], "title": "mean pairwise Jaccard"})
     return fig
 
@@ -171,8 +174,8 @@ def render_html(result: dict, meta: dict) -> str:
         "rates": f"CURE and the two strongest baselines ({', '.join(result['compared_methods'][1:])}) at lr "
                  f"{result['default_lr']}.",
         "levels": "The same three methods on a user-level, an interaction-level and a behaviour-level request.",
-        "reproducibility": "Two empty groups count as 1.0. Group sizes and the effect of groups from another "
-                           "circuit seed are in the table below.",
+        "reproducibility": "A group empty on both seeds is marked empty, not counted as agreement. Group sizes "
+                           "and the effect of groups from another circuit seed are in the table below.",
         "privacy": "Dashed: the retrained model's MIA AUC, the value an unlearned model should match.",
     }
     for name, fig in figs.items():

@@ -118,8 +118,14 @@ def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str
 
 
 def _check_given(given: dict[str, Group], known) -> None:
-    """Groups found on another model must name exactly this model's scored nodes (same architecture)."""
-    missing, extra = sorted(set(known.scored) - set(given)), sorted(set(given) - set(known.scored))
+    """Groups found on another model must name this model's roles, heads and MLPs (same architecture).
+
+    Item rows are per dataset: rows this model lacks are ignored, rows not given stay inactive.
+    """
+    rows = set(known.item_rows)
+    graph_nodes = [n for n in known.scored if n not in rows]
+    missing = sorted(set(graph_nodes) - set(given))
+    extra = sorted(n for n in set(given) - set(known.scored) if not n.startswith("row:"))
     if missing or extra:
         raise SettingsError(f"the given circuit groups come from a model with other modules "
                             f"(missing here: {missing[:4]}, unknown here: {extra[:4]}); transfer needs the same "

@@ -1,4 +1,4 @@
-"""Circuits: the graph for a deletion request, coloured by module group; select modules for the lab."""
+"""Circuits: the graph of a deletion request coloured by node group, the specificity view, and node picking."""
 import json
 
 import streamlit as st
@@ -8,25 +8,52 @@ from analysis.circuits.groups import GroupThresholds
 from app import figures, state
 
 st.title("Circuits of a deletion request")
-st.write("Each head and MLP is scored on forget prompts and on retain prompts (attribution against counterfactual "
-         "histories). Important for forget only: forget-specific; for retain only: retain-specific; for both: "
-         "task-shared. Select modules on the graph (click, box or lasso) or in the list; the Unlearning lab can "
-         "update only those.")
+st.write("Every embedding role (items, ratings, attributes, prompt words, positions), head, MLP and item-embedding "
+         "row is scored on forget prompts and on retain prompts (attribution against counterfactual histories). "
+         "A node is **forget-specific** when the 95% bootstrap interval of log(importance on forget / importance "
+         "on retain) lies above log(tau), **retain-specific** when it lies below -log(tau), **task-shared** when "
+         "it matters on both sides and neither is specific, **inactive** otherwise. Select nodes on the graph or "
+         "in the lists: the Unlearning lab's `selective` method updates only those.")
 
 
 def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
     """Sidebar controls, starting from (and saved back to) the session's settings, shared with the lab."""
     settings, thresholds = state.circuit_settings()
     methods = ["eap-ig", "eap", "patching"]
+    rules = ["specificity", "threshold"]
     with st.sidebar.expander("Circuit settings", expanded=False):
         method = st.selectbox("Attribution", methods, index=methods.index(settings.method.value), key="circ_method")
         n_prompts = st.number_input("Prompts per side", 4, 2048, settings.n_prompts, key="circ_prompts")
         seeds = st.number_input("Stability seeds", 1, 5, settings.stability_seeds, key="circ_seeds")
-        f = st.slider("Forget threshold (x mean module)", 0.0, 3.0, float(thresholds.forget), 0.1, key="circ_ft")
-        r = st.slider("Retain threshold (x mean module)", 0.0, 3.0, float(thresholds.retain), 0.1, key="circ_rt")
-    st.session_state["circuit_settings"] = (CircuitSettings(method=method, n_prompts=int(n_prompts),
-                                                            stability_seeds=int(seeds)), GroupThresholds(f, r))
+        rule = st.radio("Group rule", rules, index=rules.index(thresholds.rule.value), key="circ_rule", horizontal=True)
+        if rule == "specificity":
+            tau = st.slider("tau (ratio the interval must clear)", 1.0, 8.0, float(thresholds.tau), 0.25, key="circ_tau")
+            floor = st.slider("Importance floor (x a uniform share)", 0.0, 3.0, float(thresholds.floor), 0.1,
+                              key="circ_floor")
+            f, r = thresholds.forget, thresholds.retain
+        else:
+            f = st.slider("Forget threshold (x mean node)", 0.0, 3.0, float(thresholds.forget), 0.1, key="circ_ft")
+            r = st.slider("Retain threshold (x mean node)", 0.0, 3.0, float(thresholds.retain), 0.1, key="circ_rt")
+            tau, floor = thresholds.tau, thresholds.floor
+    st.session_state["circuit_settings"] = (
+        CircuitSettings(method=method, n_prompts=int(n_prompts), stability_seeds=int(seeds)),
+        GroupThresholds(f, r, rule=rule, tau=tau, floor=floor))
     return st.session_state["circuit_settings"]
+
+
+def group_caption(j: dict) -> str:
+    sizes = j["groups"]
+    by_kind = j["groups_by_kind"]
+    parts = [f"{g}: {n}" for g, n in sizes.items()]
+    text = "Groups on this request: " + ", ".join(parts) + "."
+    if sizes["forget-specific"] == 0:
+        text += (" **No node is forget-specific**: no interval clears log(tau) with importance above the floor. "
+                 "The forget prompts use the model like the retain prompts do; CURE then moves only task-shared "
+                 "nodes (projected forget gradient + retain gradient).")
+    rows = by_kind.get("item-row")
+    if rows:
+        text += f" Item rows: {rows['forget-specific']} forget-specific, {rows['task-shared']} task-shared."
+    return text
 
 
 with state.readable_errors():
@@ -41,29 +68,53 @@ with state.readable_errors():
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress)
     bar.empty()
     j = result.to_json()
+    by_name = {n["name"]: n for n in j["nodes"]}
     graph = result.graph.to_networkx()
     for e in j["edges"]:
         graph.edges[e["from"], e["to"]].update(forget_score=e["forget_score"], retain_score=e["retain_score"])
-    nodes = {n["name"]: {"group": n["group"], "importance": (abs(n["forget_score"]) + abs(n["retain_score"])) / 2,
-                         "hover": f"<b>{n['name']}</b> ({n['group'] or 'endpoint'})<br>forget {n['forget_score']:+.4f}"
-                                  f" · retain {n['retain_score']:+.4f}<br>exact patching: forget "
-                                  f"{n['forget_patching']:+.4f} · retain {n['retain_patching']:+.4f}"}
-             for n in j["nodes"]}
+    roles = [n for n in j["nodes"] if n["kind"] == "embedding"]
+    for n in roles:  # the input node split by token role, drawn on the input side
+        mean = (n["forget_score"] + n["retain_score"]) / 2
+        graph.add_node(n["name"], layer=-2.0)
+        graph.add_edge(n["name"], "input", score=mean, forget_score=n["forget_score"],
+                       retain_score=n["retain_score"], in_circuit=False)
+
+    def hover(n: dict) -> str:
+        spec = n.get("specificity")
+        interval = (f"<br>specificity {spec['estimate']:+.2f} [{spec['low']:+.2f}, {spec['high']:+.2f}]"
+                    if spec else "")
+        exact = ""
+        if n.get("forget_patching") is not None:
+            exact = f"<br>exact patching: forget {n['forget_patching']:+.4f} · retain {n['retain_patching']:+.4f}"
+        return (f"<b>{n['name']}</b> ({n['group'] or 'endpoint'})<br>forget {n['forget_score']:+.4f} · retain "
+                f"{n['retain_score']:+.4f}{interval}{exact}")
+
+    drawn = {name for name in graph.nodes}
+    nodes = {name: {"group": by_name[name]["group"],
+                    "importance": (abs(by_name[name]["forget_score"]) + abs(by_name[name]["retain_score"])) / 2,
+                    "hover": hover(by_name[name])} for name in drawn if name in by_name}
     nodes["logits"] = {"group": None, "importance": 0.0, "hover": "logits"}
 
+    graph_nodes = [n["name"] for n in j["nodes"] if n["kind"] in ("embedding", "head", "mlp")]
+    item_rows = [n["name"] for n in j["nodes"] if n["kind"] == "item-row"]
     state.sync_graph_selection(st.session_state, "circuit_graph", "module_picker")
-    modules = [n for n in result.modules]
-    st.session_state.setdefault("module_picker", [m for m in state.selected_modules() if m in modules])
-    picked = st.multiselect("Selected modules (for selective unlearning)", modules, key="module_picker")
-    st.session_state["selected_modules"] = list(picked)
+    st.session_state.setdefault("module_picker", [m for m in state.selected_modules() if m in graph_nodes])
+    st.session_state.setdefault("row_picker", [m for m in state.selected_modules() if m in item_rows])
+    p1, p2 = st.columns([3, 2])
+    picked = p1.multiselect("Selected roles, heads and MLPs (for selective unlearning)", graph_nodes,
+                            key="module_picker")
+    picked_rows = p2.multiselect(f"Selected item rows ({len(item_rows)}; type a title to search)", item_rows,
+                                 key="row_picker", format_func=lambda n: f"{by_name[n]['label']} ({n})")
+    st.session_state["selected_modules"] = list(picked) + list(picked_rows)
+    st.markdown(group_caption(j))
 
     c1, c2 = st.columns([1, 1])
     top_n = c1.slider("Edges shown (top by |score|)", 0, j["shape"]["n_edges"],
-                      min(j["shape"]["n_edges"], max(j["faithfulness"]["at_circuit"]["n_edges"], 20)), key="circ_edges")
+                      min(j["shape"]["n_edges"], j["faithfulness"]["at_circuit"]["n_edges"]), key="circ_edges")
     view = c2.radio("Edge scores from", ["all prompts", "forget prompts", "retain prompts"], horizontal=True,
                     key="circ_view")
     score_key = {"all prompts": "score", "forget prompts": "forget_score", "retain prompts": "retain_score"}[view]
-    fig = figures.circuit_figure(graph, nodes, top_n, set(picked), score_key)
+    fig = figures.circuit_figure(graph, nodes, top_n + len(roles), set(picked), score_key)
     st.plotly_chart(fig, width="stretch", key="circuit_graph", on_select="rerun",
                     selection_mode=("points", "box", "lasso"))
 
@@ -72,18 +123,46 @@ with state.readable_errors():
     cols[0].metric("Circuit edges", f"{at['n_edges']} ({at['share']:.1%})")
     cols[1].metric("Recovery", f"{at['recovery']:.2f}")
     cols[2].metric("Faithfulness", f"{at['faithfulness']:.2f}")
-    cols[3].metric("Agreement with exact patching (Spearman)", f"{j['agreement']['spearman_vs_patching']:.3f}")
+    rho = j["agreement"]["spearman_vs_patching"]
+    cols[3].metric("Agreement with exact patching (Spearman)", "n/a" if rho is None else f"{rho:.3f}")
+
+    st.subheader("Specificity: forget importance vs retain importance")
+    scored = [n for n in j["nodes"] if n["specificity"] is not None]
+    s1, s2 = st.columns([3, 2])
+    s1.plotly_chart(figures.specificity_figure(scored, thresholds.tau, j["floor_share"],
+                                               "Each node's share of its family's attribution (diamonds: item rows)"),
+                    width="stretch", key="circ_spec")
+    active = sorted((n for n in scored if n["group"] != "inactive"),
+                    key=lambda n: -abs(n["specificity"]["estimate"]))[:25]
+    s2.plotly_chart(figures.interval_figure(active, thresholds.tau, "95% intervals of the most specific active nodes"),
+                    width="stretch", key="circ_intervals")
+    with st.expander(f"Item rows by specificity ({len(item_rows)} items)"):
+        rows = sorted((by_name[n] for n in item_rows), key=lambda n: -n["specificity"]["estimate"])
+        st.dataframe([{"item": n["label"], "node": n["name"], "group": n["group"],
+                       "specificity": round(n["specificity"]["estimate"], 3), "low": round(n["specificity"]["low"], 3),
+                       "high": round(n["specificity"]["high"], 3),
+                       "forget importance": round(n["forget_importance"], 5),
+                       "retain importance": round(n["retain_importance"], 5)} for n in rows],
+                     width="stretch", hide_index=True, key="circ_rows")
+
     c1, c2 = st.columns(2)
     c1.plotly_chart(figures.faithfulness_figure(j["faithfulness"]["curve"], at), width="stretch", key="circ_faith")
     stability = j["stability"]["jaccard"]
     if stability:
-        counts = {g: sum(1 for n in j["nodes"] if n["group"] == g) for g in stability}
-        c2.plotly_chart(figures.bars({f"{g} ({counts[g]})": v for g, v in stability.items()},
+        sizes = j["stability"]["sizes"]
+        values = {f"{g} ({'/'.join(map(str, sizes[g]))})": v for g, v in stability.items()}
+        c2.plotly_chart(figures.bars({k: (v if v is not None else 0.0) for k, v in values.items()},
                                      f"Group stability: Jaccard over seeds {j['stability']['seeds']}", (0, 1)),
                         width="stretch", key="circ_stab")
-        c2.caption("Two empty groups count as Jaccard 1.0; the number of modules in each group is in brackets.")
+        empty = [g for g, v in stability.items() if v is None]
+        c2.caption("Group sizes per seed in brackets. " + (f"Empty on every seed (no agreement to measure): "
+                                                            f"{', '.join(empty)}." if empty else ""))
     else:
         c2.info("Stability needs at least 2 seeds (sidebar).")
+    cov = j["coverage"]
+    if cov.get("forget_grad_share") is not None:
+        st.caption(f"Owned parameters hold {cov['forget_grad_share']:.1%} of the forget gradient's squared norm; "
+                   f"CURE's rules move the {cov['moved_by_cure']:.1%} in forget-specific and task-shared nodes.")
     e1, e2 = st.columns(2)
     e1.download_button("Export graph (node-link JSON)", json.dumps(result.graph.to_node_link()),
                        file_name="circuit.json", mime="application/json", key="circ_json")
