@@ -133,6 +133,8 @@ def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> 
     p.add_argument("--stability-seeds", type=int, default=S.stability_seeds)
     p.add_argument("--target", type=float, default=S.target, help="recovery the returned circuit must reach")
     p.add_argument("--top-n", type=int, default=None, help="return the top-n edges instead of a target")
+    p.add_argument("--granularity", default=S.granularity, choices=["modules", "neurons"],
+                   help="neurons: every MLP hidden unit is a node too (EAP / EAP-IG)")
     p.add_argument("--group-rule", default=G.rule.value, choices=["specificity", "threshold"],
                    help="specificity: bootstrap CI of log(I_forget/I_retain) against tau; threshold: the old rule")
     p.add_argument("--tau", type=float, default=G.tau, help="specificity rule: ratio the CI must clear")
@@ -149,7 +151,7 @@ def _circuit_settings(args):
 
     settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
-                               target=args.target, top_n=args.top_n)
+                               target=args.target, top_n=args.top_n, granularity=args.granularity)
     return settings, GroupThresholds(args.forget_threshold, args.retain_threshold, rule=args.group_rule,
                                      tau=args.tau, floor=args.floor)
 

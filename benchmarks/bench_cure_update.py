@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.circuits.discover import discover_groups
+from analysis.circuits.lean import discover_groups
 from analysis.circuits.groups import Group, block_group
-from analysis.circuits.nodes import recommender_table
+from analysis.circuits.ownership import recommender_table
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
 from analysis.unlearn.conflict import gradients
@@ -72,7 +72,7 @@ def measure(ws, rec, spec: str, n_batches: int, bars) -> dict:
         step = circuit_rules(g_f, g_r, cfg.retain_weight, table, groups, RetainSpecific.FREEZE)
         kept_total.append((sum(sq(t) for t in step.forget_part.values()) / total) ** 0.5)
         for m in table.scored:
-            if groups.get(m) is Group.SHARED and table[m].kind.value in ("head", "mlp", "embedding"):
+            if groups.get(m) is Group.SHARED and table.exclusive(m) and table[m].kind.value != "item-row":
                 f, r = flat(g_f, table.exclusive(m)), flat(g_r, table.exclusive(m))
                 if f.norm() > 0 and r.norm() > 0:
                     kept_node.setdefault(m, []).append(float(flat(step.forget_part, table.exclusive(m)).norm() / f.norm()))

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.circuits.discover import CircuitSettings, discover_circuits, discover_groups
+from analysis.circuits.discover import CircuitSettings, discover_circuits
+from analysis.circuits.lean import discover_groups
 from analysis.circuits.groups import Group
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars

@@ -13,7 +13,7 @@ from analysis.circuits.corrupt import build_prompt_set
 from analysis.circuits.discover import CircuitResult, CircuitSettings, discover_circuits
 from analysis.circuits.faithfulness import circuit_points
 from analysis.circuits.graph import CircuitGraph
-from analysis.circuits.nodes import recommender_table
+from analysis.circuits.ownership import recommender_table
 from analysis.circuits.groups import Group, GroupThresholds
 from analysis.circuits.runner import LOGITS_IN_HOOK, GraphRunner
 from analysis.circuits.trace import load_bridge

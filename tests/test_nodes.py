@@ -8,7 +8,8 @@ import torch
 
 from analysis.circuits.attribution import AttributionConfig, attribute, patch_embedding_nodes
 from analysis.circuits.groups import Group, GroupThresholds, group_stability, label_by_specificity, specificity
-from analysis.circuits.nodes import Kind, graph_table, node_table, ownership_count, recommender_table
+from analysis.circuits.nodes import Kind, graph_table
+from analysis.circuits.ownership import node_table, ownership_count, recommender_table
 from analysis.circuits.runner import GraphRunner
 from analysis.circuits.trace import load_bridge
 from analysis.model.train import train_recommender
@@ -160,3 +161,30 @@ def test_cure_moves_a_forget_specific_item_row_and_never_a_frozen_one(tiny_rec):
     assert rows[0] in step.updated and rows[1] not in step.updated
     # the logits (final norm, Yes/No rows) read every prompt: task-shared, so they move
     assert float(flat(step.direction, owners["logits"]).abs().max()) > 0
+
+
+@pytest.mark.parametrize("make", [_gpt2, lambda: _llama(False)], ids=["gpt2", "llama"])
+def test_neurons_split_the_mlps_and_ownership_stays_a_partition(make):
+    model = make()
+    table = node_table(model, neurons=True)
+    assert len(table.neurons) == 2 * (128 if model.config.model_type == "gpt2" else 64)
+    assert all(int(c.min()) == 1 and int(c.max()) == 1 for c in ownership_count(model, table).values())
+    assert "m0" in table.owners  # the MLP keeps ln_2 / post-attention norm (and GPT-2's output bias)
+
+
+def test_neuron_scores_add_up_to_their_mlp_and_cure_moves_only_a_forget_specific_neuron(tiny_ws, tiny_rec):
+    table = recommender_table(tiny_rec, neurons=True)
+    runner = GraphRunner(load_bridge(tiny_rec), tiny_rec, table)
+    ps = _prompts(tiny_ws, tiny_rec, n=12)
+    for method in ("eap", "eap-ig"):
+        a = attribute(runner, ps, AttributionConfig(method, ig_steps=2, batch_size=6))
+        cols = {n: i for i, n in enumerate(table.scored)}
+        for layer in range(table.n_layers):
+            units = [cols[n] for n in table.neurons if table[n].layer == layer]
+            torch.testing.assert_close(a.per_prompt[:, units].sum(1), a.per_prompt[:, cols[f"m{layer}"]],
+                                       atol=1e-4, rtol=1e-3)
+    g_f = {n: torch.randn_like(p) for n, p in tiny_rec.model.named_parameters()}
+    g_r = {n: torch.randn_like(p) for n, p in tiny_rec.model.named_parameters()}
+    step = circuit_rules(g_f, g_r, 1.0, table, {"m1.n3": Group.FORGET}, RetainSpecific.FREEZE)
+    moved = {n for n, sl in table.owners.items() if float(flat(step.direction, sl).abs().max()) > 0}
+    assert moved == {"m1.n3", "logits"}

@@ -13,7 +13,7 @@ from analysis.model.train import train_recommender
 from analysis.unlearn.conflict import ConflictMap, conflict_map
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method, RetainSpecific, circuit_rules, project_off
-from analysis.circuits.nodes import recommender_table
+from analysis.circuits.ownership import recommender_table
 from analysis.unlearn.modules import flat, module_map, owned_mask, parse_modules
 from analysis.unlearn.run import UnlearnConfig
 from tests.conftest import TINY_MODEL, TINY_TRAIN

@@ -82,6 +82,7 @@ class Batch:
     corrupt: torch.Tensor  # upstream outputs of the corrupted run (B, T, n_up, d)
     codes: torch.Tensor  # (B, T) token-role code per position, -1 on padding
     start: int  # index of the batch's first prompt
+    corrupt_acts: torch.Tensor | None = None  # hidden MLP activations of the corrupted run (neuron nodes only)
 
 
 def _codes(prompts: PromptSet, start: int, stop: int, width: int) -> torch.Tensor:
@@ -108,10 +109,33 @@ def split_input(runner: GraphRunner, contribution: torch.Tensor, batch: Batch) -
     return out
 
 
-def scored_columns(runner: GraphRunner, modules: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """(B, n_up - 1) module scores and (B, n_roles + n_rows) input splits -> (B, n_scored) in table order."""
+def scored_columns(runner: GraphRunner, modules: torch.Tensor, inputs: torch.Tensor,
+                   neurons: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, n_up - 1) module scores, (B, n_roles + n_rows) input splits and (B, n_neurons) neuron scores ->
+    (B, n_scored) in table order (roles, modules, item rows, neurons)."""
     n_roles = len(runner.table.roles)
-    return torch.cat([inputs[:, :n_roles], modules, inputs[:, n_roles:]], dim=1)
+    parts = [inputs[:, :n_roles], modules, inputs[:, n_roles:]]
+    if runner.table.neurons:
+        if neurons is None:
+            raise SettingsError("neuron nodes are scored by EAP and EAP-IG only (exact patching of 2,048 units per "
+                                "prompt set is not offered); use --granularity modules with patching")
+        parts.append(neurons)
+    return torch.cat(parts, dim=1)
+
+
+def neuron_scores(runner: GraphRunner, batch: Batch, grads: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Per prompt, (clean - corrupt hidden activation) x dM/d(activation) summed over positions, per unit.
+
+    dM/d(activation) = W_out · dM/d(MLP output), and the MLP output's readers are its out-edges, so
+    a layer's neuron scores add up to its MLP node's score exactly.
+    """
+    clean_acts = runner.activations(batch.tokens)
+    out = []
+    for k, layer in enumerate(runner.neuron_layers):
+        g_out = (grads * allowed[runner.up_mlp(layer)][None, None, :, None]).sum(2)  # (B, T, d)
+        g_act = g_out @ runner.w_out[layer].T  # (B, T, width)
+        out.append(((clean_acts[:, :, k] - batch.corrupt_acts[:, :, k]) * g_act).sum(1))
+    return torch.cat(out, dim=1)
 
 
 def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> Iterator[Batch]:
@@ -119,13 +143,17 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
     if len(prompts) == 0:
         raise ValueError("attribution needs at least one prompt")
     width = max(len(p) for p in prompts.clean)
-    mean = None
+    mean = mean_acts = None
     if prompts.corrupt is None:  # mean ablation: one pass for the mean output of every node
-        total = None
+        total = total_acts = None
         for start in range(0, len(prompts), batch_size):
-            out = runner.outputs(torch.from_numpy(pad_batch(prompts.clean[start : start + batch_size], runner.pad_id, width)))
+            toks = torch.from_numpy(pad_batch(prompts.clean[start : start + batch_size], runner.pad_id, width))
+            out, acts = runner.outputs(toks), runner.activations(toks)
             total = out.sum(0) if total is None else total + out.sum(0)
+            if acts is not None:
+                total_acts = acts.sum(0) if total_acts is None else total_acts + acts.sum(0)
         mean = total / len(prompts)
+        mean_acts = None if total_acts is None else total_acts / len(prompts)
     for start in range(0, len(prompts), batch_size):
         codes = _codes(prompts, start, min(start + batch_size, len(prompts)), width)
         stop = start + batch_size
@@ -133,10 +161,12 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
         last = torch.tensor([len(p) - 1 for p in prompts.clean[start:stop]])
         sign = torch.from_numpy(prompts.labels[start:stop]).float() * 2 - 1
         if mean is None:
-            corrupt = runner.outputs(torch.from_numpy(pad_batch(prompts.corrupt[start:stop], runner.pad_id, width)))
+            corrupt_tokens = torch.from_numpy(pad_batch(prompts.corrupt[start:stop], runner.pad_id, width))
+            corrupt, corrupt_acts = runner.outputs(corrupt_tokens), runner.activations(corrupt_tokens)
         else:
             corrupt = mean.expand(len(tokens), *mean.shape)
-        yield Batch(tokens, last, sign, corrupt, codes, start)
+            corrupt_acts = None if mean_acts is None else mean_acts.expand(len(tokens), *mean_acts.shape)
+        yield Batch(tokens, last, sign, corrupt, codes, start, corrupt_acts)
 
 
 def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig, progress: ProgressFn):
@@ -166,7 +196,8 @@ def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionCo
         edges += per_edge.sum(0)
         # the input's share per position: its readers are every downstream node
         at_input = torch.einsum("btd,btkd->bt", diff[:, :, 0], grads * allowed[0][None, None, :, None])
-        per_prompt.append(scored_columns(runner, per_edge.sum(2)[:, 1:], split_input(runner, at_input, batch)))
+        neurons = neuron_scores(runner, batch, grads, allowed) if runner.neuron_layers else None
+        per_prompt.append(scored_columns(runner, per_edge.sum(2)[:, 1:], split_input(runner, at_input, batch), neurons))
         corrupt_sum += float(runner.patched_metric(batch.tokens, batch.last, batch.sign, batch.corrupt,
                                                    graph.allowed).sum())
         done += len(batch.tokens)

@@ -34,13 +34,13 @@ from .coverage import coverage_view, forget_gradient_blocks
 from .faithfulness import CurvePoint, circuit_points, faithfulness_curve, smallest_circuit, top_edges
 from .graph import CircuitGraph
 from .groups import Group, GroupThresholds
-from .nodes import NodeTable, recommender_table
+from .nodes import NodeTable
+from .ownership import recommender_table
 from .runner import GraphRunner
 from .scores import NodeGroups
 from .trace import load_bridge
 
 RESULT = "circuit.json"
-GROUPS = "groups.json"
 PATCHED_ROWS = 100  # item rows checked against exact patching per side (seeded sample of the rows present)
 
 
@@ -56,6 +56,7 @@ class CircuitSettings:
     target: float = 0.8  # the returned circuit is the smallest top-n one reaching this...
     criterion: str = "recovery"  # ...on this curve field ("recovery" or "faithfulness")
     top_n: int | None = None  # or a fixed number of edges instead of a target
+    granularity: str = "modules"  # or "neurons": every MLP hidden unit is a node too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
@@ -64,6 +65,10 @@ class CircuitSettings:
             raise SettingsError("n_prompts, stability_seeds, batch_size and ig_steps must be at least 1")
         if self.top_n is not None and self.top_n < 0:
             raise SettingsError("top_n must be >= 0")
+        if self.granularity not in ("modules", "neurons"):
+            raise SettingsError(f"granularity must be modules or neurons, not {self.granularity!r}")
+        if self.granularity == "neurons" and self.method is Method.PATCHING:
+            raise SettingsError("neuron nodes are scored by EAP or EAP-IG; exact patching covers modules only")
         if self.criterion not in ("recovery", "faithfulness"):
             raise SettingsError(f"criterion must be recovery or faithfulness, not {self.criterion!r}")
 
@@ -92,9 +97,9 @@ def retain_samples(ws: Workspace, forget: ForgetSet) -> pd.DataFrame:
     return frame[(frame["split"] == TRAIN).to_numpy() & ~forget.mask]
 
 
-def _table(rec: Recommender, ws: Workspace | None = None) -> NodeTable:
+def _table(rec: Recommender, ws: Workspace | None, settings: CircuitSettings) -> NodeTable:
     titles = dict(zip(ws.data.items["item_id"], ws.data.items["title"])) if ws is not None else None
-    return recommender_table(rec, titles)
+    return recommender_table(rec, titles, neurons=settings.granularity == "neurons")
 
 
 def _spearman(a, b) -> float | None:
@@ -264,7 +269,7 @@ class _Discovery:
     def __init__(self, ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings,
                  progress: ProgressFn) -> None:
         self.ws, self.rec, self.forget, self.settings, self.progress = ws, rec, forget, settings, progress
-        self.table = _table(rec, ws)
+        self.table = _table(rec, ws, settings)
         self.runner = GraphRunner(load_bridge(rec), rec, self.table)
         self.builder = PromptBuilder(rec.fmt, ws.interactions)
         self.graph = user_item_graph(ws.interactions) if settings.corruption is Corruption.PPR else None
@@ -312,8 +317,9 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     for side, ps, attr in (("forget", f_set, f_attr), ("retain", r_set, r_attr)):
         up_effects = attr.nodes if settings.method is Method.PATCHING else patch_nodes(runner, ps, settings.batch_size, progress)
         values = dict(zip(runner.graph.upstream, up_effects.tolist()))
-        present = [n for n, v in zip(table.item_rows, attr.per_prompt[:, len(table.roles) + len(table.modules):].abs().sum(0))
-                   if v > 0]
+        first_row = len(table.roles) + len(table.modules)
+        row_scores = attr.per_prompt[:, first_row : first_row + len(table.item_rows)].abs().sum(0)
+        present = [n for n, v in zip(table.item_rows, row_scores) if v > 0]
         rows = sorted(rng.choice(present, size=min(PATCHED_ROWS, len(present)), replace=False).tolist()) if present else []
         names = table.roles + rows
         exact = patch_embedding_nodes(runner, ps, names, settings.batch_size, progress).mean(1)
@@ -346,8 +352,11 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
                          seconds, table=table)
 
 
+FORMAT = 2  # 2: node table (roles, item rows) and per-prompt scores in scores.safetensors
+
+
 def circuits_key(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings) -> str:
-    return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+    return config_key({"code": CODE_VERSION, "format": FORMAT, "data": ws.fingerprint, "history": ws.config.history,
                        "model": model_identity(rec), "forget": forget.key, "settings": settings.key()})
 
 
@@ -366,53 +375,14 @@ def discover_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settin
         _store(tmp, compute_circuits(ws, rec, forget, settings, thresholds, progress))
 
     path = build_or_load(ws.root, "circuits", circuits_key(ws, rec, forget, settings), build)
-    result = CircuitResult.from_json(read_json(path / RESULT), path, _table(rec, ws))
+    result = CircuitResult.from_json(read_json(path / RESULT), path, _table(rec, ws, settings))
     return result if result.thresholds == thresholds else result.relabel(thresholds)
 
 
-@dataclass
-class GroupsResult:
-    """The lean discovery: node scores on one prompt seed, groups, coverage (no curve, no patching)."""
-
-    node_groups: NodeGroups
-    coverage: dict
-    seconds: dict
-    path: Path | None
-    table: NodeTable | None = None
-    from_full: bool = False  # read off a cached full circuit result
-
-    @property
-    def labels(self) -> dict[str, Group]:
-        return self.node_groups.labels
-
-    def coverage_view(self) -> dict:
-        return coverage_view(self.table, self.coverage["blocks"], self.coverage["total"], self.labels)
-
-
-def discover_groups(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings | None = None,
-                    thresholds: GroupThresholds | None = None, progress: ProgressFn | None = None) -> GroupsResult:
-    """Node groups for unlearning: a cached full result when there is one, else attribution + bootstrap only."""
+def cached_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings | None = None,
+                    thresholds: GroupThresholds | None = None) -> CircuitResult | None:
+    """The full result when it is already cached (never computes): for views that only describe it."""
     settings = settings or CircuitSettings()
-    thresholds = thresholds or GroupThresholds()
-    table = _table(rec, ws)
-    full = artefact_dir(ws.root, "circuits", circuits_key(ws, rec, forget, settings))
-    if full.exists():
-        r = discover_circuits(ws, rec, forget, settings, thresholds, progress)
-        return GroupsResult(r.node_groups, r.coverage, r.seconds, r.path, table, True)
-    lean = replace(settings, stability_seeds=1)
-
-    def build(tmp: Path) -> None:
-        t0 = time.perf_counter()
-        d = _Discovery(ws, rec, forget, lean, or_silent(progress))
-        f_set, r_set = d.prompt_sets(lean.seed)
-        forget_pp, retain_pp, _ = d.attribute([lean.seed], (f_set, r_set))
-        coverage = d.coverage(f_set)
-        groups = NodeGroups.from_table(d.table, [lean.seed], forget_pp, retain_pp, thresholds)
-        meta = groups.save(tmp)
-        write_json_atomic(tmp / GROUPS, {"node_scores": meta, "coverage": coverage, "settings": lean.key(),
-                                         "seconds": {"total": time.perf_counter() - t0}})
-
-    path = build_or_load(ws.root, "groups", circuits_key(ws, rec, forget, lean), build)
-    d = read_json(path / GROUPS)
-    groups = NodeGroups.load(path, d["node_scores"], thresholds)
-    return GroupsResult(groups, d["coverage"], d["seconds"], path, table)
+    if not artefact_dir(ws.root, "circuits", circuits_key(ws, rec, forget, settings)).exists():
+        return None
+    return discover_circuits(ws, rec, forget, settings, thresholds)

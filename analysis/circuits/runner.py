@@ -20,7 +20,8 @@ import torch
 from ..model.recommender import Recommender
 from .graph import CircuitGraph
 from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
-from .nodes import Kind, NodeTable, recommender_table
+from .nodes import Kind, NodeTable, hook_post
+from .ownership import mlp_out_weight, recommender_table
 
 
 def _span(index: dict[str, int], names: list[str]) -> slice:
@@ -57,6 +58,11 @@ class GraphRunner:
         self._up_mlps = [up[m] for m in mlps]
         self._down_mlps = [down[m] for m in mlps]
         self._down_logits = down["logits"]
+        # neuron nodes: what each MLP's hidden units write (units x d_model), to turn the gradient at the
+        # MLP output into the gradient at its hidden activation without another backward pass
+        self.neuron_layers = sorted({n.layer for n in self.table.of_kind(Kind.NEURON)})
+        with torch.no_grad():
+            self.w_out = {l: mlp_out_weight(rec.model, l).detach().float() for l in self.neuron_layers}
         # token id -> column among the item-row nodes (-1: not an item token), for per-row scores
         rows = {n.index: c for c, n in enumerate(self.table.of_kind(Kind.ITEM_ROW))}
         vocab = rec.tokenizer.get_vocab()
@@ -123,6 +129,22 @@ class GraphRunner:
             hooks.append((hook_mlp_out(l), put(self.up_mlp(l), lambda x: x[:, :, None])))
         self._run(tokens, hooks)
         return torch.cat([parts[k] for k in sorted(parts)], dim=2)
+
+    @torch.no_grad()
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Hidden MLP activations of the layers with neuron nodes: (B, T, n_layers_with_neurons, width)."""
+        if not self.neuron_layers:
+            return None
+        parts: dict[int, torch.Tensor] = {}
+
+        def keep(layer):
+            def fn(x):
+                parts[layer] = x.detach()
+                return x
+            return fn
+
+        self._run(tokens, [(hook_post(l), keep(l)) for l in self.neuron_layers])
+        return torch.stack([parts[l] for l in self.neuron_layers], dim=2)
 
     def input_grads(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor,
                     input_override: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

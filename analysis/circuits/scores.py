@@ -23,9 +23,13 @@ from .nodes import Kind, NodeTable
 SCORES = "scores.safetensors"
 
 
+FAMILY = {Kind.ITEM_ROW: 1, Kind.NEURON: 2}  # every other scored kind: 0, the graph nodes
+
+
 def families_of(table: NodeTable, names: list[str]) -> np.ndarray:
-    """0 = graph nodes (roles, heads, MLPs), 1 = item rows: importance is a share within a family."""
-    return np.array([1 if table[n].kind is Kind.ITEM_ROW else 0 for n in names])
+    """0 = graph nodes (roles, heads, MLPs, which make up the computation), 1 = item rows (which make
+    up emb:items), 2 = neurons (which make up the MLPs): importance is a share within a family."""
+    return np.array([FAMILY.get(table[n].kind, 0) for n in names])
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
-from ..circuits.discover import discover_groups, model_identity
+from ..circuits.discover import model_identity
+from ..circuits.lean import discover_groups
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import CacheError

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..circuits.nodes import NodeTable, Slice, VocabRoles, node_table, recommender_table  # noqa: F401 - re-exported
+from ..circuits.nodes import NodeTable, Slice, VocabRoles  # noqa: F401 - Slice re-exported
+from ..circuits.ownership import node_table, recommender_table  # noqa: F401 - re-exported
 from ..errors import SettingsError
 
 

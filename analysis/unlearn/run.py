@@ -164,7 +164,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     for p in model.parameters():
         p.requires_grad_(True)
     reference = original.model.eval()
-    table = recommender_table(original)
+    table = recommender_table(original, neurons=cfg.uses_circuits and cfg.circuits.granularity == "neurons")
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
     before = raw_conflict(model, original, batches, table)

@@ -25,6 +25,9 @@ def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
         method = st.selectbox("Attribution", methods, index=methods.index(settings.method.value), key="circ_method")
         n_prompts = st.number_input("Prompts per side", 4, 2048, settings.n_prompts, key="circ_prompts")
         seeds = st.number_input("Stability seeds", 1, 5, settings.stability_seeds, key="circ_seeds")
+        grains = ["modules", "neurons"]
+        granularity = st.radio("Granularity", grains, index=grains.index(settings.granularity), horizontal=True,
+                               key="circ_grain", help="neurons: every MLP hidden unit becomes a node (EAP / EAP-IG)")
         rule = st.radio("Group rule", rules, index=rules.index(thresholds.rule.value), key="circ_rule", horizontal=True)
         if rule == "specificity":
             tau = st.slider("tau (ratio the interval must clear)", 1.0, 8.0, float(thresholds.tau), 0.25, key="circ_tau")
@@ -36,7 +39,7 @@ def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
             r = st.slider("Retain threshold (x mean node)", 0.0, 3.0, float(thresholds.retain), 0.1, key="circ_rt")
             tau, floor = thresholds.tau, thresholds.floor
     st.session_state["circuit_settings"] = (
-        CircuitSettings(method=method, n_prompts=int(n_prompts), stability_seeds=int(seeds)),
+        CircuitSettings(method=method, n_prompts=int(n_prompts), stability_seeds=int(seeds), granularity=granularity),
         GroupThresholds(f, r, rule=rule, tau=tau, floor=floor))
     return st.session_state["circuit_settings"]
 
@@ -97,6 +100,7 @@ with state.readable_errors():
 
     graph_nodes = [n["name"] for n in j["nodes"] if n["kind"] in ("embedding", "head", "mlp")]
     item_rows = [n["name"] for n in j["nodes"] if n["kind"] == "item-row"]
+    neurons = [n for n in j["nodes"] if n["kind"] == "neuron"]
     state.sync_graph_selection(st.session_state, "circuit_graph", "module_picker")
     st.session_state.setdefault("module_picker", [m for m in state.selected_modules() if m in graph_nodes])
     st.session_state.setdefault("row_picker", [m for m in state.selected_modules() if m in item_rows])
@@ -105,7 +109,20 @@ with state.readable_errors():
                             key="module_picker")
     picked_rows = p2.multiselect(f"Selected item rows ({len(item_rows)}; type a title to search)", item_rows,
                                  key="row_picker", format_func=lambda n: f"{by_name[n]['label']} ({n})")
-    st.session_state["selected_modules"] = list(picked) + list(picked_rows)
+    picked_units: list[str] = []
+    if neurons:
+        mlps = [n for n in graph_nodes if by_name[n]["kind"] == "mlp"]
+        d1, d2 = st.columns([1, 3])
+        drill = d1.selectbox("Drill into an MLP's neurons", mlps, key="circ_drill")
+        units = sorted((n for n in neurons if n["name"].startswith(f"{drill}.")),
+                       key=lambda n: -n["specificity"]["estimate"])
+        st.session_state.setdefault("unit_picker", [m for m in state.selected_modules() if m.startswith("m") and ".n" in m])
+        picked_units = d2.multiselect(f"Selected neurons ({len(neurons)} in all; {drill}'s listed by specificity)",
+                                      sorted({n["name"] for n in neurons}), key="unit_picker")
+        st.dataframe([{"neuron": n["name"], "group": n["group"], "specificity": round(n["specificity"]["estimate"], 3),
+                       "low": round(n["specificity"]["low"], 3), "high": round(n["specificity"]["high"], 3)}
+                      for n in units[:50]], width="stretch", hide_index=True, key="circ_units", height=200)
+    st.session_state["selected_modules"] = list(picked) + list(picked_rows) + list(picked_units)
     st.markdown(group_caption(j))
 
     c1, c2 = st.columns([1, 1])
