@@ -109,8 +109,13 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--method", dest="unlearn_method", required=True, choices=[m.value for m in Method])
     p.add_argument("--modules", default="", help="selective: modules to update, e.g. a0.h1,m2")
-    p.add_argument("--steps", type=int, default=U.steps)
+    p.add_argument("--unlearn-epochs", type=float, default=U.epochs, help="budget: passes over the forget set")
+    p.add_argument("--steps", type=int, default=None, help="an explicit step count instead of --unlearn-epochs")
     p.add_argument("--lr", type=float, default=U.lr)
+    p.add_argument("--optimizer", default=U.optimizer, choices=["adam", "sgd"])
+    p.add_argument("--stop", default=U.stop, choices=["auto", "budget"],
+                   help="auto: stop when the forget samples' loss reaches the original's held-out loss")
+    p.add_argument("--saliency", type=float, default=U.saliency, help="salun: share of parameter elements updated")
     p.add_argument("--batch-size", type=int, default=U.batch_size)
     p.add_argument("--retain-weight", type=float, default=U.retain_weight)
     p.add_argument("--retain-specific", default=U.retain_specific.value, choices=["freeze", "retain"])
@@ -199,7 +204,8 @@ def _unlearn(args, ws, progress) -> dict:
 
     settings, thresholds = _circuit_settings(args)
     modules = tuple(m for m in args.modules.split(",") if m.strip())
-    cfg = UnlearnConfig(method=args.unlearn_method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+    cfg = UnlearnConfig(method=args.unlearn_method, epochs=args.unlearn_epochs, steps=args.steps, lr=args.lr,
+                        optimizer=args.optimizer, stop=args.stop, saliency=args.saliency, batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
                         seed=args.unlearn_seed, circuits=settings, thresholds=thresholds)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)

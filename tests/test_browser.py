@@ -98,6 +98,10 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path):
             if name == "circuits":
                 expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT)
                 expect(page.get_by_text("module group")).to_be_visible(timeout=WAIT)  # the graph's legend
+                expect(page.get_by_text("Groups on this request")).to_be_visible(timeout=WAIT)
+                expect(page.get_by_role("heading", name="Specificity: forget importance vs retain importance")
+                       ).to_be_visible(timeout=WAIT)
+                expect(page.get_by_text("Selected item rows")).to_be_visible(timeout=WAIT)
             if name == "overview":
                 expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=WAIT)
             if name == "trace":

@@ -24,6 +24,7 @@ from ..progress import ProgressFn, or_silent
 from ..recommend import top_k
 from ..workspace import Workspace
 from .mia import ATTACK_SAMPLES, features, mia_auc
+from .yardstick import yardstick
 
 RANK_USERS = 20  # per side (forget users, retained users)
 RANK_K = 10
@@ -83,8 +84,10 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
     label = {k: v["label"].to_numpy() for k, v in sets.items()}
     test = classification(label["test"], scores["test"])
     fg = classification(label["forget"], scores["forget"])
+    valid = classification(label["non_members"], scores["non_members"])  # validation samples: strength selection
     feats = {k: features(scores[k], label[k]) for k in sets}
     return {"auc_test": test["auc"], "acc_test": test["acc"], "logloss_test": test["logloss"],
+            "auc_valid": valid["auc"], "logloss_valid": valid["logloss"],
             "auc_forget": fg["auc"], "acc_forget": fg["acc"], "logloss_forget": fg["logloss"],
             "mia_auc": mia_auc(feats["members"], feats["non_members"], feats["forget"], feats["test"])}
 
@@ -109,4 +112,7 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
     for side, users in ranking_users(ws, forget).items():
         agreement[side] = float(np.mean([_overlap(views["original"]["top10"][str(u)], views["run"]["top10"][str(u)])
                                          for u in users])) if users else None
-    return {"metrics": metrics, "ranking_agreement": agreement}
+    relative = yardstick({name: view["scores"]["forget"] for name, view in views.items()},
+                         sets["forget"]["label"].to_numpy(), metrics)
+    metrics["run"].update({k: relative[k] for k in ("gap_closed", "jsd_ratio", "utility_cost")})
+    return {"metrics": metrics, "ranking_agreement": agreement, "yardstick": relative}

@@ -64,7 +64,8 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
                         "groups": {m: g.value for m, g in result.labels.items()}}
         if cfg.method is Method.RETRAIN:
             model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
-                                         "rules": {}, "conflict": None}
+                                         "rules": {}, "conflict": None, "stopped": None, "steps_run": 0,
+                                         "steps_budget": 0}
         else:
             steps = unlearn_steps(ws, original, forget, cfg, groups, progress, on_step)
             meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": forget.summary(),
@@ -77,9 +78,11 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             "method": cfg.method.value, "config": cfg.key(), "forget": forget.summary(),
             "seconds": steps["seconds"], "retrain_seconds": retrain.meta["training"]["train_seconds"],
             "retrain_trained_in_this_run": trained_now, "circuits": circuits, "rules": steps["rules"],
-            "conflict": steps["conflict"], "curves": steps["curves"],
+            "conflict": steps["conflict"], "curves": steps["curves"], "stopped": steps["stopped"],
+            "steps_run": steps["steps_run"], "steps_budget": steps["steps_budget"],
             "metrics": comparison["metrics"]["run"], "retrain": comparison["metrics"]["retrain"],
             "original": comparison["metrics"]["original"], "ranking_agreement": comparison["ranking_agreement"],
+            "yardstick": comparison["yardstick"],
             "model_dir": str(retrain.path) if cfg.method is Method.RETRAIN else None,
             "original_dir": str(original.path), "retrain_dir": str(retrain.path),
         })

@@ -1,17 +1,15 @@
-"""Unlearning update rules behind one interface.
+"""Unlearning update rules (the registry in registry.py pairs them with objectives).
 
 Every rule gets, per step, g_f (gradient of the method's forget objective, to be
-*descended*), g_r (gradient of the retain BCE) and, for `kl`, g_kl (gradient of the KL to
-the original on retain samples), as {parameter name: tensor}. It returns a `Step`: the
-direction to descend, the forget part of it (what the applied-update conflict measures)
-and the modules it touched. `retrain` is not a step rule; it is the foundation's
-training on the retain set (see run.py).
+*descended*) and the second gradient (retain BCE, or the KL to the original), as
+{parameter name: tensor}. It returns a `Step`: the direction to descend, the forget part
+of it (what the rule-level conflict measures) and the nodes it touched. `retrain` is not
+a step rule; it is the foundation's training on the retain set (see lab.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
 
 import torch
 
@@ -30,6 +28,7 @@ class Method(str, Enum):
     NPO = "npo"
     KL = "kl"
     PCGRAD = "pcgrad"
+    SALUN = "salun"
     CURE = "cure"
     SELECTIVE = "selective"
 
@@ -122,12 +121,3 @@ def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable
             moved.update(block.owners)
     updated = [n for n in table.owners if n in moved]
     return Step(direction, forget_part, updated, rules)
-
-
-RULES: dict[Method, Callable] = {
-    Method.GA: lambda g_f, g_r, w, table: Step(dict(g_f), g_f, list(table.owners)),
-    Method.GRADDIFF: uniform,
-    Method.NPO: uniform,
-    Method.KL: uniform,  # g_r is the KL gradient here (run.py passes it)
-    Method.PCGRAD: pcgrad,
-}

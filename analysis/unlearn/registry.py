@@ -1,0 +1,146 @@
+"""Unlearning methods, one spec each: forget objective, second gradient, update rule, options.
+
+As OpenUnlearning keeps one trainer per method, a method here is one `MethodSpec` in
+`REGISTRY`: adding one is an entry plus its test. The loop (run.py) is shared: per step
+it evaluates the spec's forget objective (descended) and second loss on a forget and a
+retain batch, takes their gradients, and asks the spec's rule for the direction.
+
+* ga: -BCE on forget samples, nothing else (unbounded: the budget and the stop matter);
+* graddiff: -BCE on forget + BCE on retain;
+* npo: negative preference optimisation (bounded) + BCE on retain;
+* kl: -BCE on forget + KL to the original on retain samples;
+* pcgrad: graddiff with each gradient projected off the other when they conflict;
+* salun: graddiff restricted to the parameter elements with the largest |forget gradient|
+  (SalUn-style saliency mask, fixed at the start): the non-circuit way to "update only
+  what matters", CURE's fair rival;
+* cure: graddiff with each node's parameters updated by its circuit group's rule;
+* selective: CURE's rules on the nodes a user picked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..circuits.groups import Group
+from ..circuits.nodes import NodeTable
+from .methods import Grads, Method, RetainSpecific, Step, circuit_rules, pcgrad, uniform
+from .objectives import ga_loss, kl_to_reference, npo_loss
+
+
+@dataclass
+class StepContext:
+    """What a spec may read at one step (scores carry gradients; `reference` is the frozen original)."""
+
+    model: torch.nn.Module
+    reference: torch.nn.Module
+    score: Callable  # (model, prompts) -> scores
+    forget_prompts: list
+    forget_labels: torch.Tensor
+    retain_prompts: list
+    retain_labels: torch.Tensor
+    forget_scores: torch.Tensor
+    retain_scores: torch.Tensor
+    retain_bce: torch.Tensor
+    table: NodeTable
+    retain_weight: float = 1.0
+    npo_beta: float = 0.5
+    groups: dict[str, Group] | None = None
+    retain_specific: RetainSpecific = RetainSpecific.FREEZE
+    saliency: dict[str, torch.Tensor] | None = None  # salun: {param: bool mask}
+    extra: dict = field(default_factory=dict)
+
+
+def bce_ascent(ctx: StepContext) -> torch.Tensor:
+    return ga_loss(ctx.forget_scores, ctx.forget_labels)
+
+
+def npo_objective(ctx: StepContext) -> torch.Tensor:
+    with torch.no_grad():
+        ref = ctx.score(ctx.reference, ctx.forget_prompts)
+    return npo_loss(ctx.forget_scores, ref, ctx.forget_labels, ctx.npo_beta)
+
+
+def retain_bce(ctx: StepContext) -> torch.Tensor:
+    return ctx.retain_bce
+
+
+def kl_to_original(ctx: StepContext) -> torch.Tensor:
+    with torch.no_grad():
+        ref = ctx.score(ctx.reference, ctx.retain_prompts)
+    return kl_to_reference(ctx.score(ctx.model, ctx.retain_prompts), ref)
+
+
+def ascent_only(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
+    return Step(dict(g_f), g_f, list(ctx.table.owners))
+
+
+def uniform_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
+    return uniform(g_f, g_second, ctx.retain_weight, ctx.table)
+
+
+def pcgrad_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
+    return pcgrad(g_f, g_second, ctx.retain_weight, ctx.table)
+
+
+def circuit_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
+    step = circuit_rules(g_f, g_second, ctx.retain_weight, ctx.table, ctx.groups or {}, ctx.retain_specific)
+    return step
+
+
+def saliency_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
+    """graddiff on the salient elements only; every other element is frozen."""
+    mask = ctx.saliency
+    forget = {n: g_f[n] * mask[n] for n in g_f}
+    direction = {n: (g_f[n] + ctx.retain_weight * g_second[n]) * mask[n] for n in g_f}
+    updated = [m for m, slices in ctx.table.owners.items()
+               if any(bool(s.of(mask[s.param]).any()) for s in slices)]
+    return Step(direction, forget, updated)
+
+
+def saliency_mask(g_f: Grads, fraction: float) -> dict[str, torch.Tensor]:
+    """True on the `fraction` of all parameter elements with the largest |g_f| (ties: the threshold's side)."""
+    flat = torch.cat([g.abs().reshape(-1) for g in g_f.values()])
+    k = max(1, int(round(fraction * flat.numel())))
+    threshold = torch.topk(flat, k).values.min()
+    masks = {n: g.abs() >= threshold for n, g in g_f.items()}
+    # exactly k: drop the surplus elements tied at the threshold (deterministic: first in order)
+    surplus = int(sum(int(m.sum()) for m in masks.values())) - k
+    for n, m in masks.items():
+        if surplus <= 0:
+            break
+        tied = (g_f[n].abs() == threshold) & m
+        drop = torch.nonzero(tied.reshape(-1)).reshape(-1)[:surplus]
+        flat_mask = m.reshape(-1)
+        flat_mask[drop] = False
+        surplus -= len(drop)
+    return masks
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    method: Method
+    objective: Callable[[StepContext], torch.Tensor]  # the forget objective, descended
+    second: Callable[[StepContext], torch.Tensor] | None  # the second loss (retain BCE, KL), or none
+    rule: Callable[[Grads, Grads, StepContext], Step]
+    uses_circuits: bool = False
+    uses_saliency: bool = False
+
+
+REGISTRY: dict[Method, MethodSpec] = {spec.method: spec for spec in (
+    MethodSpec(Method.GA, bce_ascent, None, ascent_only),
+    MethodSpec(Method.GRADDIFF, bce_ascent, retain_bce, uniform_rule),
+    MethodSpec(Method.NPO, npo_objective, retain_bce, uniform_rule),
+    MethodSpec(Method.KL, bce_ascent, kl_to_original, uniform_rule),
+    MethodSpec(Method.PCGRAD, bce_ascent, retain_bce, pcgrad_rule),
+    MethodSpec(Method.SALUN, bce_ascent, retain_bce, saliency_rule, uses_saliency=True),
+    MethodSpec(Method.CURE, bce_ascent, retain_bce, circuit_rule, uses_circuits=True),
+    MethodSpec(Method.SELECTIVE, bce_ascent, retain_bce, circuit_rule, uses_circuits=True),
+)}
+
+
+def spec_of(method: Method) -> MethodSpec:
+    if method not in REGISTRY:
+        raise ValueError(f"{method.value} is not a step method (retrain trains from scratch)")
+    return REGISTRY[method]

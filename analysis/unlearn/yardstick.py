@@ -1,0 +1,87 @@
+"""The yardstick: every run scored against doing nothing (the original) and against retrain.
+
+JSD to retrain alone rewards a no-op whenever the original already sits close to the
+retrain (0.006 on the default model and users:0.1), so the headline is relative:
+
+* gap_closed[m] = (m(original) - m(run)) / (m(original) - m(retrain)) for forget AUC,
+  forget log-loss and MIA AUC: 0 = did nothing, 1 = like retrain, > 1 = over-forgetting
+  (forgotten samples that look *less* familiar than never-seen ones are themselves a
+  membership signal, so it is flagged, not rewarded);
+* jsd_ratio = JSD(run, retrain) / JSD(original, retrain) on forget samples (< 1: closer to
+  retrain than doing nothing);
+* utility_cost = test AUC(original) - test AUC(run).
+
+The original-retrain gap gets a bootstrap interval over forget samples; when it includes
+0 (a tiny request, say) there is no measurable memorisation to remove and gap_closed is
+None with that note, instead of a ratio of noise.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import jsd
+
+RESAMPLES = 200  # forget-sample bootstrap of the gap; AUC on ~7k samples per resample
+LEVEL = 0.95
+NO_GAP = "no measurable memorisation to remove: the original-retrain gap's interval includes 0"
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank AUC (ties averaged); nan with one class."""
+    pos, neg = labels == 1, labels == 0
+    if not pos.any() or not neg.any():
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+
+
+def _logloss(scores: np.ndarray, labels: np.ndarray) -> float:
+    # -log sigmoid(s) for positives, -log sigmoid(-s) for negatives, computed stably
+    signed = np.where(labels == 1, scores, -scores)
+    return float(np.mean(np.logaddexp(0.0, -signed)))
+
+
+def _closed(original: float, run: float, retrain: float) -> float | None:
+    gap = original - retrain
+    return None if gap == 0 or not np.isfinite(gap) else float((original - run) / gap)
+
+
+def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, metrics: dict[str, dict],
+              seed: int = 0) -> dict:
+    """forget_scores and metrics for "run", "retrain", "original" -> the relative headline numbers."""
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in forget_scores.items()}
+    y = np.asarray(forget_labels)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(RESAMPLES, len(y)))
+    gaps = np.array([_auc(f["original"][i], y[i]) - _auc(f["retrain"][i], y[i]) for i in idx])
+    gaps = gaps[np.isfinite(gaps)]
+    lo, hi = (np.quantile(gaps, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(gaps) else (np.nan, np.nan))
+    measurable = bool(len(gaps)) and (lo > 0 or hi < 0)
+    auc = {k: _auc(f[k], y) for k in f}
+    loss = {k: _logloss(f[k], y) for k in f}
+    mia = {k: metrics[k]["mia_auc"] for k in ("run", "retrain", "original")}
+    closed = {"auc_forget": _closed(auc["original"], auc["run"], auc["retrain"]),
+              "logloss_forget": _closed(loss["original"], loss["run"], loss["retrain"]),
+              "mia_auc": _closed(mia["original"], mia["run"], mia["retrain"])}
+    if not measurable:
+        closed = {k: None for k in closed}
+    base = jsd(f["original"], f["retrain"])
+    ratio = jsd(f["run"], f["retrain"]) / base if base > 0 else None
+    over = closed["auc_forget"] is not None and closed["auc_forget"] > 1.0
+    return {
+        "gap_closed": closed,
+        "gap": {"auc_forget": auc["original"] - auc["retrain"], "low": float(lo), "high": float(hi),
+                "resamples": RESAMPLES, "level": LEVEL},
+        "measurable": measurable,
+        "jsd_ratio": ratio,
+        "utility_cost": metrics["original"]["auc_test"] - metrics["run"]["auc_test"],
+        "over_forgetting": over,
+        "note": NO_GAP if not measurable else ("over-forgetting: forget samples now look less familiar than "
+                                               "never-seen ones, itself a membership signal" if over else ""),
+    }
