@@ -159,8 +159,10 @@ def test_cure_moves_a_forget_specific_item_row_and_never_a_frozen_one(tiny_rec):
     for frozen in (rows[1], rows[2], rows[3]):  # inactive, retain-specific (freeze), unlisted
         assert float(flat(step.direction, owners[frozen]).abs().max()) == 0.0
     assert rows[0] in step.updated and rows[1] not in step.updated
-    # the logits (final norm, Yes/No rows) read every prompt: task-shared, so they move
-    assert float(flat(step.direction, owners["logits"]).abs().max()) > 0
+    # the logits (final norm, Yes/No rows) are never scored: no group, frozen unless named
+    assert float(flat(step.direction, owners["logits"]).abs().max()) == 0.0
+    named = circuit_rules(g_f, g_r, 1.0, table, {"logits": Group.SHARED}, RetainSpecific.FREEZE)
+    assert float(flat(named.direction, owners["logits"]).abs().max()) > 0
 
 
 @pytest.mark.parametrize("make", [_gpt2, lambda: _llama(False)], ids=["gpt2", "llama"])
@@ -187,4 +189,4 @@ def test_neuron_scores_add_up_to_their_mlp_and_cure_moves_only_a_forget_specific
     g_r = {n: torch.randn_like(p) for n, p in tiny_rec.model.named_parameters()}
     step = circuit_rules(g_f, g_r, 1.0, table, {"m1.n3": Group.FORGET}, RetainSpecific.FREEZE)
     moved = {n for n, sl in table.owners.items() if float(flat(step.direction, sl).abs().max()) > 0}
-    assert moved == {"m1.n3", "logits"}
+    assert moved == {"m1.n3"}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ForgetSpecError
-from .samples import TRAIN, Interactions
+from .samples import TRAIN, VALID, Interactions
 
 LEVELS = ("users", "interactions", "genre")
 
@@ -121,6 +121,25 @@ class ForgetSet:
     @property
     def users(self) -> tuple[int, ...]:
         return tuple(sorted(self.forgotten["user_id"].unique().tolist()))
+
+    def held_out(self, min_rows: int = 50) -> pd.DataFrame:
+        """Validation samples the request would cover if they had been trained on: the forgotten users'
+        (user level), the genre's (behaviour level), any (interaction level). Never trained on, so their
+        loss is what forgotten samples should look like; all validation samples when fewer than min_rows."""
+        frame = self.interactions.frame
+        valid = frame["split"] == VALID
+        if self.spec.level == "users":
+            rows = frame[valid & frame["user_id"].isin(self.users)]
+        elif self.spec.level == "genre":
+            items = self.interactions.data.items
+            genre_items = items.loc[items["genres"].map(lambda gs: self.spec.genre in gs), "item_id"]
+            match = valid & frame["item_id"].isin(genre_items)
+            if self.spec.user_ids:
+                match &= frame["user_id"].isin(self.spec.user_ids)
+            rows = frame[match]
+        else:
+            rows = frame[valid]
+        return rows if len(rows) >= min_rows else frame[valid]
 
     def summary(self) -> dict:
         training = self.interactions.training

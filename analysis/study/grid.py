@@ -23,18 +23,21 @@ from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
 from .transfer import NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share
 
-BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad")
-METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc")
+BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
+METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid")
+RELATIVE = ("gap_closed", "jsd_ratio", "utility_cost")  # against doing nothing and retrain (yardstick.py)
+VALID_DROP = 0.005  # headline strength: the strongest lr whose validation-AUC drop stays below this
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     request: str = "users:0.1"  # the Pareto, privacy and reproducibility sections
-    lrs: tuple[float, ...] = (0.001, 0.003, 0.01)  # the budgets/strengths of the Pareto section
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)  # the strengths (Adam lr) of the Pareto section
     rates: tuple[str, ...] = ("users:0.01", "users:0.05", "users:0.1", "users:0.2")
     levels: tuple[str, ...] = ("users:0.1", "interactions:0.1", "genre:Horror")
-    steps: int = 30
+    epochs: float = 1.0  # the budget of every run: passes over the forget set
+    steps: int | None = None  # or an explicit step count (tests)
     circuits: CircuitSettings = field(default_factory=CircuitSettings)
     other_circuit_seed: int = 1  # CURE with groups found on other prompts/corruption draws
 
@@ -46,8 +49,8 @@ class StudyConfig:
         circuit prompts, of which 4 retrains took 4.8 min and scoring each model ~12 s; one
         strength and 64 prompts drop 6 runs and half of each circuit discovery.
         """
-        return cls(seeds=(0,), lrs=(0.003,), rates=("users:0.05", "users:0.1"),
-                   levels=("users:0.1", "interactions:0.05", "genre:Horror"),
+        return cls(seeds=(0,), lrs=(3e-4,), rates=("users:0.05", "users:0.1"),
+                   levels=("users:0.1", "interactions:0.05", "genre:Horror"), epochs=0.5,
                    circuits=CircuitSettings(n_prompts=64, stability_seeds=2))
 
     def key(self) -> dict:
@@ -69,13 +72,16 @@ class Cell:
 
     def config(self, study: StudyConfig) -> UnlearnConfig:
         circuits = replace(study.circuits, seed=self.circuit_seed)
-        return UnlearnConfig(method=self.method, lr=self.lr, steps=study.steps, circuits=circuits,
+        return UnlearnConfig(method=self.method, lr=self.lr, epochs=study.epochs, steps=study.steps, circuits=circuits,
                              groups=tuple((m, g.value) for m, g in self.groups.items()))
 
 
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress)
+    relative = {"gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
+                "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}
     row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"][m] for m in METRICS},
+           **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
            **{f"retrain_{m}": run["retrain"][m] for m in METRICS},
            **{f"original_{m}": run["original"][m] for m in METRICS},  # "do nothing", the bar to clear
            "seconds": run["seconds"], "retrain_seconds": run["retrain_seconds"],
@@ -93,7 +99,7 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     for key, members in groups.items():
         entry = dict(zip(by, key))
         entry["n_seeds"] = len(members)
-        for m in (*METRICS, "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
+        for m in (*METRICS, *RELATIVE, "valid_drop", "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
                   "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
             values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
             entry[m] = float(values.mean()) if len(values) else None
@@ -113,9 +119,21 @@ def _cure_summary(rows: list[dict]) -> dict | None:
 
 
 def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
-    """The baselines closest to retrain on forget samples (mean JSD) at the given lr."""
+    """The baselines that close the most of the forget gap (mean) at the given lr."""
     at = [s for s in summary if s["method"] in BASELINES and s["lr"] == lr]
-    return [s["method"] for s in sorted(at, key=lambda s: s["jsd_forget"])[:n]]
+    return [s["method"] for s in sorted(at, key=lambda s: -(s["gap_closed"] if s["gap_closed"] is not None
+                                                            else float("-inf")))[:n]]
+
+
+def chosen_on_validation(summary: list[dict]) -> list[dict]:
+    """Per method, the summary row at the strongest lr whose mean validation-AUC drop stays <= VALID_DROP
+    (the weakest lr when none does): the headline, chosen without looking at the retrain or the test set."""
+    out = []
+    for method in dict.fromkeys(s["method"] for s in summary):
+        mine = sorted((s for s in summary if s["method"] == method), key=lambda s: s["lr"])
+        ok = [s for s in mine if s["valid_drop"] is not None and s["valid_drop"] <= VALID_DROP]
+        out.append({**(ok[-1] if ok else mine[0]), "chosen_within_valid_drop": bool(ok)})
+    return out
 
 
 def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress: ProgressFn | None = None,
@@ -188,7 +206,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
 
     return {
         "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,
-        "pareto": pareto,
+        "pareto": pareto, "headline": chosen_on_validation(pareto),
         "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
         "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
         "reproducibility": reproducibility,

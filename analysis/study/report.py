@@ -24,7 +24,7 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
-REPORT_VERSION = 9  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 10  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
@@ -55,6 +55,39 @@ def pareto_figure(points: list[dict], title: str = "Forgetting vs utility", orig
                                                "<extra></extra>"))
     fig.update_layout(title=title, height=420, xaxis={"title": "JSD to retrain on forget samples (lower = closer)",
                                                       "type": "log"}, yaxis={"title": "test AUC"})
+    return fig
+
+
+def gap_pareto_figure(points: list[dict], original_auc: float, retrain_auc: float | None,
+                      title: str = "Forgetting vs utility") -> go.Figure:
+    """x: forget-AUC gap closed (0 = do nothing, 1 = retrain), y: test AUC. The original (0, its AUC) and
+    the retrain (1, its AUC) are points like the runs and take part in the front (higher is better on both)."""
+    fig = go.Figure()
+    usable = [p for p in points if p.get("gap_closed") is not None]
+    for method in sorted({p["method"] for p in usable}):
+        mine = [p for p in usable if p["method"] == method]
+        fig.add_trace(go.Scatter(
+            x=[p["gap_closed"] for p in mine], y=[p["auc_test"] for p in mine], mode="markers", name=method,
+            marker={"size": 11}, text=[p.get("label", method) for p in mine],
+            error_x={"array": [p.get("gap_closed_std", 0) for p in mine]},
+            error_y={"array": [p.get("auc_test_std", 0) for p in mine]},
+            hovertemplate="%{text}<br>gap closed %{x:.2f}<br>test AUC %{y:.4f}<extra></extra>"))
+    anchors = [{"method": "original (do nothing)", "gap_closed": 0.0, "auc_test": original_auc}]
+    if retrain_auc is not None:
+        anchors.append({"method": "retrain (gold)", "gap_closed": 1.0, "auc_test": retrain_auc})
+    for a, symbol in zip(anchors, ("star", "diamond")):
+        fig.add_trace(go.Scatter(x=[a["gap_closed"]], y=[a["auc_test"]], mode="markers", name=a["method"],
+                                 marker={"symbol": symbol, "size": 16, "color": "black"},
+                                 hovertemplate=f"{a['method']}<br>test AUC %{{y:.4f}}<extra></extra>"))
+    every = usable + anchors
+    front = sorted((every[i] for i in pareto_front([(-p["gap_closed"], p["auc_test"]) for p in every])),
+                   key=lambda p: p["gap_closed"])
+    fig.add_trace(go.Scatter(x=[p["gap_closed"] for p in front], y=[p["auc_test"] for p in front], mode="lines",
+                             name="Pareto front", line={"dash": "dash", "color": "black"}))
+    ys = [p["auc_test"] for p in every]
+    mid, half = (max(ys) + min(ys)) / 2, max((max(ys) - min(ys)) / 2 * 1.2, 0.01)  # never narrower than ±0.01
+    fig.update_layout(title=title, height=420, xaxis={"title": "forget-AUC gap closed (0 = do nothing, 1 = retrain)"},
+                      yaxis={"title": "test AUC", "range": [mid - half, mid + half]})
     return fig
 
 
@@ -100,12 +133,22 @@ def _original_point(summary: list[dict]) -> dict | None:
     return None if found is None else {"jsd_forget": found["original_jsd_forget"], "auc_test": found["original_auc_test"]}
 
 
+def _pareto(result: dict) -> go.Figure:
+    """Gap closed vs test AUC (do nothing and retrain drawn as points); older reports: JSD vs test AUC."""
+    summary = result["pareto"]
+    title = f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}"
+    runs = [{**s, "label": f"{s['method']} lr {s['lr']}"} for s in summary if s["method"] != "retrain"]
+    retrain = next((s for s in summary if s["method"] == "retrain"), None)
+    original = _original_point(summary)
+    if original is not None and any(s.get("gap_closed") is not None for s in runs):
+        return gap_pareto_figure(runs, original["auc_test"], retrain["auc_test"] if retrain else None, title)
+    return pareto_figure(runs, title, original)
+
+
 def figures(result: dict) -> dict[str, go.Figure]:
     rep = result["reproducibility"]
     return {
-        "pareto": pareto_figure([{**s, "label": f"{s['method']} lr {s['lr']}"} for s in result["pareto"]],
-                                f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}",
-                                _original_point(result["pareto"])),
+        "pareto": _pareto(result),
         "rates": metric_lines(result["rates"], "request", ("jsd_forget", "auc_test", "mia_auc"),
                               "Deletion rates (user level)"),
         "levels": metric_lines(result["levels"], "request", ("jsd_forget", "auc_test", "mia_auc"),
@@ -169,7 +212,8 @@ def render_html(result: dict, meta: dict) -> str:
              "<h2>Reproduce</h2><pre>" + html.escape(json.dumps(meta, indent=1)) + "</pre>"]
     first = True
     notes = {
-        "pareto": "Each point: mean over deletion draws (error bars: standard deviation). Dashed: the Pareto front. "
+        "pareto": "Each point: mean over deletion draws (error bars: standard deviation); x: forget-AUC gap closed "
+                  "(0 = do nothing, 1 = retrain). Dashed: the Pareto front, which do nothing and retrain take part in. "
                   + _utility_spread(result["pareto"]),
         "rates": f"CURE and the two strongest baselines ({', '.join(result['compared_methods'][1:])}) at lr "
                  f"{result['default_lr']}.",
@@ -190,7 +234,17 @@ def render_html(result: dict, meta: dict) -> str:
                  "and on a same-recipe model of a second dataset when one was given.</p>")
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
                                                 "jsd_forget_std", "auc_test", "auc_forget", "mia_auc", "n_seeds"]))
-    keys = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
+    relative = ["gap_closed", "gap_closed_std", "jsd_ratio", "jsd_ratio_std", "utility_cost", "utility_cost_std",
+                "valid_drop"]
+    if result.get("headline"):
+        parts.append("<h2>Headline: each method at the strength chosen on validation</h2><p>The strongest lr whose "
+                     "validation-AUC drop stays &le; 0.005 (mean over draws); gap closed: 0 = do nothing, 1 = "
+                     "retrain, &gt; 1 = over-forgetting; JSD ratio &lt; 1: closer to retrain than doing nothing; "
+                     "utility cost: test AUC lost.</p>"
+                     + _table(result["headline"], ["method", "lr", "n_seeds", *relative, "mia_auc",
+                                                   "retrain_mia_auc", "auc_test", "original_auc_test", "seconds",
+                                                   "chosen_within_valid_drop"]))
+    keys = ["method", "lr", "n_seeds", *relative, "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
             "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "retrain_auc_test", "original_jsd_forget",
             "original_auc_forget", "original_mia_auc", "original_auc_test", "seconds"]
     parts.append("<h2>Pareto table</h2>" + _table(result["pareto"], keys))

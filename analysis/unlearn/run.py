@@ -6,10 +6,11 @@ and an optimiser step: Adam by default (a model trained with Adam barely moves u
 plain SGD at safe rates: 30 SGD steps moved forget AUC by <= 0.003 on the default model),
 or SGD (then the applied update is exactly lr x direction). The conflict of the *applied*
 parameter change with the retain gradient is measured at every step, so Adam's rescaling
-is visible. The budget is in epochs over the forget set, the same for every method;
-`stop="auto"` ends a run when the forget samples' loss reaches the loss the original has
-on held-out (validation) samples, i.e. when forgotten samples look never seen; nothing in
-a run reads the retrain. A non-finite or exploding loss stops with TrainingError. The
+is visible. The budget is in epochs over the forget set, the same for every method.
+`stop="auto"` (an option) ends a run when the forget samples' loss reaches the loss the
+original has on held-out samples like them, i.e. when forgotten samples look never seen;
+nothing in a run reads the retrain. It is not the default because on MovieLens it fires
+at once (see `held_out_loss`). A non-finite or exploding loss stops with TrainingError. The
 original model is deep-copied, never touched, and a run is only visible in the cache once
 it is complete.
 """
@@ -57,7 +58,7 @@ class UnlearnConfig:
     batch_size: int = 64
     steps: int | None = None  # an explicit step count instead of epochs
     optimizer: str = "adam"
-    stop: str = "auto"  # or "budget": always spend the whole budget
+    stop: str = "budget"  # or "auto": stop when forget loss reaches the held-out loss (see held_out_loss)
     saliency: float = 0.5  # salun: share of parameter elements updated
     retain_weight: float = 1.0
     npo_beta: float = 0.5
@@ -154,8 +155,7 @@ def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str
     chosen = parse_modules(list(cfg.modules), known)
     # selective: only the named modules move; a named module the circuit calls inactive or
     # retain-specific is updated like a task-shared one, since the caller asked for it
-    groups = {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
-    return {"logits": Group.INACTIVE, **groups}  # only what was named moves
+    return {m: (labels.get(m) if labels.get(m) in (Group.FORGET, Group.SHARED) else Group.SHARED) for m in chosen}
 
 
 def _check_given(given: dict[str, Group], known) -> None:
@@ -195,11 +195,23 @@ def raw_conflict(model, rec: Recommender, batches: Batches, table) -> ConflictMa
     return conflict_map(table, g_f, g_r)
 
 
-def held_out_loss(ws: Workspace, original: Recommender, forget: ForgetSet) -> float:
-    """The original's mean BCE on held-out (validation) samples: the auto stop's target."""
-    from .compare import sample_sets
+HELD_OUT_SAMPLES = 2000
 
-    rows = sample_sets(ws, forget)["non_members"]
+
+def held_out_loss(ws: Workspace, original: Recommender, forget: ForgetSet) -> float:
+    """The auto stop's target: the original's mean BCE on held-out samples *like* the forget set (the
+    forgotten users' or the genre's validation samples; see ForgetSet.held_out).
+
+    Measured on the default model, users:0.1 draw 0: the original's loss on the forgotten users' own
+    validation samples (0.516) is *below* its loss on their training samples (0.563): validation samples
+    come later in each user's time line and are easier, so the target is met before unlearning starts and
+    every method stopped at the first 5-step window, forget AUC moved <= 0.003. Loss is also the wrong
+    signal for memorisation here: graddiff took forget log-loss from 0.551 past retrain's 0.586 (to 0.722)
+    in those 5 steps while forget AUC moved 0.7766 -> 0.7735 (retrain 0.7431). Hence an option only.
+    """
+    rows = forget.held_out()
+    if len(rows) > HELD_OUT_SAMPLES:
+        rows = rows.sample(HELD_OUT_SAMPLES, random_state=0)
     scores = torch.from_numpy(original.score_prompts(PromptBuilder(original.fmt, ws.interactions).prompts(rows)))
     return float(bce(scores.float(), torch.tensor(rows["label"].to_numpy())))
 

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.recommend import rank_changes
-from analysis.study.report import pareto_figure
+from analysis.study.report import gap_pareto_figure
 from analysis.unlearn.conflict import ConflictMap
 from analysis.unlearn.lab import list_runs
 from app import figures, state
@@ -34,7 +34,7 @@ with state.readable_errors():
         st.info("No unlearning runs yet: start one in the Unlearning lab.")
         st.stop()
     label = lambda r: (f"{r['method']} · {r['forget']['spec']} · lr {r['config'].get('lr')} · "  # noqa: E731
-                       f"{r['config'].get('steps')} steps · {r['run_dir'].split('/')[-1]}")
+                       f"{r.get('steps_run', r['config'].get('steps'))} steps · {r['run_dir'].split('/')[-1]}")
     run = state.pick_stored("Run", runs, "run_dir", label, "compare_run", "compare_pick")
     forget = ws.forget_set(run["forget"]["spec"], seed=run["forget"]["seed"])
     after = state.saved_model(run["model_dir"])
@@ -54,14 +54,31 @@ with state.readable_errors():
                          hide_index=True, width="stretch", key=f"{key}_table")
             st.caption("Top-10 after unlearning; 'before' is the rank the original model gave.")
 
-    st.subheader("Metrics")
-    names = ["jsd_forget", "jsd_test", "auc_test", "auc_forget", "acc_test", "logloss_test", "mia_auc"]
-    st.dataframe(pd.DataFrame({"this run": run["metrics"], "retrain (target)": run["retrain"],
-                               "original": run["original"]}).loc[names].style.format("{:.4f}"), width="stretch",
-                 key="cmp_metrics")
-    st.caption(f"Top-10 kept (share of items): forget users {run['ranking_agreement']['forget_users']}, retained "
-               f"users {run['ranking_agreement']['retain_users']}. Run {run['seconds']:.1f} s, retrain "
-               f"{run['retrain_seconds']:.0f} s.")
+    st.subheader("Against doing nothing and against retrain")
+    y = run.get("yardstick")
+    if y:
+        closed = y["gap_closed"]
+        fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
+        k1, k2, k3, k4 = st.columns(4)
+        k1.metric("Forget-AUC gap closed", fmt(closed["auc_forget"]), help="0 = did nothing, 1 = like retrain, "
+                  "> 1 = over-forgetting")
+        k2.metric("JSD ratio to doing nothing", fmt(y["jsd_ratio"]), help="JSD(run, retrain) / JSD(original, "
+                  "retrain) on forget samples; < 1 is closer to retrain than doing nothing")
+        k3.metric("Utility cost (test AUC lost)", fmt(y["utility_cost"], "{:.4f}"))
+        k4.metric("MIA gap closed", fmt(closed["mia_auc"]))
+        st.caption(f"Original-retrain forget-AUC gap {y['gap']['auc_forget']:.4f} (95% interval "
+                   f"{y['gap']['low']:.4f} to {y['gap']['high']:.4f}). {y['note']}")
+    names = ["auc_forget", "logloss_forget", "jsd_forget", "auc_test", "auc_valid", "jsd_test", "acc_test", "mia_auc"]
+    table = pd.DataFrame({"this run": run["metrics"], "original (do nothing)": run["original"],
+                          "retrain (gold)": run["retrain"]})
+    st.dataframe(table.loc[[n for n in names if n in table.index]].astype(float).style.format("{:.4f}"),
+                 width="stretch", key="cmp_metrics")
+    agree = run["ranking_agreement"]
+    show = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
+    stopped = (run.get("stopped") or {}).get("reason", "")
+    st.caption(f"Top-10 kept (share of items): forget users {show(agree['forget_users'])}, retained users "
+               f"{show(agree['retain_users'])}. Run {run['seconds']:.1f} s ({run.get('steps_run', '?')} of "
+               f"{run.get('steps_budget', '?')} steps; {stopped or 'budget'}), retrain {run['retrain_seconds']:.0f} s.")
 
     if run["conflict"]:
         st.subheader("Gradient conflict per module: cos(g_forget, g_retain)")
@@ -78,15 +95,16 @@ with state.readable_errors():
                 ("after", f"after (negative: {run['conflict']['after']['negative_share']:.0%})", grids["after"], -1, 1),
                 ("diff", "after - before", diff, -spread, spread))):
             col.plotly_chart(figures.heatmap(grid, cols, rows, title, lo, hi), width="stretch", key=f"cmp_{key}")
-        st.caption(f"Applied update (forget part vs retain gradient, over updated modules and steps): "
-                   f"{run['conflict']['applied']['negative_share']:.1%} conflicting.")
+        upd = run["conflict"].get("applied_update")
+        st.caption(f"The rule's forget part vs the retain gradient, over updated nodes and steps: "
+                   f"{run['conflict']['applied']['negative_share']:.1%} conflicting"
+                   + (f"; the parameter change actually applied (after the optimiser's rescaling) vs the retain "
+                      f"gradient: {upd['negative_share']:.1%} conflicting." if upd else "."))
 
     st.subheader(f"Forgetting vs utility: every run for {run['forget']['spec']}")
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
-    points = [{"method": r["method"], "jsd_forget": r["metrics"]["jsd_forget"], "auc_test": r["metrics"]["auc_test"],
-               "label": label(r)} for r in same]
-    before = run["original"]  # this run's original model, before unlearning
-    st.plotly_chart(pareto_figure(points, "Every run so far; dashed: the Pareto front; star: the original model",
-                                  {"jsd_forget": before["jsd_forget"], "auc_test": before["auc_test"]}),
-                    width="stretch",
-                    key="cmp_pareto")
+    points = [{"method": r["method"], "gap_closed": (r["metrics"].get("gap_closed") or {}).get("auc_forget"),
+               "auc_test": r["metrics"]["auc_test"], "label": label(r)} for r in same if r["method"] != "retrain"]
+    st.plotly_chart(gap_pareto_figure(points, run["original"]["auc_test"], run["retrain"]["auc_test"],
+                                      "Every run so far; dashed: the Pareto front; star: do nothing; diamond: retrain"),
+                    width="stretch", key="cmp_pareto")

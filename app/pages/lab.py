@@ -8,9 +8,10 @@ from analysis.unlearn.run import UnlearnConfig
 from app import state
 
 st.title("Unlearning lab")
-st.write("Every method starts from a copy of the original model and gets the same budget (steps, learning rate, "
-         "batch). The exact answer, a model retrained without the forgotten data, is trained (or loaded) alongside "
-         "and every run is measured against it.")
+st.write("Every method starts from a copy of the original model and gets the same budget (epochs over the forget "
+         "set, learning rate, batch). The exact answer, a model retrained without the forgotten data, is trained (or "
+         "loaded) alongside and is only the judge: each run is scored against doing nothing (0) and against retrain "
+         "(1).")
 
 TRAINING, UNLEARNING = {"train"}, {"unlearn"}
 
@@ -32,6 +33,20 @@ def progress_router():
     return progress
 
 
+def finish_message(run: dict) -> str:
+    """Relative numbers first (0 = do nothing, 1 = retrain), the absolute ones with do nothing and retrain beside."""
+    m, o, r, y = run["metrics"], run["original"], run["retrain"], run["yardstick"]
+    closed = y["gap_closed"]["auc_forget"]
+    gap = "no measurable memorisation to remove" if closed is None else f"forget-AUC gap closed {closed:.2f}"
+    ratio = "n/a" if y["jsd_ratio"] is None else f"{y['jsd_ratio']:.2f}"
+    stopped = (run.get("stopped") or {}).get("reason") or "budget"
+    return (f"{run['method']} finished in {run['seconds']:.1f} s, {run.get('steps_run', 0)} steps ({stopped}); "
+            f"retrain {run['retrain_seconds']:.0f} s. {gap} (0 = do nothing, 1 = retrain), JSD ratio {ratio}, "
+            f"utility cost {y['utility_cost']:+.4f} test AUC. Forget AUC {m['auc_forget']:.4f} (do nothing "
+            f"{o['auc_forget']:.4f}, retrain {r['auc_forget']:.4f}); test AUC {m['auc_test']:.4f} (do nothing "
+            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}). {y['note']} See Compare.")
+
+
 with state.readable_errors():
     ws = state.workspace()
     rec = state.original()
@@ -41,15 +56,21 @@ with state.readable_errors():
     c1, c2, c3, c4 = st.columns(4)
     methods = [m.value for m in Method]
     method = c1.selectbox("Method", methods, index=methods.index("cure"), key="lab_method")
-    steps = c2.number_input("Steps", 1, 500, UnlearnConfig.steps, key="lab_steps")
-    lr = c3.number_input("Learning rate (SGD)", 1e-5, 1.0, UnlearnConfig.lr, format="%.4f", key="lab_lr")
-    retain_specific = c4.selectbox("Retain-specific modules", ["freeze", "retain"], key="lab_rs")
+    epochs = c2.number_input("Epochs over the forget set", 0.1, 10.0, float(UnlearnConfig.epochs), 0.5, key="lab_epochs")
+    lr = c3.number_input("Learning rate", 1e-6, 1.0, UnlearnConfig.lr, format="%.5f", key="lab_lr")
+    retain_specific = c4.selectbox("Retain-specific nodes", ["freeze", "retain"], key="lab_rs")
+    d1, d2, d3 = st.columns(3)
+    optimizer = d1.selectbox("Optimiser", ["adam", "sgd"], key="lab_opt")
+    stop = d2.selectbox("Stop", ["budget", "auto"], key="lab_stop",
+                        help="auto: when the forget samples' loss reaches the original's loss on held-out samples")
+    steps = d3.number_input("Max steps (0: the epochs decide)", 0, 5000, 0, key="lab_steps")
     modules = tuple(state.selected_modules())
     if method == "selective":
         st.info(f"Selective unlearning updates only: {', '.join(modules) or 'nothing yet, pick modules on the '}"
                 + ("" if modules else "Circuits page"))
     if st.button("Run", type="primary", key="lab_run"):
-        cfg = UnlearnConfig(method=method, steps=int(steps), lr=float(lr), retain_specific=retain_specific,
+        cfg = UnlearnConfig(method=method, epochs=float(epochs), steps=int(steps) or None, lr=float(lr),
+                            optimizer=optimizer, stop=stop, retain_specific=retain_specific,
                             modules=modules if method == "selective" else (), circuits=settings,
                             thresholds=thresholds)
         live = st.empty()
@@ -61,14 +82,15 @@ with state.readable_errors():
 
         run = unlearn(ws, rec, ws.forget_set(request), cfg, progress_router(), on_step)
         st.session_state["compare_run"] = run["run_dir"]
-        st.success(f"{run['method']} finished in {run['seconds']:.1f} s (retrain: {run['retrain_seconds']:.0f} s). "
-                   f"JSD to retrain on forget samples {run['metrics']['jsd_forget']:.4f}; test AUC "
-                   f"{run['metrics']['auc_test']:.4f} (retrain {run['retrain']['auc_test']:.4f}). See Compare.")
+        st.success(finish_message(run))
 
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
     st.subheader(f"Runs for {request} ({len(runs)})")
     if runs:
-        table = pd.DataFrame([{"method": r["method"], "steps": r["config"].get("steps"), "lr": r["config"].get("lr"),
+        closed = lambda r: (r["metrics"].get("gap_closed") or {}).get("auc_forget")  # noqa: E731
+        table = pd.DataFrame([{"method": r["method"], "steps": r.get("steps_run"), "lr": r["config"].get("lr"),
+                               "gap closed": closed(r), "JSD ratio": r["metrics"].get("jsd_ratio"),
+                               "utility cost": r["metrics"].get("utility_cost"),
                                "JSD forget": r["metrics"]["jsd_forget"], "JSD test": r["metrics"]["jsd_test"],
                                "AUC test": r["metrics"]["auc_test"], "AUC forget": r["metrics"]["auc_forget"],
                                "MIA AUC": r["metrics"]["mia_auc"], "seconds": r["seconds"],
