@@ -101,12 +101,20 @@ def quarantine(directory: Path, root: Path) -> Path:
 
 
 @contextlib.contextmanager
-def key_lock(root: Path, kind: str, key: str) -> Iterator[None]:
-    """Exclusive lock per artefact so concurrent runs build it once and never clobber it."""
+def key_lock(root: Path, kind: str, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Exclusive lock per artefact so concurrent runs build it once and never clobber it.
+
+    When another process holds it, `on_wait` is told so before this one blocks (a session
+    waiting on another's retrain shows that, not a bar stuck at 0)."""
     lock_dir = root / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(f"waiting for another run that is building this {kind.rstrip('s')} ({key[:8]})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -123,6 +131,7 @@ def build_or_load(
     key: str,
     build: Callable[[Path], None],
     on_event: Callable[[str], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Path:
     """Return `<root>/<kind>/<key>`, building it with `build(tmp_dir)` if absent or corrupt.
 
@@ -131,7 +140,7 @@ def build_or_load(
     `build` leaves the cache exactly as it was.
     """
     final = artefact_dir(root, kind, key)
-    with key_lock(root, kind, key):
+    with key_lock(root, kind, key, on_wait):
         if final.exists():
             try:
                 verify(final)

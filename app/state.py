@@ -33,6 +33,9 @@ def progress_bar(label: str):
     bar = st.progress(0.0, text=label)
 
     def progress(stage: str, done: int, total: int) -> None:
+        if stage.startswith("waiting"):  # another session holds the lock: say so, keep the bar where it is
+            bar.progress(0.0, text=f"{label}: {stage}")
+            return
         bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {stage} {done}/{total}")
 
     return bar, progress

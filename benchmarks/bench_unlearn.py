@@ -90,7 +90,7 @@ def pareto_check(rows: list[dict], request: str) -> dict:
     than CURE at its selected strength?"""
     points = {}
     for r in rows:
-        if r["request"] == request:
+        if r["request"] == request and r["method"] != "retrain":
             points.setdefault((r["method"], r["lr"]), []).append(r)
     means = {k: (mean_std(x["gap_closed"] for x in v)[0], mean_std(x["utility_cost"] for x in v)[0])
              for k, v in points.items()}

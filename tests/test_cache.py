@@ -280,3 +280,32 @@ def test_concurrent_processes_build_once(tmp_path):
     assert len(list((tmp_path / "markers").iterdir())) == 1, "built exactly once"
     verify(tmp_path / KIND / "shared")
     assert (tmp_path / KIND / "shared" / "data.txt").read_text() == "from a process"
+
+
+def test_a_lock_held_by_another_run_is_reported_before_waiting(tmp_path):
+    """A second builder of the same artefact is told it waits (the app shows it), then loads the result."""
+    import threading
+
+    from analysis.cache import build_or_load, key_lock
+
+    messages: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with key_lock(tmp_path, "models", "abc"):
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    holding.wait(10)
+
+    def waiting(msg):
+        messages.append(msg)
+        release.set()  # the holder finishes once we have said we wait
+
+    path = build_or_load(tmp_path, "models", "abc", lambda tmp: (tmp / "x.json").write_text("{}"), on_wait=waiting)
+    t.join()
+    assert messages and messages[0].startswith("waiting for another run that is building this model")
+    assert (path / "x.json").is_file()

@@ -1,1 +1,1 @@
-"""Circuit discovery over heads and MLPs (in progress: see graph.py)."""
+"""Circuits over one node table (nodes.py, ownership.py): attribution, groups with intervals, discovery."""

@@ -374,7 +374,8 @@ def discover_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settin
     def build(tmp: Path) -> None:
         _store(tmp, compute_circuits(ws, rec, forget, settings, thresholds, progress))
 
-    path = build_or_load(ws.root, "circuits", circuits_key(ws, rec, forget, settings), build)
+    path = build_or_load(ws.root, "circuits", circuits_key(ws, rec, forget, settings), build,
+                         on_wait=lambda msg: or_silent(progress)(msg, 0, 1))
     result = CircuitResult.from_json(read_json(path / RESULT), path, _table(rec, ws, settings))
     return result if result.thresholds == thresholds else result.relabel(thresholds)
 

@@ -67,7 +67,8 @@ def discover_groups(ws: Workspace, rec: Recommender, forget: ForgetSet, settings
         write_json_atomic(tmp / GROUPS, {"node_scores": meta, "coverage": coverage, "settings": lean.key(),
                                          "seconds": {"total": time.perf_counter() - t0}})
 
-    path = build_or_load(ws.root, "groups", circuits_key(ws, rec, forget, lean), build)
+    path = build_or_load(ws.root, "groups", circuits_key(ws, rec, forget, lean), build,
+                         on_wait=lambda msg: or_silent(progress)(msg, 0, 1))
     d = read_json(path / GROUPS)
     groups = NodeGroups.load(path, d["node_scores"], thresholds)
     return GroupsResult(groups, d["coverage"], d["seconds"], path, table)

@@ -169,5 +169,6 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
         meta["metrics"] = evaluate_model(rec, ws, forget, progress=progress)
         rec.save(tmp)
 
-    path = build_or_load(ws.root, MODELS, key, build, on_event=lambda msg: progress(msg, 1, 1))
+    path = build_or_load(ws.root, MODELS, key, build, on_event=lambda msg: progress(msg, 1, 1),
+                         on_wait=lambda msg: progress(msg, 0, 1))
     return load_recommender(path, ws.data)

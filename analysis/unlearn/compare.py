@@ -74,7 +74,7 @@ def reference_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress:
         np.savez(tmp / "scores.npz", **view["scores"])
         write_json_atomic(tmp / "top10.json", view["top10"])
 
-    path = build_or_load(ws.root, SCORES, key, build)
+    path = build_or_load(ws.root, SCORES, key, build, on_wait=lambda msg: or_silent(progress)(msg, 0, 1))
     with np.load(path / "scores.npz") as z:
         scores = {k: z[k] for k in z.files}
     return {"scores": scores, "top10": read_json(path / "top10.json")}

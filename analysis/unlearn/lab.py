@@ -37,6 +37,7 @@ def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
 
 
 def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig) -> str:
+    # the config's key names the budget (epochs, optimizer, stop), so no run of the SGD era shares a key
     return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
                        "model": model_identity(original), "forget": forget.key, "config": cfg.key()})
 
@@ -87,7 +88,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             "original_dir": str(original.path), "retrain_dir": str(retrain.path),
         })
 
-    path = build_or_load(ws.root, RUNS, run_key(ws, original, forget, cfg), build)
+    path = build_or_load(ws.root, RUNS, run_key(ws, original, forget, cfg), build, on_wait=lambda msg: progress(msg, 0, 1))
     return load_run(path)
 
 

@@ -22,7 +22,10 @@ def progress_router():
                                                          "Evaluation")}
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage in TRAINING:
+        if stage.startswith("waiting"):  # a lock held by another session: shown on every bar of this job
+            for _, fn in bars.values():
+                fn(stage, done, total)
+        elif stage in TRAINING:
             bars["Retrain (same request)"][1](stage, done, total)
         elif stage in UNLEARNING:
             bars["Unlearning"][1](stage, done, total)
