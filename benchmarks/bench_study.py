@@ -22,7 +22,7 @@ from analysis.study.report import transfer_rows
 from analysis.workspace import open_workspace
 
 OUT = Path(__file__).parent / "results" / "study.json"
-COLUMNS = ("jsd_forget", "auc_forget", "auc_test", "mia_auc", "seconds")
+COLUMNS = ("gap_closed", "jsd_ratio", "utility_cost", "jsd_forget", "auc_forget", "auc_test", "mia_auc", "seconds")
 
 
 def pm(s: dict, key: str) -> str:
@@ -51,6 +51,8 @@ def main() -> None:
     print(f"report: {path / 'report.html'}  ({len(result['rows'])} cells, seeds {list(config.seeds)})")
     print("\nOriginal model (doing nothing): "
           + ", ".join(f"{m} {first[f'original_{m}']:.4f}" for m in ("jsd_forget", "auc_forget", "mia_auc")))
+    print("\n## Headline: each method at the strength chosen on validation (request " + config.request + ")\n"
+          + table(result["headline"], ("method", "lr")))
     print("\n## Pareto (request " + config.request + ")\n" + table(result["pareto"], ("method", "lr")))
     print("\n## Deletion rates\n" + table(result["rates"], ("request", "method")))
     print("\n## Levels\n" + table(result["levels"], ("request", "method")))
@@ -59,7 +61,8 @@ def main() -> None:
         print("transfer:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                             if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({k: result[k] for k in ("config", "default_lr", "compared_methods", "pareto", "rates",
+    OUT.write_text(json.dumps({k: result[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
+                                                      "rates",
                                                       "levels", "reproducibility", "transfer")}
                               | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
     print(f"\nwrote {OUT}")
