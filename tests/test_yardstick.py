@@ -36,6 +36,10 @@ def test_a_no_op_scores_zero_and_retrain_scores_one():
     like = yardstick({"run": retrain, "retrain": retrain, "original": original}, y, _metrics(0.50, 0.79))
     assert like["gap_closed"] == {"auc_forget": 1.0, "logloss_forget": 1.0, "mia_auc": 1.0}
     assert like["jsd_ratio"] == 0.0 and like["utility_cost"] == pytest.approx(0.01)
+    # an attack-AUC gap below its resolution is not divided by
+    close = _metrics(0.55)
+    close["retrain"]["mia_auc"] = 0.595
+    assert yardstick({"run": retrain, "retrain": retrain, "original": original}, y, close)["gap_closed"]["mia_auc"] is None
 
 
 def test_over_forgetting_is_flagged_and_no_gap_is_said():
