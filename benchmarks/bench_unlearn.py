@@ -27,9 +27,10 @@ import torch
 from analysis.circuits.discover import CircuitSettings
 from analysis.circuits.lean import discover_groups
 from analysis.model.recommender import load_recommender
+from analysis.config import ModelConfig, TrainConfig
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
-from analysis.unlearn.lab import unlearn
+from analysis.unlearn.lab import retrain_for, unlearn
 from analysis.unlearn.run import UnlearnConfig
 from analysis.workspace import Workspace, open_workspace
 
@@ -101,22 +102,30 @@ def pareto_check(rows: list[dict], request: str) -> dict:
     return {"cure": {"lr": lr, "gap_closed": cure_gap, "utility_cost": cure_cost}, "beaten_by": beaten_by}
 
 
-def timing(ws: Workspace, original, request: str, bars) -> dict:
-    """CURE warm and cold against a retrain, all in this process on a fresh cache."""
+def timing(ws: Workspace, original, request: str, bars, bigger: bool = False) -> dict:
+    """CURE warm and cold against a retrain, all in this process on a fresh cache; `bigger`: on a model 2x
+    deeper and 2x wider than the default (trained first, untimed), to see how the ratio moves with cost."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-unlearn-"))
     try:
         fresh = Workspace(ws.data, ws.interactions, ws.config, tmp)
-        shutil.copytree(original.path, tmp / "models" / original.path.name)
-        orig = load_recommender(tmp / "models" / original.path.name, ws.data)
+        if bigger:
+            shape = ModelConfig(n_layer=8, n_head=4, d_model=256, d_mlp=1024)
+            orig = train_recommender(fresh, None, shape, TrainConfig(), progress=bars)
+        else:
+            shutil.copytree(original.path, tmp / "models" / original.path.name)
+            orig = load_recommender(tmp / "models" / original.path.name, ws.data)
         forget = fresh.forget_set(request, seed=0)
-        _, retrain_seconds = timed(lambda: train_recommender(fresh, forget))
+        _, retrain_seconds = timed(lambda: retrain_for(fresh, orig, forget)[0])
         _, lean_seconds = timed(lambda: discover_groups(fresh, orig, forget, CircuitSettings()))
         run, _ = timed(lambda: unlearn(fresh, orig, forget, UnlearnConfig(method="cure")))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"request": request, "retrain_seconds": retrain_seconds, "lean_discovery_seconds": lean_seconds,
+    return {"request": request, "model": "8 layers x d256 (2x deeper, 2x wider)" if bigger else "default 4 x d128",
+            "retrain_seconds": retrain_seconds, "lean_discovery_seconds": lean_seconds,
             "cure_steps_seconds": run["seconds"], "cure_warm_over_retrain": run["seconds"] / retrain_seconds,
-            "cure_cold_over_retrain": (run["seconds"] + lean_seconds) / retrain_seconds}
+            "cure_cold_over_retrain": (run["seconds"] + lean_seconds) / retrain_seconds,
+            "cure_gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
+            "cure_utility_cost": run["metrics"].get("utility_cost")}
 
 
 def main() -> None:
@@ -126,6 +135,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--bigger", action="store_true", help="also time CURE vs retrain on a 2x deeper, 2x wider model")
     args = parser.parse_args()
     bars = StderrBars()
     ws = open_workspace()
@@ -149,6 +159,11 @@ def main() -> None:
                        "threads": torch.get_num_threads()}}
     if not args.no_timing:
         out["timing"] = timing(ws, original, requests[0], bars)
+    if args.bigger:
+        out["timing_bigger"] = timing(ws, original, requests[0], bars, bigger=True)
+    if OUT.is_file():  # timings not rerun this time are kept from the last run (they say which model they timed)
+        previous = json.loads(OUT.read_text())
+        out.update({k: previous[k] for k in ("timing", "timing_bigger") if k in previous and k not in out})
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1, default=str))
 
@@ -174,8 +189,9 @@ def main() -> None:
                   f"{p['cure']['utility_cost']:.4f}; baselines with a higher gap at <= cost: "
                   + (", ".join(f"{b['method']}@{b['lr']:g} ({b['gap_closed']:.2f}, {b['utility_cost']:.4f})"
                                for b in p["beaten_by"]) or "none"))
-    if "timing" in out:
-        print("\ntiming:", json.dumps(out["timing"], indent=1))
+    for key in ("timing", "timing_bigger"):
+        if key in out:
+            print(f"\n{key}:", json.dumps(out[key], indent=1))
     print(f"wrote {OUT}")
 
 
