@@ -90,7 +90,8 @@ def _study(args, ws, progress) -> dict:
     path, result = run_and_report(ws, _original(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress),
                                   config, progress, transfer)
     return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
-            "compared_methods": result["compared_methods"], "pareto": result["pareto"],
+            "compared_methods": result["compared_methods"], "headline": result.get("headline"),
+            "pareto": result["pareto"],
             "reproducibility": result["reproducibility"], "transfer": result["transfer"]}
 
 
