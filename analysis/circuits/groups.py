@@ -162,9 +162,10 @@ def label_modules(names: list[str], forget_scores: torch.Tensor, retain_scores: 
 
 
 def label_nodes(names: list[str], forget: torch.Tensor, retain: torch.Tensor, families: np.ndarray,
-                thresholds: GroupThresholds) -> tuple[dict[str, Group], Specificity]:
-    """Labels by the chosen rule from per-prompt scores (n_prompts x nodes), and the intervals."""
-    spec = specificity(forget, retain, families, thresholds.resamples, thresholds.level)
+                thresholds: GroupThresholds, spec: Specificity | None = None) -> tuple[dict[str, Group], Specificity]:
+    """Labels by the chosen rule from per-prompt scores (n_prompts x nodes), and the intervals
+    (`spec`, when already bootstrapped with the same resamples and level, is reused)."""
+    spec = spec or specificity(forget, retain, families, thresholds.resamples, thresholds.level)
     if thresholds.rule is Rule.THRESHOLD:
         return label_modules(names, forget.mean(0), retain.mean(0), thresholds, families), spec
     return label_by_specificity(names, spec, thresholds), spec

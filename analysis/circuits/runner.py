@@ -21,7 +21,7 @@ from ..model.recommender import Recommender
 from .graph import CircuitGraph
 from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
 from .nodes import Kind, NodeTable, hook_post
-from .ownership import mlp_out_weight, recommender_table
+from .ownership import mlp_out_weight, recommender_table, vocab_roles
 
 
 def _span(index: dict[str, int], names: list[str]) -> slice:
@@ -65,12 +65,12 @@ class GraphRunner:
             self.w_out = {l: mlp_out_weight(rec.model, l).detach().float() for l in self.neuron_layers}
         # token id -> column among the item-row nodes (-1: not an item token), for per-row scores
         rows = {n.index: c for c, n in enumerate(self.table.of_kind(Kind.ITEM_ROW))}
-        vocab = rec.tokenizer.get_vocab()
-        self.item_column = torch.full((max(vocab.values()) + 1,), -1, dtype=torch.long)
-        if rows:
-            for word, i in vocab.items():
-                if word.startswith("item_") and word[5:].isdigit() and int(word[5:]) in rows:
-                    self.item_column[i] = rows[int(word[5:])]
+        vocab = vocab_roles(rec)  # the same parsing of the vocabulary that split the embedding
+        self.item_column = torch.full((max(rec.tokenizer.get_vocab().values()) + 1,), -1, dtype=torch.long)
+        if rows and vocab is not None:
+            for token, item in enumerate(vocab.item):
+                if item in rows:
+                    self.item_column[token] = rows[item]
 
     # column lookups in graph.upstream / graph.downstream, read off the node table
     def up_head(self, layer: int) -> slice:

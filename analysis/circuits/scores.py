@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CacheError
-from .groups import Group, GroupThresholds, Specificity, group_sizes, group_stability, label_nodes
+from .groups import Group, GroupThresholds, Specificity, group_sizes, group_stability, label_nodes, specificity
 from .nodes import Kind, NodeTable
 
 SCORES = "scores.safetensors"
@@ -52,19 +52,24 @@ class NodeGroups:
                    families_of(table, names), seeds, forget, retain, thresholds)
 
     # --- reading ---------------------------------------------------------------------------
-    def specificity(self, seed_index: int = 0) -> Specificity:
-        key = ("spec", seed_index, self.thresholds.resamples, self.thresholds.level)
+    def _bootstrap(self, seed_index: int, thresholds: GroupThresholds) -> Specificity:
+        """The intervals depend on the resamples and level only: relabelling with another tau, floor or
+        rule reuses them."""
+        key = ("spec", seed_index, thresholds.resamples, thresholds.level)
         if key not in self._cache:
-            self._cache[key] = label_nodes(self.names, self.forget[seed_index], self.retain[seed_index],
-                                           self.families, self.thresholds)[1]
+            self._cache[key] = specificity(self.forget[seed_index], self.retain[seed_index], self.families,
+                                           thresholds.resamples, thresholds.level)
         return self._cache[key]
+
+    def specificity(self, seed_index: int = 0) -> Specificity:
+        return self._bootstrap(seed_index, self.thresholds)
 
     def label(self, thresholds: GroupThresholds | None = None, seed_index: int = 0) -> dict[str, Group]:
         thresholds = thresholds or self.thresholds
         key = ("labels", seed_index, thresholds)
         if key not in self._cache:
             self._cache[key] = label_nodes(self.names, self.forget[seed_index], self.retain[seed_index],
-                                           self.families, thresholds)[0]
+                                           self.families, thresholds, self._bootstrap(seed_index, thresholds))[0]
         return self._cache[key]
 
     @property
