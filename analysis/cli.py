@@ -117,6 +117,8 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", default=U.stop, choices=["budget", "auto"],
                    help="auto: stop when the forget samples' loss reaches the original's held-out loss")
     p.add_argument("--saliency", type=float, default=U.saliency, help="salun: share of parameter elements updated")
+    p.add_argument("--objective", default=None, choices=["ascent", "npo"],
+                   help="the forget objective (default: the method's own; cure and selective: npo)")
     p.add_argument("--batch-size", type=int, default=U.batch_size)
     p.add_argument("--retain-weight", type=float, default=U.retain_weight)
     p.add_argument("--retain-specific", default=U.retain_specific.value, choices=["freeze", "retain"])
@@ -206,7 +208,8 @@ def _unlearn(args, ws, progress) -> dict:
     settings, thresholds = _circuit_settings(args)
     modules = tuple(m for m in args.modules.split(",") if m.strip())
     cfg = UnlearnConfig(method=args.unlearn_method, epochs=args.unlearn_epochs, steps=args.steps, lr=args.lr,
-                        optimizer=args.optimizer, stop=args.stop, saliency=args.saliency, batch_size=args.batch_size,
+                        optimizer=args.optimizer, stop=args.stop, saliency=args.saliency, objective=args.objective,
+                        batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
                         seed=args.unlearn_seed, circuits=settings, thresholds=thresholds)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)

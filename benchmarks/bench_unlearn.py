@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the last run's rows of the methods not rerun now (their keys and results unchanged)")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--bigger", action="store_true", help="also time CURE vs retrain on a 2x deeper, 2x wider model")
     args = parser.parse_args()
@@ -142,6 +144,9 @@ def main() -> None:
     original = train_recommender(ws, progress=bars)
     methods = args.methods.split(",")
     rows = []
+    if args.keep and OUT.is_file():
+        rows = [r for r in json.loads(OUT.read_text())["rows"]
+                if r["method"] not in methods and r["method"] != "retrain"]
     for request in args.requests.split(","):
         draws = args.draws if request.split(":")[0] in ("users", "interactions") and "," not in request else [0]
         for k, draw in enumerate(draws):
@@ -153,7 +158,8 @@ def main() -> None:
             rows.append(row(unlearn(ws, original, forget, UnlearnConfig(method="retrain")), request, draw))
     requests = args.requests.split(",")
     out = {"default_config": UnlearnConfig().key(), "rows": rows,
-           "headline": {q: headline(rows, q, methods) for q in requests},
+           "headline": {q: headline(rows, q, [m for m in METHODS if any(r["method"] == m for r in rows)])
+                        for q in requests},
            "pareto": {q: pareto_check(rows, q) for q in requests if "cure" in methods},
            "machine": {"python": platform.python_version(), "torch": torch.__version__,
                        "threads": torch.get_num_threads()}}
@@ -183,7 +189,7 @@ def main() -> None:
         print("| retrain (gold) | - | 1 | 0 | "
               f"{mean_std(r['utility_cost'] for r in rows if r['request'] == q and r['method'] == 'retrain')[0]:.4f}"
               " | - | - | - |")
-        if q in out["pareto"]:
+        if q in out["pareto"] and q in out["headline"]:
             p = out["pareto"][q]
             print(f"CURE at lr {p['cure']['lr']:g}: gap closed {p['cure']['gap_closed']:.2f}, cost "
                   f"{p['cure']['utility_cost']:.4f}; baselines with a higher gap at <= cost: "

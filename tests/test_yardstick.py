@@ -7,7 +7,7 @@ import torch
 
 from analysis.model.train import train_recommender
 from analysis.unlearn.methods import Method
-from analysis.unlearn.registry import REGISTRY, saliency_mask
+from analysis.unlearn.registry import OBJECTIVES, REGISTRY, saliency_mask
 from analysis.unlearn.run import UnlearnConfig, unlearn_steps
 from analysis.unlearn.yardstick import NO_GAP, yardstick
 from tests.conftest import TINY_MODEL, TINY_TRAIN
@@ -58,7 +58,7 @@ def test_every_step_method_is_one_registry_entry():
     steppable = {m for m in Method if m is not Method.RETRAIN}
     assert set(REGISTRY) == steppable
     for method, spec in REGISTRY.items():
-        assert spec.method is method and callable(spec.objective) and callable(spec.rule)
+        assert spec.method is method and spec.objective in OBJECTIVES and callable(spec.rule)
     assert REGISTRY[Method.CURE].uses_circuits and REGISTRY[Method.SALUN].uses_saliency
 
 
@@ -107,3 +107,18 @@ def test_adam_and_sgd_runs_store_their_applied_conflict(tiny_ws, tiny_rec, optim
         assert out["conflict"][key]["module_steps"] > 0
         assert 0 <= out["conflict"][key]["negative_share"] <= 1
     assert out["steps_run"] == 3 and all("update_negative_share" in c for c in out["curves"])
+
+
+def test_the_forget_objective_is_a_named_option_that_changes_the_run_and_its_key(tiny_ws, tiny_rec):
+    from analysis.errors import SettingsError
+
+    assert UnlearnConfig(method="cure").forget_objective == "npo"
+    assert UnlearnConfig(method="graddiff").forget_objective == "ascent"
+    assert UnlearnConfig(method="graddiff").key() != UnlearnConfig(method="graddiff", objective="npo").key()
+    with pytest.raises(SettingsError, match="unknown forget objective"):
+        UnlearnConfig(method="graddiff", objective="hinge")
+    forget = tiny_ws.forget_set("users:0.2")
+    runs = {name: unlearn_steps(tiny_ws, tiny_rec, forget, UnlearnConfig(
+        method="graddiff", steps=2, lr=1e-3, batch_size=8, objective=name), None) for name in ("ascent", "npo")}
+    a, b = (dict(runs[n]["model"].named_parameters()) for n in ("ascent", "npo"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..circuits.nodes import NodeTable, graph_table
-from .modules import flat
+from .segments import segments
 
 
 NEGATIVE = -1e-6  # below this a cosine counts as a conflict; a projected update sits at 0 +- rounding
@@ -40,6 +40,12 @@ class ConflictMap:
         w = torch.tensor(self.forget_norm) * torch.tensor(self.retain_norm)
         return float((w * torch.tensor(self.cos)).sum() / w.sum()) if float(w.sum()) > 0 else float("nan")
 
+    def moved(self) -> "ConflictMap":
+        """Only the nodes whose first vector (an applied change) is not zero."""
+        keep = [i for i, f in enumerate(self.forget_norm) if f > 0]
+        return ConflictMap([self.modules[i] for i in keep], [self.cos[i] for i in keep],
+                           [self.forget_norm[i] for i in keep], [self.retain_norm[i] for i in keep])
+
     def heatmap(self, n_layers: int, n_heads: int) -> list[list[float | None]]:
         """rows = layers, columns = heads 0..H-1 then the MLP; None where a module is absent."""
         return graph_table(n_layers, n_heads).heatmap(dict(zip(self.modules, self.cos)))
@@ -55,23 +61,23 @@ class ConflictMap:
         return cls(d["modules"], d["cos"], d["forget_norm"], d["retain_norm"])
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    na, nb = a.norm(), b.norm()
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
-
-
 def conflict_map(table: NodeTable, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
                  modules: list[str] | None = None) -> ConflictMap:
-    """Per-node cosine between two {param name: tensor} dicts (gradients or updates), over the slices it owns."""
-    owners = table.owners
-    names = modules if modules is not None else list(owners)
-    cos, fn, rn = [], [], []
-    for m in names:
-        f, r = flat(forget, owners[m]), flat(retain, owners[m])
-        cos.append(cosine(f, r))
-        fn.append(float(f.norm()))
-        rn.append(float(r.norm()))
-    return ConflictMap(list(names), cos, fn, rn)
+    """Per-node cosine between two {param name: tensor} dicts (gradients or updates), over the slices it owns.
+
+    Vectorised over all nodes at once (see segments.py); `tests/test_unlearn.py` checks it
+    against the node-by-node definition.
+    """
+    seg = segments(table, forget)
+    f, r = seg.flat(forget).double(), seg.flat(retain).double()
+    dot = seg.node_sums(seg.block_sums(f * r))
+    ff, rr = seg.node_sums(seg.block_sums(f * f)), seg.node_sums(seg.block_sums(r * r))
+    fn, rn = ff.sqrt(), rr.sqrt()
+    cos = torch.where((fn > 0) & (rn > 0), dot / (fn * rn).clamp_min(1e-300), torch.zeros_like(dot))
+    position = {n: i for i, n in enumerate(seg.nodes)}
+    names = list(modules) if modules is not None else list(seg.nodes)
+    pick = torch.tensor([position[m] for m in names], dtype=torch.long)
+    return ConflictMap(names, cos[pick].tolist(), fn[pick].tolist(), rn[pick].tolist())
 
 
 def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 from ..circuits.groups import Group, block_group
 from ..errors import parse_choice
 from ..circuits.nodes import NodeTable
-from .modules import flat, write_flat
+from .segments import segments
 
 Grads = dict[str, torch.Tensor]
 
@@ -94,30 +94,35 @@ def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable
     task-shared: forget gradient projected off the block's retain gradient when they
     conflict, plus the retain update; inactive (and unlisted): frozen. Every trainable
     parameter lies in exactly one block, so nothing is frozen for want of an owner.
+    Per block, the forget part is a*f + c*r and the direction adds e*r, with (a, c, e) set by
+    the rule: all blocks at once (segments.py), as `project_off` does block by block.
     """
-    direction, forget_part = _zeros(g_f), _zeros(g_f)
-    moved: set[str] = set()
+    seg = segments(table, g_f)
+    n = seg.n_blocks
+    a, e = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    shared = torch.zeros(n, dtype=torch.bool)
     rules: dict[str, str] = {}
-    for block in table.blocks:
+    for b, block in enumerate(table.blocks):
         group = block_group(block.owners, groups)
         if group is Group.INACTIVE or (group is Group.RETAIN and retain_specific is RetainSpecific.FREEZE):
             for o in block.owners:
                 rules.setdefault(o, "frozen")
             continue
-        f, r = flat(g_f, block.slices), flat(g_r, block.slices)
         if group is Group.FORGET:
-            fm, dm, rule = f, f, "forget only"
+            a[b], rule = 1.0, "forget only"
         elif group is Group.SHARED:
-            fm = project_off(f, r)
-            dm, rule = fm + retain_weight * r, "projected forget + retain"
+            a[b], e[b], shared[b], rule = 1.0, retain_weight, True, "projected forget + retain"
         else:
-            fm, dm, rule = torch.zeros_like(f), retain_weight * r, "retain only"
-        write_flat(direction, block.slices, dm)
-        write_flat(forget_part, block.slices, fm)
+            e[b], rule = retain_weight, "retain only"
         for o in block.owners:
             if len(block.owners) == 1 or rules.get(o, "frozen") == "frozen":
                 rules[o] = rule if len(block.owners) == 1 else f"{rule} (shared)"
-        if fm.abs().sum() > 0:
-            moved.update(block.owners)
-    updated = [n for n in table.owners if n in moved]
-    return Step(direction, forget_part, updated, rules)
+    f, r = seg.flat(g_f), seg.flat(g_r)
+    dot, rr = seg.block_sums(f * r), seg.block_sums(r * r)
+    c = torch.where(shared & (dot < 0) & (rr > 0), -dot / rr.clamp_min(1e-300), torch.zeros_like(dot))
+    forget_flat = seg.per_block(a).to(f.dtype) * f + seg.per_block(c).to(f.dtype) * r
+    direction_flat = forget_flat + seg.per_block(e).to(f.dtype) * r
+    moved_blocks = seg.block_sums(forget_flat.abs()) > 0
+    moved = set(seg.nodes[i] for i in seg.pair_node[moved_blocks[seg.pair_block]].tolist())
+    updated = [m for m in table.owners if m in moved]
+    return Step(seg.unflat(direction_flat), seg.unflat(forget_flat), updated, rules)

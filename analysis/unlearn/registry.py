@@ -13,8 +13,14 @@ retain batch, takes their gradients, and asks the spec's rule for the direction.
 * salun: graddiff restricted to the parameter elements with the largest |forget gradient|
   (SalUn-style saliency mask, fixed at the start): the non-circuit way to "update only
   what matters", CURE's fair rival;
-* cure: graddiff with each node's parameters updated by its circuit group's rule;
+* cure: NPO + retain BCE with each node's parameters updated by its circuit group's rule;
 * selective: CURE's rules on the nodes a user picked.
+
+The forget objective is named (`OBJECTIVES`), so a run may swap it (`objective=`) without
+a new method. CURE's own is NPO: its formula is not public, and on the default model
+(users:0.1, 3 deletion draws, Adam lr 3e-4, one epoch) NPO gave gap closed 0.66 +- 0.17 at a
+test-AUC cost of 0.0058, against 0.77 +- 0.23 at 0.0078 for gradient ascent: more forgetting
+per unit of utility, and bounded (at lr 1e-3 ascent explodes where NPO over-forgets).
 """
 from __future__ import annotations
 
@@ -121,22 +127,24 @@ def saliency_mask(g_f: Grads, fraction: float) -> dict[str, torch.Tensor]:
 @dataclass(frozen=True)
 class MethodSpec:
     method: Method
-    objective: Callable[[StepContext], torch.Tensor]  # the forget objective, descended
+    objective: str  # the forget objective's name in OBJECTIVES (descended)
     second: Callable[[StepContext], torch.Tensor] | None  # the second loss (retain BCE, KL), or none
     rule: Callable[[Grads, Grads, StepContext], Step]
     uses_circuits: bool = False
     uses_saliency: bool = False
 
 
+OBJECTIVES: dict[str, Callable[[StepContext], torch.Tensor]] = {"ascent": bce_ascent, "npo": npo_objective}
+
 REGISTRY: dict[Method, MethodSpec] = {spec.method: spec for spec in (
-    MethodSpec(Method.GA, bce_ascent, None, ascent_only),
-    MethodSpec(Method.GRADDIFF, bce_ascent, retain_bce, uniform_rule),
-    MethodSpec(Method.NPO, npo_objective, retain_bce, uniform_rule),
-    MethodSpec(Method.KL, bce_ascent, kl_to_original, uniform_rule),
-    MethodSpec(Method.PCGRAD, bce_ascent, retain_bce, pcgrad_rule),
-    MethodSpec(Method.SALUN, bce_ascent, retain_bce, saliency_rule, uses_saliency=True),
-    MethodSpec(Method.CURE, bce_ascent, retain_bce, circuit_rule, uses_circuits=True),
-    MethodSpec(Method.SELECTIVE, bce_ascent, retain_bce, circuit_rule, uses_circuits=True),
+    MethodSpec(Method.GA, "ascent", None, ascent_only),
+    MethodSpec(Method.GRADDIFF, "ascent", retain_bce, uniform_rule),
+    MethodSpec(Method.NPO, "npo", retain_bce, uniform_rule),
+    MethodSpec(Method.KL, "ascent", kl_to_original, uniform_rule),
+    MethodSpec(Method.PCGRAD, "ascent", retain_bce, pcgrad_rule),
+    MethodSpec(Method.SALUN, "ascent", retain_bce, saliency_rule, uses_saliency=True),
+    MethodSpec(Method.CURE, "npo", retain_bce, circuit_rule, uses_circuits=True),
+    MethodSpec(Method.SELECTIVE, "npo", retain_bce, circuit_rule, uses_circuits=True),
 )}
 
 

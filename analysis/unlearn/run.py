@@ -37,7 +37,7 @@ from .conflict import ConflictMap, conflict_map, gradients, is_conflict
 from .methods import Method, RetainSpecific, Step, parse_method
 from .modules import parse_modules, recommender_table
 from .objectives import bce, ga_loss, prompt_scores
-from .registry import StepContext, retain_bce, saliency_mask, spec_of
+from .registry import OBJECTIVES, StepContext, retain_bce, saliency_mask, spec_of
 
 RUN = "run.json"
 MODEL = "model"
@@ -60,6 +60,7 @@ class UnlearnConfig:
     optimizer: str = "adam"
     stop: str = "budget"  # or "auto": stop when forget loss reaches the held-out loss (see held_out_loss)
     saliency: float = 0.5  # salun: share of parameter elements updated
+    objective: str | None = None  # the forget objective (registry.OBJECTIVES); None: the method's own
     retain_weight: float = 1.0
     npo_beta: float = 0.5
     modules: tuple[str, ...] = ()  # selective: the modules to update
@@ -90,12 +91,21 @@ class UnlearnConfig:
             raise SettingsError(f"unknown optimizer {self.optimizer!r}; use {', '.join(OPTIMIZERS)}")
         if self.stop not in STOPS:
             raise SettingsError(f"unknown stop {self.stop!r}; use {', '.join(STOPS)}")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise SettingsError(f"unknown forget objective {self.objective!r}; use {', '.join(OBJECTIVES)}")
         if not 0 < self.saliency <= 1:
             raise SettingsError(f"saliency must be a share in (0, 1], got {self.saliency}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SettingsError(f"the learning rate must be a positive number, got {self.lr}")
         if self.method is Method.SELECTIVE and not self.modules:
             raise SettingsError("selective unlearning needs --modules (e.g. a0.h1,m2)")
+
+    @property
+    def forget_objective(self) -> str:
+        """The objective this run descends: the one asked for, else the method's own (retrain: none)."""
+        if self.method is Method.RETRAIN:
+            return "none"
+        return self.objective or spec_of(self.method).objective
 
     @property
     def uses_circuits(self) -> bool:
@@ -114,6 +124,7 @@ class UnlearnConfig:
         if self.method is not Method.SALUN:
             d.pop("saliency")
         d["method"], d["retain_specific"] = self.method.value, self.retain_specific.value
+        d["objective"] = self.forget_objective  # resolved: a method whose default changes gets new keys
         if self.groups:
             d["groups"] = [list(pair) for pair in self.groups]
         elif self.uses_circuits:
@@ -223,6 +234,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     progress = or_silent(progress)
     torch.manual_seed(cfg.seed)
     spec = spec_of(cfg.method)
+    objective = OBJECTIVES[cfg.forget_objective]
     model = copy.deepcopy(original.model).eval()  # eval: no dropout, so every run is deterministic
     params = dict(model.named_parameters())
     for p in params.values():
@@ -238,7 +250,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     saliency = None
     if spec.uses_saliency:  # fixed at the start from the forget gradient on its own seeded samples
         fp, fl = batches.draw("forget", CONFLICT_SAMPLES, np.random.default_rng(30_000 + cfg.seed))
-        saliency = saliency_mask(gradients(model, spec.objective(_context(
+        saliency = saliency_mask(gradients(model, objective(_context(
             model, reference, score, fp, fl, [], torch.zeros(0), table, cfg, None, None))), cfg.saliency)
     target = held_out_loss(ws, original, forget) if cfg.stop == "auto" else None
     optimizer = torch.optim.Adam(params.values(), lr=cfg.lr) if cfg.optimizer == "adam" else None
@@ -257,7 +269,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
         rp, rl = batches.draw("retain")
         ctx = _context(model, reference, score, fp, fl, rp, rl, table, cfg, rule_groups, saliency)
         forget_bce = bce(ctx.forget_scores, fl)
-        forget_obj = spec.objective(ctx)
+        forget_obj = objective(ctx)
         _check("forget", forget_obj, step)
         _check("retain", ctx.retain_bce, step)
         g_f = gradients(model, forget_obj)
@@ -286,8 +298,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
         # the parameter change actually applied, against the retain gradient: > 0 cosine between
         # -change and g_r means the step lowers the retain loss to first order
         change = {n: old[n] - p.detach() for n, p in params.items()}
-        moved = [m for m in chosen.updated if float(flat_norm(change, table.owners[m])) > 0]
-        update = conflict_map(table, change, g_r, moved)
+        update = conflict_map(table, change, g_r, chosen.updated).moved()
         update_cos += update.cos
         recent = (recent + [float(forget_bce.detach())])[-STOP_WINDOW:]
         curves.append({"step": step + 1, "forget_bce": float(forget_bce.detach()),
@@ -310,10 +321,6 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
             "steps_run": len(curves), "steps_budget": n_steps,
             "conflict": {"before": before.to_json(), "after": after.to_json(), "applied": summary(rule_cos),
                          "applied_update": summary(update_cos)}}
-
-
-def flat_norm(tensors: dict[str, torch.Tensor], slices) -> torch.Tensor:
-    return torch.sqrt(sum((s.of(tensors[s.param]).double() ** 2).sum() for s in slices))
 
 
 def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig, groups, saliency) -> StepContext:
