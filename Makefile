@@ -21,6 +21,7 @@ install: $(STAMP)
 app: install
 	$(PY) -m analysis.cli prepare
 	$(PY) -m analysis.cli train
+	$(PY) -m analysis.cli warm
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.headless true
 
 test: install

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _circuit_args(p, method_flag="--circuit-method")
     _unlearn_args(p)
+    p = sub.add_parser("warm", help="prepare a request for the app (default: the app's): the retrain, its "
+                       "circuits and groups, the original's and the retrain's scored views")
+    _common(p)
+    p.add_argument("--forget", default=None, help="deletion request (default: the app's default request)")
+    p.add_argument("--forget-seed", type=int, default=0)
     p = sub.add_parser("study", help="the evidence study: Pareto, deletion rates, levels, reproducibility, "
                        "privacy; writes an HTML/CSV/JSON report under cache/reports/ (resumable)")
     _common(p)
@@ -188,6 +193,28 @@ def _circuits(args, ws, progress) -> dict:
     return result
 
 
+def _warm(args, ws, progress) -> dict:
+    """What the app's first visit would otherwise compute: so after `make app`, the Circuits page and a
+    CURE run of the default request only read the cache (the run's own steps excepted)."""
+    from .circuits.discover import CircuitSettings, discover_circuits
+    from .circuits.groups import GroupThresholds
+    from .circuits.lean import discover_groups
+    from .config import DEFAULT_REQUEST
+    from .model.train import train_recommender
+    from .unlearn.compare import reference_view
+    from .unlearn.lab import retrain_for
+
+    rec = train_recommender(ws, None, ModelConfig(), TrainConfig(), progress=progress)
+    forget = ws.forget_set(args.forget or DEFAULT_REQUEST, seed=args.forget_seed)
+    retrain, _ = retrain_for(ws, rec, forget, progress)
+    circuits = discover_circuits(ws, rec, forget, CircuitSettings(), GroupThresholds(), progress)
+    discover_groups(ws, rec, forget, CircuitSettings(), GroupThresholds(), progress)  # reuses the full result
+    for model in (rec, retrain):
+        reference_view(model, ws, forget, progress)
+    return {"forget": forget.summary(), "model_dir": str(rec.path), "retrain_dir": str(retrain.path),
+            "circuits": str(circuits.path), "groups": circuits.node_groups.sizes()}
+
+
 def _conflict(args, ws, progress) -> dict:
     from .unlearn.run import conflict_of
 
@@ -236,15 +263,31 @@ def _model(args, ws, progress):
                              backbone=args.backbone, progress=progress)
 
 
+def _staged(args, ws):
+    """The command's stages on stderr (the app shows the same plan), or plain bars where it has none."""
+    from .progress import TIMINGS, StagedProgress, StderrStages, unlearn_plan
+
+    plan = unlearn_plan(args.unlearn_method) if args.command == "unlearn" else \
+        {"circuits": "circuits", "study": "study", "warm": "warm", "train": "train"}.get(args.command)
+    return StagedProgress(plan, StderrStages(), costs=ws.root / TIMINGS) if plan else None
+
+
 def run(args: argparse.Namespace) -> dict:
-    progress = StderrBars()
-    ws = _workspace(args, progress)
+    ws = _workspace(args, StderrBars())
+    staged = _staged(args, ws)
+    result = _run(args, ws, staged or StderrBars())
+    if staged is not None:
+        staged.finish()
+    return result
+
+
+def _run(args: argparse.Namespace, ws, progress) -> dict:
     if args.command == "prepare":
         return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
                 "cache": str(ws.root)}
-    if args.command in ("circuits", "conflict", "unlearn", "study"):
+    if args.command in ("circuits", "conflict", "unlearn", "study", "warm"):
         return {"circuits": _circuits, "conflict": _conflict, "unlearn": _unlearn,
-                "study": _study}[args.command](args, ws, progress)
+                "study": _study, "warm": _warm}[args.command](args, ws, progress)
     rec = _model(args, ws, progress)
     if args.command == "train":
         training = rec.meta["training"]

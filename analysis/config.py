@@ -36,3 +36,5 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
 
+# The deletion request the app opens on and `cure warm` prepares (the default demo)
+DEFAULT_REQUEST = "users:0.1"

@@ -39,3 +39,246 @@ class StderrBars:
         if done >= total:
             bar.close()
             self._bars.pop(stage, None)
+
+
+# --- One progress model for every long action --------------------------------------------------
+#
+# Analysis code reports raw (stage, done, total) callbacks: "train", "eap-ig", "node patching",
+# "unlearn", "score", ... A job (a lab run, a circuit discovery) is a plan of named stages, each
+# gathering some raw names. `StagedProgress` turns the raw stream into one `ProgressView`:
+# "stage k of n: <name>", a per-stage fraction and an overall fraction that never go backwards
+# (a raw stage that restarts, e.g. EAP-IG once per stability seed, is a new pass of the same
+# stage), "from cache" for stages a job skipped, a distinct waiting state when another
+# session holds the lock, and a time-left estimate from stage costs measured on earlier jobs.
+
+import json as _json
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TIMINGS = "timings.json"  # under the cache root: measured stage costs, for the time-left estimates
+FILLED_BY_EXPECTED_PASSES = 0.9  # passes beyond the expected count share the last 10% (halving)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # what a person reads: "retrain", "circuits", "unlearning", "evaluation"
+    raw: tuple[str, ...]  # the raw stage names (prefixes) analysis code reports for it
+    passes: int = 1  # how many raw passes to expect (e.g. one per stability seed and sub-stage)
+    seconds: float = 10.0  # typical cost before any is measured
+
+
+PLANS: dict[str, tuple[Stage, ...]] = {
+    "train": (Stage("training", ("train",), seconds=90.0),),
+    # attribution: forget and retain prompts per stability seed (3 by default)
+    "circuits": (Stage("attribution", ("eap", "patching"), passes=6, seconds=40.0),
+                 Stage("node patching", ("node patching", "embedding patching", "edge patching"), passes=2,
+                       seconds=30.0),
+                 Stage("faithfulness", ("faithfulness",), passes=3, seconds=10.0)),
+    "unlearn": (Stage("retrain", ("train",), seconds=90.0),
+                Stage("circuits", ("eap", "patching", "node patching", "embedding patching", "edge patching",
+                                   "faithfulness"), passes=6, seconds=15.0),
+                Stage("unlearning", ("unlearn",), seconds=30.0),
+                Stage("evaluation", ("score", "rank"), passes=4, seconds=20.0)),
+}
+PLANS["warm"] = (Stage("retrain", ("train",), seconds=90.0),
+                 Stage("circuits", PLANS["unlearn"][1].raw, passes=8, seconds=90.0),
+                 Stage("reference views", ("score", "rank"), passes=4, seconds=20.0))
+PLANS["study"] = (Stage("study cells", ("study",), seconds=900.0),)
+PLANS["unlearn-baseline"] = tuple(s for s in PLANS["unlearn"] if s.name != "circuits")
+PLANS["retrain"] = tuple(s for s in PLANS["unlearn"] if s.name in ("retrain", "evaluation"))
+
+
+def unlearn_plan(method: str) -> str:
+    """The plan of a lab run: circuits only for the methods that use them, no steps for retrain."""
+    return {"cure": "unlearn", "selective": "unlearn", "retrain": "retrain"}.get(method, "unlearn-baseline")
+
+
+@dataclass
+class ProgressView:
+    stage: int  # 1-based
+    n_stages: int
+    name: str
+    detail: str  # the raw stage and its count, e.g. "eap-ig 64/256"
+    stage_fraction: float
+    overall: float
+    seconds_left: float | None
+    waiting: str | None = None
+    cached: tuple[str, ...] = ()  # stages skipped because their result was cached
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        head = f"stage {self.stage} of {self.n_stages}: {self.name}"
+        if self.waiting:
+            return f"{head}: {self.waiting}"
+        parts = [head + (f" ({self.detail})" if self.detail else "")]
+        if self.cached:
+            parts.append("from cache: " + ", ".join(self.cached))
+        if self.seconds_left is not None and not self.done:
+            parts.append(f"about {_readable_seconds(self.seconds_left)} left")
+        return " · ".join(parts)
+
+
+def _readable_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+@dataclass
+class _StageState:
+    passes_done: int = 0
+    last_raw: str | None = None
+    last_done: int = -1
+    fraction: float = 0.0
+    started: float | None = None
+    seconds: float = 0.0
+    touched: bool = False
+
+
+class StagedProgress:
+    """A ProgressFn over a plan of stages that calls `on_view(ProgressView)`; nothing it reports decreases.
+
+    `costs` (a JSON file) keeps the measured seconds of each stage of each plan, so the time
+    left is estimated from this machine's own earlier jobs.
+    """
+
+    def __init__(self, plan: str | tuple[Stage, ...], on_view: Callable[[ProgressView], None],
+                 costs: Path | None = None, clock: Callable[[], float] = _time.monotonic) -> None:
+        self.plan_name = plan if isinstance(plan, str) else "custom"
+        self.stages = PLANS[plan] if isinstance(plan, str) else tuple(plan)
+        self.on_view, self.costs_path, self.clock = on_view, costs, clock
+        self.state = [_StageState() for _ in self.stages]
+        self.current = 0
+        self.overall = 0.0
+        self.costs = self._load_costs()
+
+    def _load_costs(self) -> dict[str, float]:
+        measured: dict[str, float] = {}
+        if self.costs_path is not None and Path(self.costs_path).is_file():
+            try:
+                measured = _json.loads(Path(self.costs_path).read_text()).get(self.plan_name, {})
+            except (OSError, ValueError, AttributeError):
+                measured = {}  # an unreadable costs file only costs the estimate
+        return {s.name: float(measured.get(s.name, s.seconds)) for s in self.stages}
+
+    def _stage_of(self, raw: str) -> int:
+        for k, stage in enumerate(self.stages):
+            if any(raw.startswith(prefix) for prefix in stage.raw):
+                if k >= self.current:
+                    return k
+        return self.current  # an earlier stage's name (or an unknown one) counts toward the current stage
+
+    def _advance_to(self, k: int) -> None:
+        now = self.clock()
+        while self.current < k:
+            st = self.state[self.current]
+            if st.started is not None:
+                st.seconds = now - st.started
+            st.fraction = 1.0
+            self.current += 1
+        if self.state[k].started is None:
+            self.state[k].started = now
+
+    def __call__(self, raw: str, done: int, total: int) -> None:
+        if raw.startswith("waiting"):
+            self._emit(waiting=raw)
+            return
+        k = self._stage_of(raw)
+        self._advance_to(k)
+        st, stage = self.state[k], self.stages[k]
+        st.touched = True
+        if not any(raw.startswith(prefix) for prefix in stage.raw):  # a sub-job's own stage (a study cell's
+            self._emit(detail=f"{raw} {done}/{total}")                 # training): said, not counted
+            return
+        if st.last_raw is not None and (raw != st.last_raw or done < st.last_done):
+            st.passes_done += 1  # the raw stage restarted or changed: a new pass of the same stage
+        st.last_raw, st.last_done = raw, done
+        p = min(1.0, done / total) if total > 0 else 1.0
+        if st.passes_done < stage.passes:
+            f = FILLED_BY_EXPECTED_PASSES * (st.passes_done + p) / stage.passes
+        else:
+            extra = st.passes_done - stage.passes
+            floor = 1 - (1 - FILLED_BY_EXPECTED_PASSES) * 0.5 ** extra
+            f = floor + (1 - floor) * 0.5 * p
+        st.fraction = max(st.fraction, min(f, 1.0))
+        self._emit(detail=f"{raw} {done}/{total}")
+
+    def finish(self) -> None:
+        """The job is done: every stage complete, the measured costs saved for the next estimate."""
+        self._advance_to(len(self.stages) - 1)
+        last = self.state[-1]
+        if last.started is not None:
+            last.seconds = self.clock() - last.started
+        last.fraction = 1.0
+        self._save_costs()
+        self._emit(done=True)
+
+    def _cached(self) -> tuple[str, ...]:
+        return tuple(s.name for s, st in zip(self.stages, self.state[:self.current]) if not st.touched)
+
+    def _seconds_left(self) -> float:
+        left = (1 - self.state[self.current].fraction) * self.costs[self.stages[self.current].name]
+        return left + sum(self.costs[s.name] for s in self.stages[self.current + 1:])
+
+    def _emit(self, detail: str = "", waiting: str | None = None, done: bool = False) -> None:
+        weights = [max(self.costs[s.name], 1e-3) for s in self.stages]
+        overall = sum(w * st.fraction for w, st in zip(weights, self.state)) / sum(weights)
+        self.overall = max(self.overall, 1.0 if done else overall)
+        st = self.state[self.current]
+        self.on_view(ProgressView(self.current + 1, len(self.stages), self.stages[self.current].name, detail,
+                                  1.0 if done else st.fraction, self.overall,
+                                  None if done else self._seconds_left(), waiting, self._cached(), done))
+
+    def _save_costs(self) -> None:
+        if self.costs_path is None:
+            return
+        path = Path(self.costs_path)
+        try:
+            stored = _json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            stored = {}
+        mine = dict(stored.get(self.plan_name, {}))
+        for s, st in zip(self.stages, self.state):
+            if st.touched and st.seconds > 0:  # cached stages cost nothing this time; keep the measured cost
+                old = mine.get(s.name)
+                mine[s.name] = st.seconds if old is None else 0.5 * old + 0.5 * st.seconds
+        stored[self.plan_name] = mine
+        try:
+            from .cache import write_json_atomic
+
+            write_json_atomic(path, stored)
+        except OSError:
+            pass  # the estimate is a convenience; a read-only cache must not fail the job
+
+
+class StderrStages:
+    """The CLI's rendering of a staged job: a line per stage change and one bar for the current stage."""
+
+    def __init__(self) -> None:
+        self._shown: tuple[int, str | None] | None = None
+        self._bar = None
+
+    def __call__(self, view: ProgressView) -> None:
+        from tqdm import tqdm
+
+        key = (view.stage, view.waiting)
+        if key != self._shown:
+            if self._bar is not None:
+                self._bar.close()
+            if view.cached:
+                print(f"from cache: {', '.join(view.cached)}", file=sys.stderr)
+            self._bar = tqdm(total=1000, desc=f"[{view.stage}/{view.n_stages}] {view.name}", file=sys.stderr,
+                             leave=True, dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            self._shown = key
+        self._bar.n = int(view.stage_fraction * 1000)
+        self._bar.set_postfix_str(view.waiting or view.detail, refresh=False)
+        self._bar.refresh()
+        if view.done:
+            self._bar.close()
+            self._bar = None
+
+
+def typical_seconds(plan: str, costs: Path | None) -> float:
+    """What a whole job of `plan` costs on this machine: measured stage costs, else the plan's defaults."""
+    probe = StagedProgress(plan, lambda view: None, costs=costs)
+    return sum(probe.costs.values())

@@ -8,19 +8,20 @@ half-finished work.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
 
 import streamlit as st
 
-from analysis.config import DataConfig, ModelConfig, TrainConfig
+from analysis.config import DEFAULT_REQUEST, DataConfig, ModelConfig, TrainConfig
 from analysis.errors import CureError
 from analysis.evaluate import baseline_metrics
 from analysis.model.recommender import Recommender, load_recommender
 from analysis.model.train import train_recommender
+from analysis.progress import TIMINGS, ProgressView, StagedProgress
 from analysis.workspace import Workspace, open_workspace
 
-DEFAULT_REQUEST = "users:0.1"
 
 
 def settings() -> tuple[str | None, int, str | None]:
@@ -41,6 +42,24 @@ def progress_bar(label: str):
     return bar, progress
 
 
+def staged_progress(plan: str, label: str, root=None):
+    """The one progress model on a page: an overall bar ("stage k of n: ...", time left) and the stage's bar.
+
+    Returns the container to clear when done and the StagedProgress (a ProgressFn; call `finish()`).
+    """
+    box = st.empty()  # a placeholder: box.empty() clears both bars
+    bars = box.container()
+    overall = bars.progress(0.0, text=label)
+    stage = bars.progress(0.0, text="")
+
+    def show(view: ProgressView) -> None:
+        overall.progress(view.overall, text=f"{label} · {view.text}")
+        stage.progress(view.stage_fraction, text=view.waiting or view.detail or view.name)
+
+    costs = Path(root) / TIMINGS if root is not None else None
+    return box, StagedProgress(plan, show, costs=costs)
+
+
 @st.cache_resource(show_spinner=False)
 def _workspace(source: str | None, history: int, cache: str | None) -> Workspace:
     bar, progress = progress_bar("Preparing data (first launch only)")
@@ -55,9 +74,10 @@ def workspace() -> Workspace:
 
 @st.cache_resource(show_spinner=False)
 def _original(_ws: Workspace, fingerprint: str) -> Recommender:  # the fingerprint keys the cache
-    bar, progress = progress_bar("Training the default model (first launch only)")
+    box, progress = staged_progress("train", "Training the default model (first launch only)", _ws.root)
     rec = train_recommender(_ws, None, ModelConfig(), TrainConfig(), progress=progress)
-    bar.empty()
+    progress.finish()
+    box.empty()
     return rec
 
 
@@ -122,6 +142,28 @@ def circuit_settings():
 def request() -> str:
     """The deletion request shared by the Circuits, Unlearning lab and Compare pages."""
     return st.session_state.setdefault("request", DEFAULT_REQUEST)
+
+
+REQUEST_HELP = "users:0.1 · users:12,40 · interactions:0.05 · genre:Horror · genre:Horror@users:1,2"
+
+
+def request_input(key: str) -> tuple[str, bool]:
+    """The deletion-request box every page shares, checked as it is entered.
+
+    Returns (the request to use, whether the typed one was valid). A bad request is shown as
+    an error on its own page and never stored: every other page keeps the last good one.
+    """
+    current = request()
+    typed = st.text_input("Deletion request", current, key=key, help=REQUEST_HELP).strip()
+    if typed == current:
+        return current, True
+    try:
+        workspace().forget_set(typed)
+    except CureError as exc:
+        st.error(f"{exc}. Still showing '{current}'.")
+        return current, False
+    st.session_state["request"] = typed
+    return typed, True
 
 
 def selected_modules() -> list[str]:

@@ -85,26 +85,48 @@ def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
     assert not at.exception, at.exception
     assert "cure finished" in at.success[0].value
     assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1  # the live per-step curve
+    overall = next(p.proto for p in at.get("progress") if p.proto.text.startswith("cure on"))
+    assert overall.value == 100 and "stage 4 of 4: evaluation" in overall.text  # retrain, circuits, steps, evaluation
 
 
-def test_errors_from_analysis_are_messages_and_the_app_keeps_working(app_env):
+def test_a_bad_request_is_checked_as_entered_and_never_leaves_its_page(app_env):
     at = open_page("lab")
+    good = at.session_state["request"]
     at.text_input(key="lab_request").set_value("users:abc").run()
     assert not at.exception
-    assert "expected a fraction of users" in at.error[0].value
+    assert "expected a fraction of users" in at.error[0].value and f"Still showing '{good}'" in at.error[0].value
+    assert at.button(key="lab_run").disabled and at.session_state["request"] == good
+    assert any(good in s.value for s in at.subheader)  # the runs of the last good request stay listed
     at.text_input(key="lab_request").set_value("genre:Polka").run()
     assert "unknown genre" in at.error[0].value
+    at.switch_page("app/pages/circuits.py").run()  # the bad request did not follow
+    assert not at.exception and at.text_input(key="circ_request").value == good and not at.error
     at.switch_page("app/pages/overview.py").run()
     assert not at.exception and at.metric
 
 
-def test_guided_tour_walks_the_pages(app_env):
+def test_guided_tour_walks_the_pages_and_states_the_cached_results(app_env):
+    from analysis.circuits.discover import cached_circuits
+
+    open_page("circuits")  # the request's circuits, cached
     at = open_page("tour")
-    assert "Step 1 of 5" in at.get("progress")[0].proto.text
-    at.button(key="tour_next").click().run()
-    assert at.session_state["tour_step"] == 1 and "Step 2 of 5" in at.get("progress")[0].proto.text
+    assert "Step 1 of 6" in at.get("progress")[0].proto.text
+    for k in range(1, 6):
+        at.button(key="tour_next").click().run()
+        assert not at.exception and at.session_state["tour_step"] == k
+        assert f"Step {k + 1} of 6" in at.get("progress")[0].proto.text
+        if k == 2:  # the circuits step states the cached group sizes
+            from app import state
+
+            ws = state.workspace()
+            settings, thresholds = at.session_state["circuit_settings"]
+            sizes = cached_circuits(ws, state.original(), ws.forget_set(at.session_state["request"]), settings,
+                                    thresholds).node_groups.sizes()
+            text = " ".join(m.value for m in at.markdown)
+            assert all(f"{n} {g}" in text for g, n in sizes.items()), text
+    assert at.subheader[0].value == "6. The evidence"
     at.button(key="tour_prev").click().run()
-    assert at.session_state["tour_step"] == 0
+    assert at.session_state["tour_step"] == 4
 
 
 def test_graph_selection_events_fill_the_module_picker():

@@ -125,3 +125,25 @@ def test_conflict_and_unlearn_cli(tiny_folder, tmp_path, capsys):
     assert main(["unlearn", *common, "--forget", "users:3,5", "--method", "selective", "--modules", "a9.h9",
                  *small, "--json"]) == 2
     assert "unknown modules" in capsys.readouterr().err
+
+
+def test_warm_prepares_a_request_and_the_cli_prints_its_stages(tmp_path, tiny_data, monkeypatch):
+    """`cure warm` (run by `make app`): retrain, circuits and reference views of a request, stage by stage."""
+    import json
+    import subprocess
+    import sys
+
+    folder = write_ml100k_folder(tiny_data, tmp_path / "ml")
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    base = [sys.executable, "-m", "analysis.cli"]
+    common = ["--data", str(folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--json"]
+    out = subprocess.run(base + ["warm", "--forget", "users:0.2"] + common, capture_output=True, text=True, env=env,
+                         timeout=1200)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert sum(result["groups"].values()) > 0 and Path(result["circuits"]).is_dir()
+    assert "[1/3] retrain" in out.stderr and "[3/3] reference views" in out.stderr
+    again = subprocess.run(base + ["warm", "--forget", "users:0.2"] + common, capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0 and "from cache: retrain, circuits" in again.stderr, again.stderr
+    assert (tmp_path / "cache" / "timings.json").is_file()

@@ -62,14 +62,13 @@ def group_caption(j: dict) -> str:
 with state.readable_errors():
     ws = state.workspace()
     rec = state.original()
-    request = st.text_input("Deletion request", state.request(), key="circ_request",
-                            help="users:0.1 · users:12,40 · interactions:0.05 · genre:Horror · genre:Horror@users:1,2")
-    st.session_state["request"] = request
+    request, _ = state.request_input("circ_request")
     settings, thresholds = circuit_settings()
     forget = ws.forget_set(request)
-    bar, progress = state.progress_bar("Finding circuits (cached after the first time)")
+    box, progress = state.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root)
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress)
-    bar.empty()
+    progress.finish()
+    box.empty()
     j = result.to_json()
     by_name = {n["name"]: n for n in j["nodes"]}
     graph = result.graph.to_networkx()

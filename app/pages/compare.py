@@ -1,4 +1,6 @@
 """Compare: one run before/after, for a forgotten and a retained user; metrics, conflict, Pareto view."""
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -73,6 +75,11 @@ with state.readable_errors():
                           "retrain (gold)": run["retrain"]})
     st.dataframe(table.loc[[n for n in names if n in table.index]].astype(float).style.format("{:.4f}"),
                  width="stretch", key="cmp_metrics")
+    full = {k: run.get(k) for k in ("method", "config", "forget", "metrics", "original", "retrain", "yardstick",
+                                    "ranking_agreement", "seconds", "retrain_seconds", "steps_run", "stopped")}
+    st.download_button("Download this run's numbers (full precision, JSON)", json.dumps(full, indent=1, default=str),
+                       file_name=f"run-{run['run_dir'].split('/')[-1]}.json", mime="application/json",
+                       key="cmp_download")
     agree = run["ranking_agreement"]
     show = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     stopped = (run.get("stopped") or {}).get("reason", "")

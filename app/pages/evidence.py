@@ -17,8 +17,9 @@ with state.readable_errors():
     st.caption("The quick study is the same as `cure study --quick` (same cells, same circuit settings, same "
                "report), so one started here is resumed there and the other way round.")
     if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run"):
-        bar, progress = state.progress_bar("Study")
+        box, progress = state.staged_progress("study", "Quick study", ws.root)
         path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress)
+        progress.finish()
         st.session_state["evidence_pick"] = str(path)
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method
+from analysis.progress import unlearn_plan
 from analysis.unlearn.run import UnlearnConfig
 from app import state
 
@@ -12,29 +13,6 @@ st.write("Every method starts from a copy of the original model and gets the sam
          "set, learning rate, batch). The exact answer, a model retrained without the forgotten data, is trained (or "
          "loaded) alongside and is only the judge: each run is scored against doing nothing (0) and against retrain "
          "(1).")
-
-TRAINING, UNLEARNING = {"train"}, {"unlearn"}
-
-
-def progress_router():
-    """One bar per part of the job: retrain, circuits, the unlearning steps, evaluation."""
-    bars = {name: state.progress_bar(name) for name in ("Retrain (same request)", "Circuits", "Unlearning",
-                                                         "Evaluation")}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage.startswith("waiting"):  # a lock held by another session: shown on every bar of this job
-            for _, fn in bars.values():
-                fn(stage, done, total)
-        elif stage in TRAINING:
-            bars["Retrain (same request)"][1](stage, done, total)
-        elif stage in UNLEARNING:
-            bars["Unlearning"][1](stage, done, total)
-        elif stage in ("score", "rank"):
-            bars["Evaluation"][1](stage, done, total)
-        else:
-            bars["Circuits"][1](stage, done, total)
-    return progress
-
 
 def finish_message(run: dict) -> str:
     """Relative numbers first (0 = do nothing, 1 = retrain), the absolute ones with do nothing and retrain beside."""
@@ -53,8 +31,7 @@ def finish_message(run: dict) -> str:
 with state.readable_errors():
     ws = state.workspace()
     rec = state.original()
-    request = st.text_input("Deletion request", state.request(), key="lab_request")
-    st.session_state["request"] = request
+    request, valid = state.request_input("lab_request")
     settings, thresholds = state.circuit_settings()
     c1, c2, c3, c4 = st.columns(4)
     methods = [m.value for m in Method]
@@ -71,7 +48,7 @@ with state.readable_errors():
     if method == "selective":
         st.info(f"Selective unlearning updates only: {', '.join(modules) or 'nothing yet, pick modules on the '}"
                 + ("" if modules else "Circuits page"))
-    if st.button("Run", type="primary", key="lab_run"):
+    if st.button("Run", type="primary", key="lab_run", disabled=not valid):
         cfg = UnlearnConfig(method=method, epochs=float(epochs), steps=int(steps) or None, lr=float(lr),
                             optimizer=optimizer, stop=stop, retain_specific=retain_specific,
                             modules=modules if method == "selective" else (), circuits=settings,
@@ -83,7 +60,9 @@ with state.readable_errors():
             rows.append(row)
             live.line_chart(pd.DataFrame(rows).set_index("step")[["forget_bce", "retain_bce"]])
 
-        run = unlearn(ws, rec, ws.forget_set(request), cfg, progress_router(), on_step)
+        box, progress = state.staged_progress(unlearn_plan(method), f"{method} on {request}", ws.root)
+        run = unlearn(ws, rec, ws.forget_set(request), cfg, progress, on_step)
+        progress.finish()
         st.session_state["compare_run"] = run["run_dir"]
         st.success(finish_message(run))
 

@@ -1,0 +1,183 @@
+"""The guided tour's steps, each stated from the current request's own results.
+
+A tour that tells a class what the screen does not show teaches the wrong thing (on main it
+said the groups were "stable" when two were empty, and to "watch the losses fall" while
+they wandered). So every claim here is formatted from `TourFacts`, gathered from the cached
+results of this session's request, and `tests/test_tour.py` checks each step's text
+against the facts it describes. Nothing here computes a model: it reads what is stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .circuits.discover import CircuitSettings, cached_circuits
+from .circuits.groups import GroupThresholds
+from .progress import TIMINGS, typical_seconds
+
+TREND_WINDOW = 5  # steps averaged at each end of a loss curve (one batch is noisy)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    method: str
+    steps: int
+    gap_closed: float | None  # forget AUC: 0 = do nothing, 1 = retrain
+    utility_cost: float
+    forget_loss: tuple[float, float]  # mean of the first and last TREND_WINDOW steps
+    retain_loss: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class TourFacts:
+    request: str
+    model_auc: float
+    bias_auc: float
+    model_hr: float
+    bias_hr: float
+    groups: dict[str, int] | None  # None: the request's circuits are not computed yet
+    stability: dict[str, float | None] | None  # per group Jaccard over seeds (None: empty on every seed)
+    forget_item_rows: int = 0
+    picked: tuple[str, ...] = ()
+    run: RunFacts | None = None  # the newest CURE run of the request
+    n_studies: int = 0
+    circuits_seconds: float = 0.0  # a first discovery, measured on this machine when it has been
+    cure_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TourStep:
+    page: str
+    title: str
+    text: str
+    claims: dict = field(default_factory=dict)  # the numbers the text states
+
+
+def _minutes(s: float) -> str:
+    return f"about {s:.0f} s" if s < 90 else f"about {s / 60:.0f} min"
+
+
+def run_facts(run: dict) -> RunFacts:
+    curves = run.get("curves") or []
+    f = [c["forget_bce"] for c in curves] or [float("nan")]
+    r = [c["retain_bce"] for c in curves] or [float("nan")]
+    w = TREND_WINDOW
+    return RunFacts(run["method"], int(run.get("steps_run") or len(curves)),
+                    (run["metrics"].get("gap_closed") or {}).get("auc_forget"), float(run["metrics"]["utility_cost"]),
+                    (float(np.mean(f[:w])), float(np.mean(f[-w:]))), (float(np.mean(r[:w])), float(np.mean(r[-w:]))))
+
+
+def _overview(f: TourFacts) -> TourStep:
+    auc = "beats" if f.model_auc > f.bias_auc else "does not beat"
+    hr = "beats" if f.model_hr > f.bias_hr else "does not beat"
+    text = (f"A small GPT-2 reads a user's attributes and last rated movies and answers Yes/No for a candidate movie. "
+            f"On test AUC it {auc} a user+item bias baseline ({f.model_auc:.3f} vs {f.bias_auc:.3f}); on HR@10, "
+            f"ranking unrated candidates, it {hr} it ({f.model_hr:.3f} vs {f.bias_hr:.3f}).")
+    if f.model_hr <= f.bias_hr:
+        text += (" It only ever sees rated items, so it has no popularity prior for unrated ones: ranking is its "
+                 "weak spot, and the top-10 lists on Compare should be read with that in mind.")
+    return TourStep("app/pages/overview.py", "1. The recommender", text,
+                    {"model_auc": f.model_auc, "bias_auc": f.bias_auc, "model_hr": f.model_hr, "bias_hr": f.bias_hr})
+
+
+def _trace(f: TourFacts) -> TourStep:
+    return TourStep("app/pages/trace.py", "2. One recommendation, opened up",
+                    "Pick a user and a movie. The bars show which heads and MLPs push the answer toward Yes (up) or "
+                    "No (down); the heatmap shows which earlier movies (by title) a head attends to when it answers.")
+
+
+def _circuits(f: TourFacts) -> TourStep:
+    text = (f"For '{f.request}', every embedding role, head, MLP and item-embedding row is scored on forget and on "
+            f"retain prompts; a node is forget-specific only when the 95% interval of its importance ratio clears "
+            f"tau. ")
+    claims: dict = {"computed": f.groups is not None}
+    if f.groups is None:
+        text += (f"This request's circuits are not computed yet: the first discovery takes "
+                 f"{_minutes(f.circuits_seconds)} on this machine, then it is cached.")
+        return TourStep("app/pages/circuits.py", "3. Circuits of a deletion request", text, claims)
+    g = f.groups
+    claims.update(g)
+    text += (f"On this request: {g['forget-specific']} forget-specific ({f.forget_item_rows} of them item rows), "
+             f"{g['retain-specific']} retain-specific, {g['task-shared']} task-shared, {g['inactive']} inactive.")
+    empty = [name for name, n in g.items() if n == 0]
+    if empty:
+        text += f" Empty here: {', '.join(empty)}; CURE has nothing to apply those groups' rules to."
+    if f.stability is not None:
+        measured = {k: v for k, v in f.stability.items() if v is not None}
+        claims["stability"] = measured
+        if measured:
+            text += " Across prompt seeds, the groups' members overlap (Jaccard) " + ", ".join(
+                f"{k} {v:.2f}" for k, v in measured.items()) + "."
+        never = [k for k, v in f.stability.items() if v is None]
+        if never:
+            text += f" Empty on every seed (no overlap to measure): {', '.join(never)}."
+    text += " Lasso nodes on the graph, or pick item rows by title: the lab's `selective` method updates only those."
+    return TourStep("app/pages/circuits.py", "3. Circuits of a deletion request", text, claims)
+
+
+def _lab(f: TourFacts) -> TourStep:
+    picked = (f"You have picked {len(f.picked)} node(s) ({', '.join(f.picked[:4])}{'...' if len(f.picked) > 4 else ''}): "
+              f"choose `selective` to update only those." if f.picked else
+              "Nothing is picked yet: lasso nodes on the Circuits page to try `selective` on them.")
+    text = (f"Run CURE (each group updated by its own rule), `selective`, or a baseline that updates everything; the "
+            f"retrained model, the gold standard, is trained alongside (a first CURE run of a request takes "
+            f"{_minutes(f.cure_seconds)} here). {picked}")
+    claims: dict = {"picked": len(f.picked)}
+    if f.run is not None:
+        (f0, f1), (r0, r1) = f.run.forget_loss, f.run.retain_loss
+        moved = "rose" if f1 > f0 else "fell"
+        text += (f" In the last {f.run.method} run here, the forget loss {moved} from {f0:.3f} to {f1:.3f} over "
+                 f"{f.run.steps} steps (unlearning pushes it up) while the retain loss went from {r0:.3f} to {r1:.3f}.")
+        claims.update(forget_loss=f.run.forget_loss, retain_loss=f.run.retain_loss, forget_loss_rose=f1 > f0)
+    return TourStep("app/pages/lab.py", "4. Unlearning", text, claims)
+
+
+def _compare(f: TourFacts) -> TourStep:
+    text = ("Rankings of a forgotten and a retained user, every metric next to doing nothing and retrain, the "
+            "gradient-conflict heatmaps before and after, and every run on the forgetting-vs-utility plane.")
+    claims: dict = {}
+    if f.run is not None:
+        gap = "no measurable memorisation to remove" if f.run.gap_closed is None else \
+            f"closed {f.run.gap_closed:.2f} of the forget-AUC gap (0 = do nothing, 1 = retrain)"
+        text += f" The last {f.run.method} run {gap} at a utility cost of {f.run.utility_cost:.4f} test AUC."
+        claims.update(gap_closed=f.run.gap_closed, utility_cost=f.run.utility_cost)
+    return TourStep("app/pages/compare.py", "5. Before and after", text, claims)
+
+
+def _evidence(f: TourFacts) -> TourStep:
+    text = ("One run is an anecdote. The study runs every method at several strengths, rates and levels, repeats "
+            "the circuit split and measures membership inference; its headline picks each method's strength on "
+            "validation only. ")
+    text += (f"{f.n_studies} stored stud{'y' if f.n_studies == 1 else 'ies'} to read." if f.n_studies else
+             "No study stored yet: the quick one runs from that page (or `cure study --quick`, about 13 min here).")
+    return TourStep("app/pages/evidence.py", "6. The evidence", text, {"n_studies": f.n_studies})
+
+
+def tour_steps(f: TourFacts) -> list[TourStep]:
+    return [_overview(f), _trace(f), _circuits(f), _lab(f), _compare(f), _evidence(f)]
+
+
+def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds: GroupThresholds,
+               baseline: dict, picked: tuple[str, ...] = ()) -> TourFacts:
+    """Everything the tour states, read from cache/ (nothing is computed if it is missing)."""
+    from .study.report import list_reports
+    from .unlearn.lab import list_runs
+
+    forget = ws.forget_set(request)
+    m = original.meta["metrics"]
+    result = cached_circuits(ws, original, forget, settings, thresholds)
+    groups = stability = None
+    rows = 0
+    if result is not None:
+        groups = result.node_groups.sizes()
+        s = result.node_groups.stability()
+        stability = s["jaccard"] if s else None
+        rows = result.node_groups.sizes_by_kind().get("item-row", {}).get("forget-specific", 0)
+    runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(forget.spec) and r["method"] == "cure"]
+    costs = Path(ws.root) / TIMINGS
+    return TourFacts(request, m["test"]["auc"], baseline["test"]["auc"], m["ranking"]["hr@10"],
+                     baseline["ranking"]["hr@10"], groups, stability, rows, tuple(picked),
+                     run_facts(runs[0]) if runs else None, len(list_reports(ws.root)),
+                     typical_seconds("circuits", costs), typical_seconds("unlearn", costs))
