@@ -19,6 +19,13 @@ def or_silent(progress: Optional[ProgressFn]) -> ProgressFn:
     return progress if progress is not None else silent
 
 
+def within(progress: ProgressFn, job: str) -> ProgressFn:
+    """A sub-job's stages reported as "<job>: <stage>" (a training's own evaluation stays in the training's
+    stage instead of looking like the evaluation of the job around it); waiting messages pass as they are."""
+    return lambda stage, done, total: progress(stage if stage.startswith("waiting") else f"{job}: {stage}",
+                                               done, total)
+
+
 class StderrBars:
     """One tqdm bar per stage, written to stderr so stdout stays clean JSON."""
 
@@ -112,7 +119,7 @@ class ProgressView:
         head = f"stage {self.stage} of {self.n_stages}: {self.name}"
         if self.waiting:
             return f"{head}: {self.waiting}"
-        parts = [head + (f" ({self.detail})" if self.detail else "")]
+        parts = [head + (f" ({self.detail})" if self.detail else "") + f" {self.stage_fraction:.0%}"]
         if self.cached:
             parts.append("from cache: " + ", ".join(self.cached))
         if self.seconds_left is not None and not self.done:

@@ -43,18 +43,16 @@ def progress_bar(label: str):
 
 
 def staged_progress(plan: str, label: str, root=None):
-    """The one progress model on a page: an overall bar ("stage k of n: ...", time left) and the stage's bar.
+    """The one progress model on a page: one bar over the whole job that never goes back, its text
+    "stage k of n: <name> (<detail>) <stage %> · from cache: ... · about <t> left" (or the waiting state).
 
-    Returns the container to clear when done and the StagedProgress (a ProgressFn; call `finish()`).
+    Returns the placeholder to clear when done and the StagedProgress (a ProgressFn; call `finish()`).
     """
-    box = st.empty()  # a placeholder: box.empty() clears both bars
-    bars = box.container()
-    overall = bars.progress(0.0, text=label)
-    stage = bars.progress(0.0, text="")
+    box = st.empty()
+    overall = box.progress(0.0, text=label)
 
     def show(view: ProgressView) -> None:
         overall.progress(view.overall, text=f"{label} · {view.text}")
-        stage.progress(view.stage_fraction, text=view.waiting or view.detail or view.name)
 
     costs = Path(root) / TIMINGS if root is not None else None
     return box, StagedProgress(plan, show, costs=costs)

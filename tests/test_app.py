@@ -87,6 +87,7 @@ def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
     assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1  # the live per-step curve
     overall = next(p.proto for p in at.get("progress") if p.proto.text.startswith("cure on"))
     assert overall.value == 100 and "stage 4 of 4: evaluation" in overall.text  # retrain, circuits, steps, evaluation
+    assert "unlearning" not in overall.text.partition("from cache:")[2]  # the steps ran: not "from cache"
 
 
 def test_a_bad_request_is_checked_as_entered_and_never_leaves_its_page(app_env):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import app_files  # noqa: F401  (the shared tiny data and cache)
+from tests.test_app import app_env, app_files  # noqa: F401  (the shared tiny data and cache)
 
 ROOT = Path(__file__).parent.parent
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -80,7 +80,54 @@ def server(app_files, tmp_path):
     proc.wait(timeout=20)
 
 
-def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path):
+def _sample_progress_until(page, done, seconds: float = WAIT / 1000) -> list[list[float]]:
+    """The value of every progress bar on the page, every 0.2 s, until `done` shows."""
+    samples, deadline = [], time.time() + seconds
+    while time.time() < deadline:
+        if done.count() and done.first.is_visible():
+            return samples
+        samples.append(page.eval_on_selector_all(
+            "[role='progressbar']", "els => els.map(e => Number(e.getAttribute('aria-valuenow')))"))
+        time.sleep(0.2)
+    page.screenshot(path=str(SHOTS / "lab-failure.png"), full_page=True)
+    raise AssertionError("the run did not finish")
+
+
+def _walk_the_tour(page) -> None:
+    """Every tour step, its claims checked against the cached results the test reads itself."""
+    from playwright.sync_api import expect
+
+    from analysis.circuits.discover import CircuitSettings, cached_circuits
+    from analysis.circuits.groups import GroupThresholds
+    from analysis.config import DataConfig
+    from analysis.model.train import train_recommender
+    from analysis.workspace import open_workspace
+
+    ws = open_workspace(DataConfig(source=os.environ["CURE_DATA"], history=int(os.environ["CURE_HISTORY"])),
+                        root=os.environ["CURE_CACHE"])
+    result = cached_circuits(ws, train_recommender(ws), ws.forget_set("users:0.1"),
+                             CircuitSettings(n_prompts=int(os.environ["CURE_N_PROMPTS"]),
+                                             stability_seeds=int(os.environ["CURE_STABILITY_SEEDS"])), GroupThresholds())
+    assert result is not None  # the Circuits page cached them
+    page.get_by_role("link", name="Guided tour", exact=True).click()
+    titles = ["1. The recommender", "2. One recommendation, opened up", "3. Circuits of a deletion request",
+              "4. Unlearning", "5. Before and after", "6. The evidence"]
+    for k, title in enumerate(titles):
+        expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=WAIT)
+        if k == 2:
+            body = page.locator("[data-testid='stMarkdownContainer']").all_inner_texts()
+            text = " ".join(body)
+            for group, n in result.node_groups.sizes().items():
+                assert f"{n} {group}" in text, (group, n, text)
+            assert "stable" not in text.lower()
+            page.screenshot(path=str(SHOTS / "tour-circuits.png"), full_page=True)
+        if k == 3:
+            expect(page.get_by_text("In the last cure run here, the forget loss")).to_be_visible(timeout=WAIT)
+        if k < len(titles) - 1:
+            page.get_by_role("button", name="Next").click()
+
+
+def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, app_env):
     from playwright.sync_api import expect, sync_playwright
 
     shutil.rmtree(SHOTS, ignore_errors=True)
@@ -115,16 +162,18 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path):
         idle = page.locator("[data-testid='stStatusWidget']")
         expect(idle).to_have_count(0, timeout=WAIT)  # the rerun for the new value is over
         page.get_by_role("button", name="Run").click()
-        try:
-            expect(page.get_by_text("cure finished")).to_be_visible(timeout=WAIT)
-        except AssertionError:
-            page.screenshot(path=str(SHOTS / "lab-failure.png"), full_page=True)
-            raise
+        samples = _sample_progress_until(page, page.get_by_text("cure finished"))
         page.screenshot(path=str(SHOTS / "lab-after-run.png"), full_page=True)
+        # no bar ever decreased while the job ran (the one bar is the whole job's: stage k of n)
+        assert samples and any(0 < v < 100 for row in samples for v in row), samples
+        for i in range(max(len(row) for row in samples)):
+            seen = [row[i] for row in samples if len(row) > i]
+            assert all(b >= a for a, b in zip(seen, seen[1:])), seen
         page.get_by_role("link", name="Compare", exact=True).click()
         expect(page.get_by_role("heading", name="A forgotten user")).to_be_visible(timeout=WAIT)
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT)
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SHOTS / "compare-after-run.png"), full_page=True)
+        _walk_the_tour(page)
         browser.close()
     assert len(list(SHOTS.glob("*.png"))) >= 9

@@ -47,7 +47,7 @@ def test_a_skipped_stage_is_named_from_cache_and_the_text_says_stage_k_of_n():
     views = _run([("unlearn", 1, 2), ("unlearn", 2, 2)])
     v = views[0]
     assert v.stage == 3 and v.cached == ("retrain", "circuits")
-    assert v.text.startswith("stage 3 of 4: unlearning (unlearn 1/2)") and "from cache: retrain, circuits" in v.text
+    assert v.text.startswith("stage 3 of 4: unlearning (unlearn 1/2) 45%") and "from cache: retrain, circuits" in v.text
 
 
 def test_waiting_on_another_session_is_its_own_state_and_keeps_the_bars():
@@ -74,3 +74,17 @@ def test_a_sub_jobs_own_stages_are_said_but_do_not_move_the_bar():
     views = _run([("study", 1, 4), ("train", 5, 10), ("unlearn", 3, 9), ("study", 2, 4)], plan=plan)
     assert [round(v.stage_fraction, 3) for v in views[:4]] == [0.225, 0.225, 0.225, 0.45]
     assert views[1].detail == "train 5/10"
+
+
+def test_a_trainings_own_evaluation_stays_in_the_training_stage():
+    from analysis.progress import within
+
+    views: list[ProgressView] = []
+    p = StagedProgress(PLAN, views.append, clock=Clock())
+    inner = within(p, "train")
+    p("train", 5, 5)
+    inner("score", 1, 4)
+    inner("waiting for another run", 0, 1)
+    p("unlearn", 1, 2)
+    assert [v.stage for v in views] == [1, 1, 1, 3] and views[1].detail == "train: score 1/4"
+    assert views[2].waiting == "waiting for another run" and views[3].cached == ("circuits",)

@@ -23,7 +23,7 @@ from ..cache import build_or_load, config_key
 from ..config import CODE_VERSION, ModelConfig, TrainConfig
 from ..data.forget import ForgetSet, retained_training
 from ..errors import DataError, SettingsError, TrainingError
-from ..progress import ProgressFn, or_silent
+from ..progress import ProgressFn, or_silent, within
 from ..workspace import Workspace
 from .prompts import build_word_tokenizer, make_format
 from .recommender import Recommender, answer_scores, final_hidden, load_recommender
@@ -166,7 +166,7 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
                 "n_params": sum(p.numel() for p in model.parameters())}
         rec = Recommender(model, tokenizer, fmt, meta)
         meta["training"] = _fit(rec, ws, forget, train_cfg, progress)
-        meta["metrics"] = evaluate_model(rec, ws, forget, progress=progress)
+        meta["metrics"] = evaluate_model(rec, ws, forget, progress=within(progress, "train"))
         rec.save(tmp)
 
     path = build_or_load(ws.root, MODELS, key, build, on_event=lambda msg: progress(msg, 1, 1),
