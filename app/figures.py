@@ -89,11 +89,17 @@ def heatmap(grid: list[list[float | None]], columns: list[str], rows: list[str],
     return fig
 
 
-def attention_figure(pattern, labels: list[str], title: str) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=pattern, x=labels, y=labels, colorscale="Viridis", zmin=0,
-                               hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"))
-    fig.update_layout(height=560, title=title, yaxis={"autorange": "reversed"}, margin={"t": 40},
-                      xaxis={"tickangle": -60})
+def attention_figure(pattern, labels: list[str], title: str, width: int = 28) -> go.Figure:
+    """Every token labelled on both axes (titles shortened to `width` characters; hover shows them whole)."""
+    short = [label if len(label) <= width else label[: width - 1] + "…" for label in labels]
+    positions = list(range(len(labels)))
+    fig = go.Figure(go.Heatmap(z=pattern, x=positions, y=positions, colorscale="Viridis", zmin=0,
+                               customdata=[[[labels[q], labels[k]] for k in positions] for q in positions],
+                               hovertemplate="query %{customdata[0]}<br>key %{customdata[1]}<br>%{z:.3f}"
+                                             "<extra></extra>"))
+    axis = {"tickmode": "array", "tickvals": positions, "ticktext": short, "tickfont": {"size": 10}}
+    fig.update_layout(height=max(560, 16 * len(labels) + 200), title=title, margin={"t": 40},
+                      yaxis={**axis, "autorange": "reversed"}, xaxis={**axis, "tickangle": -60})
     return fig
 
 

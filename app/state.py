@@ -8,6 +8,7 @@ half-finished work.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
@@ -50,8 +51,15 @@ def staged_progress(plan: str, label: str, root=None):
     """
     box = st.empty()
     overall = box.progress(0.0, text=label)
+    last = {"at": 0.0, "stage": 0}
 
     def show(view: ProgressView) -> None:
+        # at most ~4 redraws a second within a stage (each is a message to the browser); stage changes,
+        # waiting and the end always show
+        now = time.monotonic()
+        if now - last["at"] < 0.25 and view.stage == last["stage"] and not (view.done or view.waiting):
+            return
+        last.update(at=now, stage=view.stage)
         overall.progress(view.overall, text=f"{label} · {view.text}")
 
     costs = Path(root) / TIMINGS if root is not None else None

@@ -41,7 +41,10 @@ def test_overview_shows_dataset_model_and_prompt(app_env):
     assert [h.value for h in at.subheader] == ["Dataset", "Model"]
     labels = {m.label: m.value for m in at.metric}
     assert labels["Users"] == "40" and labels["Layers x heads"] == "4 x 4"
-    assert "user" in at.code[0].value and "item_" in at.code[0].value
+    prompt = at.code[0].value
+    assert "user" in prompt and "item_" not in prompt and "★" in prompt  # items by title, ratings as stars
+    assert any("guided tour" in link.proto.label for link in at.get("page_link"))
+    assert any("bias baseline" in c.value for c in at.caption)  # the ranking comparison is said, not hidden
 
 
 def test_trace_splits_the_score_and_shows_attention(app_env):

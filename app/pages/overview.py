@@ -2,11 +2,30 @@
 import pandas as pd
 import streamlit as st
 
+from pathlib import Path
+
+from analysis.circuits.trace import token_labels
 from analysis.model.sequences import PromptBuilder
 from app import state
 
+
+def ranking_note(model: dict, base: dict) -> str:
+    """Say plainly where the model loses to the bias baseline (and why), from the numbers shown."""
+    lost = [name for key, name in (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"))
+            if model["ranking"][key] < base["ranking"][key]]
+    if not lost:
+        return "It is ahead of the bias baseline on every metric shown."
+    return (f"It is behind the bias baseline on {' and '.join(lost)}: it only ever sees rated items, so it has "
+            "no popularity prior for the unrated candidates a top-10 list ranks. Read the top-10 lists on Compare "
+            "with that in mind; AUC (rated items) is where it leads.")
+
 st.title("CURE Explorer")
-st.write("How an LLM-based recommender forgets: its circuits, selective unlearning, and what changes.")
+st.write("How an LLM-based recommender forgets. **CURE** (circuit-aware unlearning for LLM-based recommendation) "
+         "finds the circuits behind recommendations, splits their nodes into forget-specific, retain-specific and "
+         "task-shared groups, and updates each group by its own rule; this explorer shows whether that beats "
+         "updating everything, next to doing nothing and to retraining from scratch.")
+st.page_link("app/pages/tour.py", label="New here? Start the guided tour (six steps, each stated from your results)",
+             icon=":material/school:")
 with state.readable_errors():
     ws = state.workspace()
     s, split = ws.data.summary(), ws.interactions.summary()
@@ -26,7 +45,9 @@ with state.readable_errors():
     st.subheader("Model")
     cfg, m = rec.model.config, rec.meta["metrics"]
     cols = st.columns(4)
-    cols[0].metric("Backbone", rec.meta.get("backbone") or "GPT-2 (from scratch)")
+    backbone = rec.meta.get("backbone")
+    cols[0].metric("Backbone", "GPT-2" if not backbone else Path(backbone).name,
+                   help=f"fine-tuned from {backbone}" if backbone else "a GPT-2-shaped model trained from scratch here")
     cols[1].metric("Layers x heads", f"{cfg.num_hidden_layers} x {cfg.num_attention_heads}")
     cols[2].metric("Parameters", f"{rec.meta['n_params']:,}")
     cols[3].metric("Train seconds", f"{rec.meta['training']['train_seconds']:.0f}")
@@ -36,9 +57,10 @@ with state.readable_errors():
                                     base["ranking"]["hr@10"], base["ranking"]["ndcg@10"]],
     }, index=["test AUC", "test ACC", "test LogLoss", "HR@10", "NDCG@10"])
     st.dataframe(table.style.format("{:.4f}"), width="stretch")
+    st.caption("From scratch: a GPT-2-shaped model trained on this data here. " + ranking_note(m, base))
     rows = ws.interactions.split("test").head(1)
     sample = rows.iloc[0]
-    tokens = rec.tokenizer.convert_ids_to_tokens(PromptBuilder(rec.fmt, ws.interactions).prompts(rows)[0])
-    st.caption(f"Example prompt (user {sample['user_id']}, target {ws.title(sample['item_id'])}), token by token; "
-               "the answer is read after the last token as logit(Yes) - logit(No):")
-    st.code(" | ".join(tokens), language=None)
+    tokens = PromptBuilder(rec.fmt, ws.interactions).prompts(rows)[0]
+    st.caption(f"Example prompt (user {sample['user_id']}, target {ws.title(sample['item_id'])}), token by token "
+               "(item tokens shown by title); the answer is read after the last token as logit(Yes) - logit(No):")
+    st.code(" | ".join(token_labels(rec, tokens, ws.title)), language=None, wrap_lines=True)
