@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import SettingsError
 from .metrics import sigmoid
 from .model.recommender import Recommender
 from .model.sequences import PromptBuilder
@@ -12,7 +13,7 @@ from .workspace import Workspace
 def top_k(rec: Recommender, ws: Workspace, user_id: int, k: int = 10, exclude_rated: bool = True) -> list[dict]:
     ws.interactions.check_user(user_id)
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise SettingsError(f"k must be at least 1, got {k}")
     frame = ws.interactions.frame
     rated = set(frame.loc[frame["user_id"] == user_id, "item_id"].tolist())
     items = [i for i in sorted(ws.interactions.item_ids) if not (exclude_rated and i in rated)]

@@ -22,6 +22,9 @@ def main() -> None:
     pages = [st.Page(PAGES / name, title=title, icon=icon, default=(name == "overview.py"))
              for name, (title, icon) in TITLES.items()]
     nav = st.navigation(pages)
+    from app.state import dataset_picker
+
+    dataset_picker()
     st.sidebar.caption("CURE Explorer: how an LLM-based recommender forgets. Circuits, selective unlearning, "
                        "before and after.")
     nav.run()

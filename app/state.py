@@ -25,9 +25,31 @@ from analysis.workspace import Workspace, open_workspace
 
 
 
+DATASETS = {"ml-100k": "MovieLens-100K (1998, whole stars, user attributes)",
+            "latest-small": "MovieLens latest-small (2016, half stars, no user attributes)"}
+
+
 def settings() -> tuple[str | None, int, str | None]:
-    return os.environ.get("CURE_DATA") or None, int(os.environ.get("CURE_HISTORY", "10")), \
-        os.environ.get("CURE_CACHE") or None
+    """(data source, history, cache): $CURE_DATA when set (a folder), else the session's dataset pick."""
+    source = os.environ.get("CURE_DATA") or st.session_state.get("dataset") or None
+    return source, int(os.environ.get("CURE_HISTORY", "10")), os.environ.get("CURE_CACHE") or None
+
+
+def dataset_picker() -> None:
+    """The sidebar's dataset choice (named sources; a $CURE_DATA folder is shown instead)."""
+    if os.environ.get("CURE_DATA"):
+        st.sidebar.caption(f"Data: {os.environ['CURE_DATA']}")
+        return
+    names = list(DATASETS)
+    st.sidebar.selectbox("Dataset", names, format_func=DATASETS.get, key="dataset", on_change=_new_dataset,
+                         help="The default model is trained on first use of a dataset (with progress shown); "
+                              "every result is cached per dataset.")
+
+
+def _new_dataset() -> None:
+    """Another dataset: its genres, items and nodes differ, so the request and picks start afresh."""
+    for key in ("request", "selected_modules", "compare_run", "module_picker", "row_picker", "unit_picker"):
+        st.session_state.pop(key, None)
 
 
 def progress_bar(label: str):

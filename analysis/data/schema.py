@@ -14,6 +14,14 @@ USER_COLUMNS = ["user_id", "age_group", "gender", "occupation"]
 AGE_GROUPS = [(1, "under18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"), (50, "50-55"), (56, "56+")]
 
 
+LIKE_AT = 4.0  # a rating >= 4 is a like: ML-100K's "> 3" for whole stars; with half stars 3.5 is not a like
+
+
+def likes(ratings):
+    """The label of each rating (1 = like), the same rule on every dataset."""
+    return ratings >= LIKE_AT
+
+
 def age_group(age: int) -> str:
     label = AGE_GROUPS[0][1]
     for lower, name in AGE_GROUPS:
@@ -39,7 +47,7 @@ class RatingsData:
     source: str = ""
 
     def summary(self) -> dict:
-        liked = float((self.ratings["rating"] > 3).mean())
+        liked = float(likes(self.ratings["rating"]).mean())
         genre_counts = {g: 0 for g in self.genres}
         for gs in self.items["genres"]:
             for g in gs:

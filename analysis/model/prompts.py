@@ -37,9 +37,16 @@ def rating_token(rating: float) -> str:
     return f"★{float(rating):g}"
 
 
+NO_ATTRIBUTES = "attributes:none"  # a dataset without user attributes (latest-small) says so in one token
+
+
 def attribute_tokens(age_group: str, gender: str, occupation: str) -> list[str]:
+    """The user's attribute tokens; one `attributes:none` when none is known, instead of inventing three."""
     clean = lambda s: str(s).strip().replace(" ", "_") or "unknown"  # noqa: E731 - tokens are whitespace-split
-    return [f"age:{clean(age_group)}", f"gender:{clean(gender)}", f"occupation:{clean(occupation)}"]
+    values = [clean(age_group), clean(gender), clean(occupation)]
+    if all(v == "unknown" for v in values):
+        return [NO_ATTRIBUTES]
+    return [f"age:{values[0]}", f"gender:{values[1]}", f"occupation:{values[2]}"]
 
 
 class PromptFormat(Protocol):
@@ -59,7 +66,7 @@ def build_word_tokenizer(data: RatingsData) -> PreTrainedTokenizerFast:
     attrs = set()
     for _, u in users.iterrows():
         attrs.update(attribute_tokens(u["age_group"], u["gender"], u["occupation"]))
-    attrs.update(attribute_tokens("unknown", "unknown", "unknown"))
+    attrs.update(("age:unknown", "gender:unknown", "occupation:unknown"))  # a partly known user
     attrs.update(f"age:{name}" for _, name in AGE_GROUPS)
     words += sorted(attrs)
     words += [rating_token(r) for r in sorted(data.ratings["rating"].unique())]
@@ -111,10 +118,10 @@ class TitlePrompt:
         self._encode = lru_cache(maxsize=None)(enc)
 
     def prefix_ids(self, user: pd.Series) -> list[int]:
-        text = (
-            f"A user (age {user['age_group']}, gender {user['gender']}, occupation {user['occupation']}) "
-            "rated movies from 1 to 5 stars. Will they like the last movie? Yes or No."
-        )
+        known = attribute_tokens(user["age_group"], user["gender"], user["occupation"]) != [NO_ATTRIBUTES]
+        who = (f"A user (age {user['age_group']}, gender {user['gender']}, occupation {user['occupation']})"
+               if known else "A user (no attributes given)")
+        text = f"{who} rated movies from 1 to 5 stars. Will they like the last movie? Yes or No."
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def item_ids(self, item_id: int) -> list[int]:

@@ -59,10 +59,16 @@ def pareto_figure(points: list[dict], title: str = "Forgetting vs utility", orig
 
 
 def gap_pareto_figure(points: list[dict], original_auc: float, retrain_auc: float | None,
-                      title: str = "Forgetting vs utility") -> go.Figure:
+                      title: str = "Forgetting vs utility",
+                      retrain_band: tuple[float, float] | None = None) -> go.Figure:
     """x: forget-AUC gap closed (0 = do nothing, 1 = retrain), y: test AUC. The original (0, its AUC) and
-    the retrain (1, its AUC) are points like the runs and take part in the front (higher is better on both)."""
+    the retrain (1, its AUC) are points like the runs and take part in the front (higher is better on both).
+    `retrain_band`: the retrain's test AUC range over deletion draws, drawn as a band: a run inside it
+    costs no more utility than retraining itself does."""
     fig = go.Figure()
+    if retrain_band is not None:
+        fig.add_hrect(y0=retrain_band[0], y1=retrain_band[1], fillcolor="grey", opacity=0.15, line_width=0,
+                      annotation_text="retrain over deletion draws", annotation_position="top left")
     usable = [p for p in points if p.get("gap_closed") is not None]
     for method in sorted({p["method"] for p in usable}):
         mine = [p for p in usable if p["method"] == method]
@@ -84,7 +90,7 @@ def gap_pareto_figure(points: list[dict], original_auc: float, retrain_auc: floa
                    key=lambda p: p["gap_closed"])
     fig.add_trace(go.Scatter(x=[p["gap_closed"] for p in front], y=[p["auc_test"] for p in front], mode="lines",
                              name="Pareto front", line={"dash": "dash", "color": "black"}))
-    ys = [p["auc_test"] for p in every]
+    ys = [p["auc_test"] for p in every] + (list(retrain_band) if retrain_band else [])
     mid, half = (max(ys) + min(ys)) / 2, max((max(ys) - min(ys)) / 2 * 1.2, 0.01)  # never narrower than ±0.01
     fig.update_layout(title=title, height=420, xaxis={"title": "forget-AUC gap closed (0 = do nothing, 1 = retrain)"},
                       yaxis={"title": "test AUC", "range": [mid - half, mid + half]})
@@ -141,7 +147,10 @@ def _pareto(result: dict) -> go.Figure:
     retrain = next((s for s in summary if s["method"] == "retrain"), None)
     original = _original_point(summary)
     if original is not None and any(s.get("gap_closed") is not None for s in runs):
-        return gap_pareto_figure(runs, original["auc_test"], retrain["auc_test"] if retrain else None, title)
+        band = None
+        if retrain and retrain.get("auc_test_std"):  # the retrain's spread over the deletion draws, +- 1 std
+            band = (retrain["auc_test"] - retrain["auc_test_std"], retrain["auc_test"] + retrain["auc_test_std"])
+        return gap_pareto_figure(runs, original["auc_test"], retrain["auc_test"] if retrain else None, title, band)
     return pareto_figure(runs, title, original)
 
 

@@ -112,6 +112,11 @@ with state.readable_errors():
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
     points = [{"method": r["method"], "gap_closed": (r["metrics"].get("gap_closed") or {}).get("auc_forget"),
                "auc_test": r["metrics"]["auc_test"], "label": label(r)} for r in same if r["method"] != "retrain"]
+    # the retrain's spread over the deletion draws of this request kind, where more than one draw was run
+    draws = {r["forget"]["seed"]: r["retrain"]["auc_test"] for r in runs
+             if r["forget"]["spec"] == run["forget"]["spec"]}
+    band = (min(draws.values()), max(draws.values())) if len(draws) > 1 else None
     st.plotly_chart(gap_pareto_figure(points, run["original"]["auc_test"], run["retrain"]["auc_test"],
-                                      "Every run so far; dashed: the Pareto front; star: do nothing; diamond: retrain"),
+                                      "Every run so far; dashed: the Pareto front; star: do nothing; diamond: retrain"
+                                      + ("; band: retrain over deletion draws" if band else ""), band),
                     width="stretch", key="cmp_pareto")

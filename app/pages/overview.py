@@ -35,7 +35,7 @@ with state.readable_errors():
     cols[0].metric("Users", f"{s['users']:,}")
     cols[1].metric("Items", f"{s['items']:,}")
     cols[2].metric("Ratings", f"{s['ratings']:,}")
-    cols[3].metric("Like rate (rating > 3)", f"{s['like_rate']:.1%}")
+    cols[3].metric("Like rate (rating ≥ 4)", f"{s['like_rate']:.1%}")
     st.write(f"Samples with {split['history_length']} items of history: {split['samples']['train']:,} train, "
              f"{split['samples']['valid']:,} validation, {split['samples']['test']:,} test.")
     st.bar_chart(pd.Series(s["genres"], name="movies").sort_values(ascending=False), horizontal=True)
