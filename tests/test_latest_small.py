@@ -16,9 +16,9 @@ from analysis.errors import DataError
 from analysis.model.prompts import NO_ATTRIBUTES, WordPrompt, attribute_tokens, build_word_tokenizer, rating_token
 
 
-@pytest.fixture(scope="session")
-def latest():
-    return load_dataset("latest-small", root=cache_root())
+@pytest.fixture
+def latest(latest_small):
+    return latest_small
 
 
 def test_the_real_snapshot_loads_with_half_stars_and_no_user_attributes(latest):

@@ -16,7 +16,7 @@ from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig, summarise
 from analysis.study.report import figures, list_reports
 from analysis.workspace import Workspace
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_MODEL, TINY_TRAIN, subset
 
 TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=("users:0.1", "users:0.2"),
                          levels=("users:0.2", "interactions:0.1", "genre:Drama"), steps=2,
@@ -40,12 +40,12 @@ def tiny_rec(tiny_ws):
 
 
 @pytest.fixture
-def second_ws(ml100k, tiny_ws):
-    """Another 40 users of MovieLens-100K as a second dataset, in the same cache."""
-    users = sorted(ml100k.ratings["user_id"].unique())[40:80]
-    ratings = ml100k.ratings[ml100k.ratings["user_id"].isin(users)].reset_index(drop=True)
-    data = replace(ml100k, name="ml-100k users 41-80", ratings=ratings,
-                   users=ml100k.users[ml100k.users["user_id"].isin(users)].reset_index(drop=True))
+def second_ws(latest_small, tiny_ws):
+    """40 users of MovieLens latest-small as the second real dataset (half stars, no user attributes),
+    in the same cache."""
+    data = subset(latest_small, 40)
+    data = replace(data, name="latest-small users 1-40",
+                   items=data.items[data.items["item_id"].isin(data.ratings["item_id"])].reset_index(drop=True))
     return Workspace(data, build_interactions(data, history=5), DataConfig(history=5), tiny_ws.root)
 
 
@@ -101,7 +101,10 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert star.y[0] == pytest.approx(cure["original_auc_test"]) and star.y[0] == pytest.approx(tiny_rec_auc(result))
     draws, datasets = result["transfer"]["across_draws"], result["transfer"]["across_datasets"]
     assert draws["groups_from"] == ["draw 1", "draw 0"]  # draw 0 unlearns with draw 1's groups and back
-    assert datasets["groups_from"] == ["ml-100k users 41-80 draw 0", "ml-100k users 41-80 draw 1"]
+    assert datasets["groups_from"] == ["latest-small users 1-40 draw 0", "latest-small users 1-40 draw 1"]
+    assert datasets["item_rows"].startswith("not transferred")
+    for sizes in datasets["sizes_here"] + datasets["sizes_there"]:  # the split per node kind on each dataset
+        assert sum(sizes["head"].values()) == 4 and sum(sizes["embedding"].values()) == 5  # 2 x 2 heads, 5 roles
     for t in (draws, datasets):
         assert 0 <= t["same_groups"] <= 1 and t["cure_with_transferred_groups"]["n_seeds"] == 2
     transfer_runs = [r for r in result["rows"] if r["section"] == "transfer"]
@@ -109,10 +112,13 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     for r in transfer_runs:  # each used exactly the groups it says it used
         used = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
         assert used["circuits"]["given"]
+        if r["groups_from"].startswith("latest-small"):  # no item row of the other dataset came along
+            assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
     # without a second dataset the section says why it is missing
     alone, no_second = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
     assert alone != path and "skipped" in no_second["transfer"]["across_datasets"]
     html = (path / "report.html").read_text()
+    assert "The same request on both datasets, per node kind" in html and "not transferred" in html
     for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce"):
         assert section in html
     assert "plotly" in html.lower() and "wall_seconds" in html

@@ -21,7 +21,8 @@ from ..progress import ProgressFn, or_silent
 from ..unlearn.lab import unlearn
 from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
-from .transfer import NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share
+from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, sizes_by_kind,
+                       transferable)
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
 METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid")
@@ -180,7 +181,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     sources = group_sources(original, study.request, dict(zip(seeds, labelings)), study.circuits, transfer, progress)
     total += len(sources)
     rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
-                          groups=src.groups) for src in sources], total)
+                          groups=transferable(src.groups, original) if src.kind == "datasets" else src.groups)
+                     for src in sources], total)
 
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
@@ -200,11 +202,16 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         used = [src for src in sources if src.kind == kind]
         if not used:
             return {"skipped": why_skipped}
-        return {"groups_from": [src.label for src in used],
-                "same_groups": same_label_share(labelings, [src.groups for src in used]),
-                "cure_with_own_groups": own_cure,
-                "cure_with_transferred_groups": _cure_summary(
-                    [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}
+        out = {"groups_from": [src.label for src in used],
+               "same_groups": same_label_share(labelings, [src.groups for src in used]),
+               "cure_with_own_groups": own_cure,
+               "cure_with_transferred_groups": _cure_summary(
+                   [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}
+        if kind == "datasets":  # the same request's split on both datasets, per node kind (item rows: per
+            out["sizes_here"] = [sizes_by_kind(lab, original) for lab in labelings]  # dataset, not transferred)
+            out["sizes_there"] = [src.sizes for src in used]
+            out["item_rows"] = "not transferred: they name each dataset's own items"
+        return out
 
     return {
         "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,

@@ -186,6 +186,31 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def split_rows(result: dict) -> list[dict]:
+    """The same request's groups per node kind on this dataset and on the transfer dataset, draw by draw."""
+    across = (result.get("transfer") or {}).get("across_datasets") or {}
+    if "sizes_here" not in across:
+        return []
+    name = (result.get("transfer_dataset") or {}).get("name", "other dataset")
+    rows = []
+    for draw, (here, there) in enumerate(zip(across["sizes_here"], across["sizes_there"])):
+        for kind in sorted(set(here) | set(there or {})):
+            for where, sizes in (("this dataset", here), (name, there or {})):
+                rows.append({"draw": draw, "node kind": kind, "dataset": where, **sizes.get(kind, {})})
+    return rows
+
+
+def _split_by_kind(result: dict) -> str:
+    rows = split_rows(result)
+    if not rows:
+        return ""
+    note = result["transfer"]["across_datasets"]["item_rows"]
+    return ("<h3>The same request on both datasets, per node kind</h3><p>Roles, heads and MLPs exist on both and "
+            f"are what transfers; item rows: {html.escape(note)}.</p>"
+            + _table(rows, ["draw", "node kind", "dataset", "forget-specific", "retain-specific", "task-shared",
+                            "inactive"]))
+
+
 def transfer_rows(result: dict) -> list[dict]:
     """One row per transfer kind and per groups' origin (own vs transferred), or why it was skipped."""
     rows = []
@@ -243,6 +268,7 @@ def render_html(result: dict, meta: dict) -> str:
                  "and on a same-recipe model of a second dataset when one was given.</p>")
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
                                                 "jsd_forget_std", "auc_test", "auc_forget", "mia_auc", "n_seeds"]))
+    parts.append(_split_by_kind(result))
     relative = ["gap_closed", "gap_closed_std", "jsd_ratio", "jsd_ratio_std", "utility_cost", "utility_cost_std",
                 "valid_drop"]
     if result.get("headline"):

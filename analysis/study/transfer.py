@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group
+from ..circuits.ownership import recommender_table
 from ..model.recommender import Recommender
 from ..model.train import train_recommender, training_recipe
 from ..progress import ProgressFn
 from ..workspace import Workspace
 
-NO_SECOND_DATASET = "no second dataset given (cure study --transfer-data PATH, e.g. a local ml-1m folder)"
+NO_SECOND_DATASET = "no second dataset given (cure study --transfer-data latest-small, or a local dataset folder)"
 ONE_DRAW = "needs at least two deletion draws (seeds)"
 
 
@@ -26,13 +27,34 @@ class GroupSource:
     kind: str  # "draws" or "datasets"
     seed: int  # the deletion draw the groups are used on
     label: str  # human-readable origin, e.g. "draw 1" or "ml-1m draw 0"
-    groups: dict[str, Group]
+    groups: dict[str, Group]  # as found there (item rows included); CURE gets `transferable` ones
+    sizes: dict[str, dict[str, int]] | None = None  # per node kind, for datasets
 
 
 def same_label_share(a: list[dict[str, Group]], b: list[dict[str, Group]]) -> float:
-    """The share of modules that two lists of labellings (pairwise) put in the same group."""
-    pairs = [(x[m], y.get(m)) for x, y in zip(a, b) for m in x]
+    """The share of nodes labelled in both that two lists of labellings (pairwise) put in the same group
+    (item rows of another dataset are not transferred, so they are not compared)."""
+    pairs = [(x[m], y[m]) for x, y in zip(a, b) for m in x if m in y]
     return sum(p == q for p, q in pairs) / max(1, len(pairs))
+
+
+def transferable(groups: dict[str, Group], model: Recommender) -> dict[str, Group]:
+    """The groups that mean the same on another dataset: roles, heads, MLPs (and neurons). Item rows name
+    that dataset's items (row:50 is another movie, or none, elsewhere): they are dropped, and this
+    dataset's item rows stay inactive (frozen) under transferred groups."""
+    table = recommender_table(model, neurons=True)
+    keep = set(table.scored) - set(table.item_rows)  # `model`: the one the groups are applied to
+    return {m: g for m, g in groups.items() if m in keep}
+
+
+def sizes_by_kind(groups: dict[str, Group], model: Recommender) -> dict[str, dict[str, int]]:
+    """Group sizes per node kind, for "does the same request give the same split on both datasets"."""
+    table = recommender_table(model)
+    kind = {n.name: n.kind.value for n in table.nodes}
+    out: dict[str, dict[str, int]] = {}
+    for name, group in groups.items():
+        out.setdefault(kind.get(name, "other"), {g.value: 0 for g in Group})[group.value] += 1
+    return out
 
 
 def same_recipe_model(other: Workspace, original: Recommender, progress: ProgressFn | None = None) -> Recommender:
@@ -56,7 +78,8 @@ def group_sources(original: Recommender, request: str, own: dict[int, dict[str, 
         model = same_recipe_model(other, original, progress)
         for s in seeds:
             labels = discover_circuits(other, model, other.forget_set(request, seed=s), settings, progress=progress)
-            sources.append(GroupSource("datasets", s, f"{other.data.name} draw {s}", labels.labels))
+            sources.append(GroupSource("datasets", s, f"{other.data.name} draw {s}", labels.labels,
+                                       sizes_by_kind(labels.labels, model)))
     return sources
 
 
