@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quick", action="store_true", help="1 seed and fewer cells (~15 min on 2 cores)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws (default 0 1 2)")
-    p.add_argument("--transfer-data", default=None, help="a second local dataset folder (e.g. ml-1m): groups "
+    p.add_argument("--transfer-data", default=None, help="a second dataset (latest-small, or a folder): groups "
                    "found on a same-recipe model trained there drive CURE here")
     p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")

@@ -158,5 +158,5 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     assert len(at.dataframe) == 2 and len(at.get("download_button")) == 1
     transfer = at.dataframe[1].value  # one draw and no second dataset: both transfer kinds say why they are skipped
     assert set(transfer["cure with"]) == {"skipped: needs at least two deletion draws (seeds)",
-                                           "skipped: no second dataset given (cure study --transfer-data PATH, "
-                                           "e.g. a local ml-1m folder)"}
+                                           "skipped: no second dataset given (cure study --transfer-data "
+                                           "latest-small, or a local dataset folder)"}

@@ -22,7 +22,7 @@ def rows(tiny_ws):
 
 def _history_slots(builder, prompt):
     """Token positions of the history items and ratings in a word-level prompt."""
-    start = len(builder.prefix(0))  # every word-level prefix has the same length
+    start = len(builder.prefix(min(builder.interactions.user_ids)))  # same length for every user with attributes
     n = builder.history
     return list(range(start, start + 2 * n, 2)), list(range(start + 1, start + 2 * n, 2))
 

@@ -306,7 +306,7 @@ def write_report(ws: Workspace, original: Recommender, result: dict, wall_second
             "unlearning_and_retrain_seconds": sum(r["seconds"] for r in result["rows"] if r["method"] != "retrain")
             + sum({(r["request"], r["seed"]): r["retrain_seconds"] for r in result["rows"]}.values()),
             "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1 else " --quick")
-            + (" --transfer-data PATH" if result.get("transfer_dataset") else ""),
+            + (f" --transfer-data {result['transfer_dataset']['name']}" if result.get("transfer_dataset") else ""),
             "transfer_dataset": result.get("transfer_dataset")}
 
     def build(tmp: Path) -> None:

@@ -41,7 +41,7 @@ with state.readable_errors():
     st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch", key="ev_table")
     st.subheader("Transfer")
     st.caption("CURE with groups found on another deletion draw, or on a same-recipe model of a second dataset "
-               "(`cure study --transfer-data PATH`).")
+               "(`cure study --transfer-data latest-small`).")
     st.dataframe(pd.DataFrame(transfer_rows(result)), hide_index=True, width="stretch", key="ev_transfer")
     with open(f"{path}/report.html", "rb") as f:
         st.download_button("Download the report (HTML)", f.read(), file_name="cure-study.html", mime="text/html",
