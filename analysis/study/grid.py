@@ -203,7 +203,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         if not used:
             return {"skipped": why_skipped}
         out = {"groups_from": [src.label for src in used],
-               "same_groups": same_label_share(labelings, [src.groups for src in used]),
+               "same_groups": same_label_share(labelings, [transferable(src.groups, original)
+                                                            if kind == "datasets" else src.groups for src in used]),
                "cure_with_own_groups": own_cure,
                "cure_with_transferred_groups": _cure_summary(
                    [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}

@@ -24,7 +24,7 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
-REPORT_VERSION = 10  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 11  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
