@@ -22,7 +22,9 @@ app: install
 	$(PY) -m analysis.cli prepare
 	$(PY) -m analysis.cli train
 	$(PY) -m analysis.cli warm
-	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.headless true
+	# PASSIVE: torch's OpenMP threads sleep instead of spinning while they wait, so a browser on the same
+	# cores does not stall them (a lab CURE run in Chromium on 2 cores: 136 s of steps spinning, 68 s passive)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.headless true
 
 test: install
 	$(PY) -m pytest -q

@@ -96,7 +96,8 @@ def after_make_app(cache: Path) -> dict | None:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
                              "--server.port", str(port), "--server.headless", "true"], cwd=ROOT,
-                            env={**os.environ, "CURE_CACHE": str(cache)}, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "CURE_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"},  # as make app
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     out: dict = {}
     try:
