@@ -27,18 +27,22 @@ def top_k(rec: Recommender, ws: Workspace, user_id: int, k: int = 10, exclude_ra
     ]
 
 
-def rank_changes(before: Recommender, after: Recommender, ws: Workspace, user_id: int, k: int = 10) -> list[dict]:
-    """The user's top-k after unlearning, each with its rank before (None: was not in the top-k before).
+def rank_changes(before: Recommender, after: Recommender, ws: Workspace, user_id: int, k: int = 10,
+                 gold: Recommender | None = None) -> list[dict]:
+    """The user's top-k after unlearning, each with its rank before (None: was not in the top-k before)
+    and, given the retrain (`gold`), the rank the retrain gives it.
 
-    Ranks before are looked up among all unrated items, so an item that moved from 14 to 3
-    shows +11 rather than "new".
+    Ranks are looked up among all unrated items, so an item that moved from 14 to 3 shows +11
+    rather than "new".
     """
-    full_before = top_k(before, ws, user_id, k=len(ws.interactions.item_ids))
-    rank_before = {r["item_id"]: r["rank"] for r in full_before}
+    every = len(ws.interactions.item_ids)
+    rank_before = {r["item_id"]: r["rank"] for r in top_k(before, ws, user_id, k=every)}
+    rank_gold = {r["item_id"]: r["rank"] for r in top_k(gold, ws, user_id, k=every)} if gold is not None else {}
     out = []
     for row in top_k(after, ws, user_id, k):
         was = rank_before.get(row["item_id"])
-        out.append({**row, "rank_before": was, "change": None if was is None else was - row["rank"]})
+        out.append({**row, "rank_before": was, "change": None if was is None else was - row["rank"],
+                    "rank_retrain": rank_gold.get(row["item_id"])})
     return out
 
 

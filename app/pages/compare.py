@@ -18,8 +18,9 @@ def ranking_table(rows: list[dict]) -> pd.DataFrame:
         if r["change"] is None:
             return "new"
         return f"▲ {r['change']}" if r["change"] > 0 else (f"▼ {-r['change']}" if r["change"] < 0 else "=")
-    return pd.DataFrame([{"rank": r["rank"], "movie": r["title"], "before": r["rank_before"], "move": change(r),
-                          "P(like)": r["p_like"]} for r in rows])
+    return pd.DataFrame([{"rank": r["rank"], "movie": r["title"], "do nothing (rank)": r["rank_before"],
+                          "move": change(r), "retrain (rank)": r.get("rank_retrain"), "P(like)": r["p_like"]}
+                         for r in rows])
 
 
 def colour_moves(value: str) -> str:
@@ -40,6 +41,7 @@ with state.readable_errors():
     run = state.pick_stored("Run", runs, "run_dir", label, "compare_run", "compare_pick")
     forget = ws.forget_set(run["forget"]["spec"], seed=run["forget"]["seed"])
     after = state.saved_model(run["model_dir"])
+    retrain = state.saved_model(run["retrain_dir"])
 
     forgotten = sorted(forget.users)
     kept = sorted(set(ws.interactions.user_ids) - set(forgotten))[:200]
@@ -51,10 +53,11 @@ with state.readable_errors():
                 st.caption("none in this request")
                 continue
             user = st.selectbox("User", users, key=key)
-            table = ranking_table(rank_changes(original, after, ws, int(user)))
+            table = ranking_table(rank_changes(original, after, ws, int(user), gold=retrain))
             st.dataframe(table.style.map(colour_moves, subset=["move"]).format({"P(like)": "{:.1%}"}),
                          hide_index=True, width="stretch", key=f"{key}_table")
-            st.caption("Top-10 after unlearning; 'before' is the rank the original model gave.")
+            st.caption("Top-10 after unlearning, with the rank the original (do nothing) and the retrain "
+                       "(gold) give each movie among all unrated ones.")
 
     st.subheader("Against doing nothing and against retrain")
     y = run.get("yardstick")
