@@ -158,6 +158,8 @@ class StagedProgress:
         self.current = 0
         self.overall = 0.0
         self.costs = self._load_costs()
+        self.waited_seconds = 0.0  # time spent waiting on another session's identical job
+        self._waiting_since: float | None = None
 
     def _load_costs(self) -> dict[str, float]:
         measured: dict[str, float] = {}
@@ -188,8 +190,11 @@ class StagedProgress:
 
     def __call__(self, raw: str, done: int, total: int) -> None:
         if raw.startswith("waiting"):
+            if self._waiting_since is None:
+                self._waiting_since = self.clock()
             self._emit(waiting=raw)
             return
+        self._stop_waiting()
         k = self._stage_of(raw)
         self._advance_to(k)
         st, stage = self.state[k], self.stages[k]
@@ -210,8 +215,14 @@ class StagedProgress:
         st.fraction = max(st.fraction, min(f, 1.0))
         self._emit(detail=f"{raw} {done}/{total}")
 
+    def _stop_waiting(self) -> None:
+        if self._waiting_since is not None:
+            self.waited_seconds += self.clock() - self._waiting_since
+            self._waiting_since = None
+
     def finish(self) -> None:
         """The job is done: every stage complete, the measured costs saved for the next estimate."""
+        self._stop_waiting()
         self._advance_to(len(self.stages) - 1)
         last = self.state[-1]
         if last.started is not None:

@@ -93,6 +93,36 @@ def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
     assert "unlearning" not in overall.text.partition("from cache:")[2]  # the steps ran: not "from cache"
 
 
+def test_a_run_waiting_on_another_sessions_lock_says_so_and_then_completes(app_env, monkeypatch):
+    """Another session holds the run's real cache lock for 2 s: the lab waits, then builds it and says it waited."""
+    import fcntl
+    import threading
+
+    import analysis.unlearn.lab as lab
+
+    real, held = lab.run_key, []
+
+    def key_held_elsewhere(ws, *args, **kwargs):
+        key = real(ws, *args, **kwargs)
+        (ws.root / "locks").mkdir(parents=True, exist_ok=True)
+        fh = open(ws.root / "locks" / f"{lab.RUNS}-{key}.lock", "w")  # another open file: a real second holder
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        held.append(key)
+        threading.Timer(2.0, lambda: (fcntl.flock(fh, fcntl.LOCK_UN), fh.close())).start()
+        return key
+
+    monkeypatch.setattr(lab, "run_key", key_held_elsewhere)
+    at = open_page("lab")
+    at.number_input(key="lab_steps").set_value(4).run()
+    at.button(key="lab_run").click().run()
+    assert not at.exception, at.exception
+    assert held and "cure finished" in at.success[0].value
+    import re
+
+    waited = re.search(r"Waited (\d+) s for another session's identical job", at.success[0].value)
+    assert waited and int(waited.group(1)) >= 2
+
+
 def test_a_bad_request_is_checked_as_entered_and_never_leaves_its_page(app_env):
     at = open_page("lab")
     good = at.session_state["request"]

@@ -88,3 +88,14 @@ def test_a_trainings_own_evaluation_stays_in_the_training_stage():
     p("unlearn", 1, 2)
     assert [v.stage for v in views] == [1, 1, 1, 3] and views[1].detail == "train: score 1/4"
     assert views[2].waiting == "waiting for another run" and views[3].cached == ("circuits",)
+
+
+def test_the_time_spent_waiting_on_another_session_is_measured():
+    views: list[ProgressView] = []
+    p = StagedProgress(PLAN, views.append, clock=Clock())
+    p("train", 1, 2)
+    p("waiting for another run that is building this run (abcd)", 0, 1)
+    p("waiting for another run that is building this run (abcd)", 0, 1)
+    p("train", 2, 2)
+    p.finish()
+    assert p.waited_seconds > 0

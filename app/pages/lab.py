@@ -76,7 +76,9 @@ with state.readable_errors():
         run = unlearn(ws, rec, forget, cfg, progress, on_step)
         progress.finish()
         st.session_state["compare_run"] = run["run_dir"]
-        st.success(finish_message(run))
+        waited = (f" Waited {progress.waited_seconds:.0f} s for another session's identical job (the shared cache "
+                  f"builds each result once)." if progress.waited_seconds > 0 else "")
+        st.success(finish_message(run) + waited)
 
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
     st.subheader(f"Runs for {request} ({len(runs)})")
