@@ -125,6 +125,32 @@ def artefact_dir(root: Path, kind: str, key: str) -> Path:
     return root / kind / key
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale_tmp(folder: Path) -> list[Path]:
+    """Remove the temporary build folders (`.tmp-<key>-<pid>-<id>`) of processes that no longer exist.
+
+    A build that raises removes its own; one killed (SIGKILL, or SIGTERM, which Python does not turn
+    into an exception) cannot: measured after two killed studies, their half-built runs stayed in
+    cache/runs/. A folder whose process is alive is another build in progress and is left alone.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".tmp-*"):
+        parts = tmp.name.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def build_or_load(
     root: Path,
     kind: str,
@@ -149,6 +175,7 @@ def build_or_load(
                 moved = quarantine(final, root)
                 if on_event:
                     on_event(f"{exc}; moved to {moved} and rebuilding")
+        sweep_stale_tmp(root / kind)
         tmp = root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir(parents=True)
         try:

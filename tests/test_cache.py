@@ -309,3 +309,33 @@ def test_a_lock_held_by_another_run_is_reported_before_waiting(tmp_path):
     t.join()
     assert messages and messages[0].startswith("waiting for another run that is building this model")
     assert (path / "x.json").is_file()
+
+
+def _half_build(out: Path) -> None:
+    (out / "half.txt").write_text("half written")
+    time.sleep(120)
+
+
+def _killed_worker(root: str) -> None:
+    build_or_load(Path(root), KIND, "killed", _half_build)
+
+
+def test_a_build_killed_midway_leaves_nothing_the_next_build_keeps(tmp_path):
+    """kill -9 during a build: no entry appears; the next build sweeps the dead one's temp folder and
+    builds; a temp folder of a live process (another build in progress) is left alone."""
+    import os
+
+    proc = multiprocessing.get_context("fork").Process(target=_killed_worker, args=(str(tmp_path),))
+    proc.start()
+    deadline = time.time() + 60
+    while not list((tmp_path / KIND).glob(".tmp-killed-*/half.txt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.join(timeout=30)
+    assert list((tmp_path / KIND).glob(".tmp-killed-*")) and not (tmp_path / KIND / "killed").exists()
+    live = tmp_path / KIND / f".tmp-other-{os.getpid()}-abcdef"
+    live.mkdir()
+    path = build_or_load(tmp_path, KIND, "killed", Builder())
+    assert not list((tmp_path / KIND).glob(".tmp-killed-*")) and live.is_dir()
+    assert (path / "a.txt").read_text() == "hello" and not (path / "half.txt").exists()
+    verify(path)
