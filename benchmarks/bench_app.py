@@ -17,6 +17,7 @@ Prints a table and writes benchmarks/results/app.json.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -44,21 +45,27 @@ def warm_cache() -> tuple[Path, float]:
     return cache_root(None), time.perf_counter() - start
 
 
-def first_page_seconds(cache: Path) -> float | None:
+def browser_available() -> bool:
     try:
-        from playwright.sync_api import expect, sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
-        return None
-    if not Path(CHROMIUM).exists():
-        return None
+        return False
+    return Path(CHROMIUM).exists()
+
+
+@contextlib.contextmanager
+def served_page(cache: Path, env: dict | None = None, viewport: dict | None = None):
+    """`streamlit run` on `cache` (plus `env`) and a headless Chromium page opened on it; callers time what
+    they measure (the first page's clock starts before the server does)."""
+    from playwright.sync_api import sync_playwright
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "CURE_CACHE": str(cache)}
-    start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-                             "--server.port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--server.port", str(port), "--server.headless", "true"], cwd=ROOT,
+                            env={**os.environ, "CURE_CACHE": str(cache), **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
             try:
@@ -69,75 +76,62 @@ def first_page_seconds(cache: Path) -> float | None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
-            page = browser.new_page()
-            page.set_default_timeout(120_000)
+            page = browser.new_page(**({"viewport": viewport} if viewport else {}))
             page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=120_000)
-            seconds = time.perf_counter() - start
-            browser.close()
-        return seconds
+            try:
+                yield page
+            finally:
+                browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def first_page_seconds(cache: Path) -> float | None:
+    if not browser_available():
+        return None
+    from playwright.sync_api import expect
+
+    start = time.perf_counter()
+    with served_page(cache) as page:
+        page.set_default_timeout(120_000)
+        expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=120_000)
+        return time.perf_counter() - start
 
 
 def after_make_app(cache: Path) -> dict | None:
     """In Chromium, on the cache `make app` left: the Circuits page of the default request until its graph
     shows, then a CURE run of it from the lab at the default budget until its finish message, sampling the
     progress bar every 0.2 s (it must never go back)."""
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
+    if not browser_available():
         return None
-    if not Path(CHROMIUM).exists():
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-                             "--server.port", str(port), "--server.headless", "true"], cwd=ROOT,
-                            env={**os.environ, "CURE_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"},  # as make app
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    from playwright.sync_api import expect
+
     out: dict = {}
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.set_default_timeout(600_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=120_000)
-            start = time.perf_counter()
-            page.get_by_role("link", name="Circuits", exact=True).click()
-            expect(page.get_by_text("Groups on this request")).to_be_visible()
-            expect(page.locator(".js-plotly-plot").first).to_be_visible()
-            out["circuits_page_seconds"] = time.perf_counter() - start
-            page.get_by_role("link", name="Unlearning lab", exact=True).click()
-            expect(page.get_by_role("button", name="Run")).to_be_visible()
-            expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0)
-            start = time.perf_counter()
-            page.get_by_role("button", name="Run").click()
-            done, samples = page.get_by_text("cure finished"), []
-            while not (done.count() and done.first.is_visible()):
-                samples.append(page.eval_on_selector_all(
-                    "[role='progressbar']", "els => els.map(e => Number(e.getAttribute('aria-valuenow')))"))
-                time.sleep(0.2)
-            out["cure_run_seconds"] = time.perf_counter() - start
-            out["cure_run_message"] = done.first.inner_text()
-            columns = [[row[i] for row in samples if len(row) > i] for i in range(max(map(len, samples), default=0))]
-            out["progress_samples"] = len(samples)
-            out["progress_never_decreased"] = all(all(b >= a for a, b in zip(c, c[1:])) for c in columns)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with served_page(cache, {"OMP_WAIT_POLICY": "PASSIVE"},  # as make app serves it
+                     viewport={"width": 1400, "height": 2000}) as page:
+        page.set_default_timeout(600_000)
+        expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=120_000)
+        start = time.perf_counter()
+        page.get_by_role("link", name="Circuits", exact=True).click()
+        expect(page.get_by_text("Groups on this request")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        out["circuits_page_seconds"] = time.perf_counter() - start
+        page.get_by_role("link", name="Unlearning lab", exact=True).click()
+        expect(page.get_by_role("button", name="Run")).to_be_visible()
+        expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0)
+        start = time.perf_counter()
+        page.get_by_role("button", name="Run").click()
+        done, samples = page.get_by_text("cure finished"), []
+        while not (done.count() and done.first.is_visible()):
+            samples.append(page.eval_on_selector_all(
+                "[role='progressbar']", "els => els.map(e => Number(e.getAttribute('aria-valuenow')))"))
+            time.sleep(0.2)
+        out["cure_run_seconds"] = time.perf_counter() - start
+        out["cure_run_message"] = done.first.inner_text()
+        columns = [[row[i] for row in samples if len(row) > i] for i in range(max(map(len, samples), default=0))]
+        out["progress_samples"] = len(samples)
+        out["progress_never_decreased"] = all(all(b >= a for a, b in zip(c, c[1:])) for c in columns)
     return out
 
 

