@@ -113,14 +113,14 @@ def _circuits(f: TourFacts) -> TourStep:
         never = [k for k, v in f.stability.items() if v is None]
         if never:
             text += f" Empty on every seed (no overlap to measure): {', '.join(never)}."
-    text += " Lasso nodes on the graph, or pick item rows by title: the lab's `selective` method updates only those."
+    text += " Click a node on the graph (or lasso several from its toolbar), or pick item rows by title: the lab's `selective` method updates only those."
     return TourStep("app/pages/circuits.py", "3. Circuits of a deletion request", text, claims)
 
 
 def _lab(f: TourFacts) -> TourStep:
     picked = (f"You have picked {len(f.picked)} node(s) ({', '.join(f.picked[:4])}{'...' if len(f.picked) > 4 else ''}): "
               f"choose `selective` to update only those." if f.picked else
-              "Nothing is picked yet: lasso nodes on the Circuits page to try `selective` on them.")
+              "Nothing is picked yet: click nodes on the Circuits graph to try `selective` on them.")
     text = (f"Run CURE (each group updated by its own rule), `selective`, or a baseline that updates everything; the "
             f"retrained model, the gold standard, is trained alongside (a first CURE run of a request takes "
             f"{_minutes(f.cure_seconds)} here). {picked}")

@@ -55,7 +55,9 @@ def circuit_figure(graph: nx.DiGraph, nodes: dict[str, dict], top_n: int, select
                     "line": {"width": [4 if n in selected else 1 for n in names],
                              "color": ["black" if n in selected else "white" for n in names]}},
             hovertext=[nodes[n].get("hover", n) for n in names], hoverinfo="text"))
-    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="lasso",
+    # Drag pans by default: in lasso or box mode plotly.js drops a single click on a point (checked in
+    # Chromium: the selection stays empty), while in pan mode a click selects; lasso is one modebar click away.
+    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="pan",
                       xaxis={"visible": False}, yaxis={"visible": False}, legend={"title": "module group"},
                       clickmode="event+select")
     return fig

@@ -93,6 +93,36 @@ def _sample_progress_until(page, done, seconds: float = WAIT / 1000) -> list[lis
     raise AssertionError("the run did not finish")
 
 
+CLICK_POINT = """() => {
+  // the circuit graph (legend "module group"): pixel position of its first head or MLP node
+  for (const el of document.querySelectorAll('.js-plotly-plot')) {
+    const fl = el._fullLayout;
+    if (!fl || !fl.legend || !fl.legend.title || fl.legend.title.text !== 'module group') continue;
+    for (const tr of el.data) {
+      const names = tr.customdata || [];
+      for (let i = 0; i < names.length; i++) {
+        if (typeof names[i] !== 'string' || !/^[am][0-9]/.test(names[i])) continue;
+        el.scrollIntoView();
+        const r = el.getBoundingClientRect();
+        return [names[i], r.left + fl._size.l + fl.xaxis.l2p(tr.x[i]), r.top + fl._size.t + fl.yaxis.l2p(tr.y[i])];
+      }
+    }
+  }
+  return null;
+}"""
+
+
+def _click_a_graph_node(page) -> None:
+    """A single click on a head or MLP of the circuit graph puts it in the module picker (no lasso needed)."""
+    from playwright.sync_api import expect
+
+    name, x, y = page.evaluate(CLICK_POINT)
+    page.mouse.move(x, y)  # plotly picks the clicked point from the hover
+    page.mouse.click(x, y)
+    picker = page.locator("[data-testid='stMultiSelect']").filter(has_text="Selected roles, heads and MLPs")
+    expect(picker).to_contain_text(name, timeout=WAIT)
+
+
 def _walk_the_tour(page) -> None:
     """Every tour step, its claims checked against the cached results the test reads itself."""
     from playwright.sync_api import expect
@@ -149,6 +179,7 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
                 expect(page.get_by_role("heading", name="Specificity: forget importance vs retain importance")
                        ).to_be_visible(timeout=WAIT)
                 expect(page.get_by_text("Selected item rows")).to_be_visible(timeout=WAIT)
+                _click_a_graph_node(page)
             if name == "overview":
                 expect(page.get_by_text("Layers x heads")).to_be_visible(timeout=WAIT)
             if name == "trace":
