@@ -13,7 +13,8 @@ from analysis.data.forget import retained_training
 from analysis.errors import TrainingError
 from analysis.model.prompts import WordPrompt, build_word_tokenizer, item_token
 from analysis.model.recommender import load_recommender
-from analysis.model.sequences import PromptBuilder
+from analysis.model.recommender import answer_scores
+from analysis.model.sequences import PromptBuilder, pad_batch
 from analysis.model.train import train_recommender
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
@@ -75,6 +76,46 @@ def test_forgotten_interactions_are_neither_labels_nor_context(tiny_ws):
     expected = int(((retained["split"] == "train") & (positions >= tiny_ws.interactions.history)).sum())
     assert n_answers == expected
     assert expected < len(tiny_ws.interactions.split("train"))
+
+
+def _check_unrated_tails(rec, ws, n_seqs: int = 4) -> None:
+    """Each tail item is one the user never rated, labelled 0, and its score (4D mask, shared position)
+    equals scoring the canonical prompt "prefix + that item" alone; the prefix is untouched by the tail."""
+    from analysis.model.sequences import tail_attention
+    from analysis.model.train import sequence_loss
+
+    builder = PromptBuilder(rec.fmt, ws.interactions)
+    retained = retained_training(ws.interactions, None)
+    seqs = builder.training_sequences(retained, per_sequence=4, offset=0, negatives=3, rng=np.random.default_rng(0))
+    plain = builder.training_sequences(retained, per_sequence=4, offset=0)
+    assert len(seqs) == len(plain) and all(len(s.tail) == 3 for s in seqs)
+    rated = {u: set(rows["item_id"]) for u, rows in retained.groupby("user_id")}
+    batch = seqs[:n_seqs]
+    ids = torch.from_numpy(pad_batch([s.ids for s in batch], rec.pad_id))
+    mask, positions = tail_attention(batch, ids.shape[1], torch.float32)
+    rec.model.eval()
+    with torch.no_grad():
+        hidden = rec.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    score = lambda h: answer_scores(rec.model, h, rec.fmt.yes_id, rec.fmt.no_id).item()  # noqa: E731
+    for i, (s, p) in enumerate(zip(batch, plain)):
+        assert s.labels[: len(p.labels)] == p.labels and s.labels[len(p.labels):] == [0, 0, 0]
+        assert s.ids[: len(p.ids)] == p.ids  # the plain sequence, then its last rating, then the tail
+        a = s.prefix_length
+        for length in s.tail:
+            item = s.ids[a : a + length]
+            owner = [i for i in ws.data.items["item_id"] if rec.fmt.item_ids(i) == item]
+            assert owner and not set(owner) & rated[s.user_id]
+            want = rec.score_prompts([s.ids[: s.prefix_length] + item])[0]
+            assert score(hidden[i, a + length - 1]) == pytest.approx(want, abs=1e-4)
+            a += length
+        for k in range(0, s.prefix_length, 3):
+            assert score(hidden[i, k]) == pytest.approx(rec.score_prompts([s.ids[: k + 1]])[0], abs=1e-4)
+    loss, _ = sequence_loss(rec.model, batch, rec.pad_id, rec.fmt.yes_id, rec.fmt.no_id)
+    assert torch.isfinite(loss)
+
+
+def test_unrated_negatives_see_exactly_a_canonical_prompt(tiny_ws, tiny_rec):
+    _check_unrated_tails(tiny_rec, tiny_ws)
 
 
 def test_candidate_scoring_with_shared_context_equals_full_prompts(tiny_ws, tiny_rec):
@@ -198,3 +239,4 @@ def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_pat
     np.testing.assert_allclose(rec.score_candidates(context, [rec.fmt.item_ids(i) for i in items]),
                                rec.score_prompts([context + rec.fmt.item_ids(i) for i in items]), atol=1e-4)
     assert json.loads((rec.path / "recommender.json").read_text())["backbone"] == str(backbone)
+    _check_unrated_tails(rec, tiny_ws, n_seqs=2)  # multi-token titles as tail items (and Llama's rotary positions)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..data.samples import TRAIN, Interactions
 from .prompts import PromptFormat
@@ -16,6 +17,13 @@ class Sequence:
     ids: list[int]
     answer_positions: list[int]  # index of the token whose next-token logits answer
     labels: list[int]
+    # Token counts of the unrated items at the end, each answered "No": each sees the ratings
+    # before it and itself, never the other tail items, and sits where a next item would.
+    tail: tuple[int, ...] = ()
+
+    @property
+    def prefix_length(self) -> int:
+        return len(self.ids) - sum(self.tail)
 
 
 class PromptBuilder:
@@ -84,7 +92,8 @@ class PromptBuilder:
             for u, p, i in zip(rows["user_id"].to_numpy(), rows["pos"].to_numpy(), rows["item_id"].to_numpy())
         ]
 
-    def training_sequences(self, retained: pd.DataFrame, per_sequence: int, offset: int) -> list[Sequence]:
+    def training_sequences(self, retained: pd.DataFrame, per_sequence: int, offset: int, negatives: int = 0,
+                           rng: np.random.Generator | None = None) -> list[Sequence]:
         """Cut each retained time line into sequences that answer up to `per_sequence` targets.
 
         Targets are training samples with at least H retained ratings before them. A
@@ -92,9 +101,15 @@ class PromptBuilder:
         exactly the canonical prompt and later ones see up to per_sequence-1 extra pairs.
         `offset` shifts the cut points so that, across epochs, each sample is sometimes
         the first target.
+
+        With `negatives` > 0, each sequence also ends with its last target's rating and that
+        many items the user never rated in `retained` (uniform, from `rng`), labelled 0: the
+        only way the model learns that an unrated item is less likely to be liked than a rated
+        one, which is what ranking against unrated candidates (HR@10) asks of it.
         """
         H, K = self.history, per_sequence
         out: list[Sequence] = []
+        pool = np.array(sorted(self.interactions.item_ids)) if negatives else None
         for user_id, rows in retained.groupby("user_id", sort=True):
             items = rows["item_id"].to_numpy()
             ratings = rows["rating"].to_numpy()
@@ -115,10 +130,55 @@ class PromptBuilder:
                     if j >= a and is_target[j]:
                         answers.append(len(ids) - 1)
                         ys.append(int(labels[j]))
-                    if j < b - 1:  # the last target's rating is never needed as context
+                    if j < b - 1 or negatives:  # without a tail, the last target's rating is never context
                         ids += self.fmt.rating_ids(ratings[j])
-                out.append(Sequence(int(user_id), ids, answers, ys))
+                tail = []
+                if negatives:
+                    for item in _unrated(pool, items, negatives, rng):
+                        item_part = self.fmt.item_ids(item)  # one token (word format) or a title's tokens
+                        ids += item_part
+                        answers.append(len(ids) - 1)
+                        ys.append(0)
+                        tail.append(len(item_part))
+                out.append(Sequence(int(user_id), ids, answers, ys, tuple(tail)))
         return out
+
+
+def _unrated(pool: np.ndarray, rated: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct items of `pool` not in `rated` (rejection sampling: users rate a small share of items)."""
+    picked = rng.choice(pool, size=min(len(pool), 4 * n + len(rated) // 8 + 8), replace=False)
+    picked = picked[~np.isin(picked, rated)]
+    return picked[:n]
+
+
+def tail_attention(seqs: list[Sequence], width: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive 4D attention mask and position ids for right-padded sequences with tails of unrated items.
+
+    Prefix tokens attend causally; a tail item's tokens attend to their sequence's prefix and, causally,
+    to their own item, and are positioned right after the prefix, so each unrated item sees exactly a
+    canonical prompt (tested against scoring that prompt alone). Padding attends to itself only.
+    """
+    n = len(seqs)
+    start = torch.arange(width).repeat(n, 1)  # first token of each token's own block (a prefix token's: 0)
+    base = torch.zeros(n, width, dtype=torch.long)  # position of that block's first token
+    for i, s in enumerate(seqs):
+        a = s.prefix_length
+        for length in s.tail:
+            start[i, a : a + length] = a
+            base[i, a : a + length] = s.prefix_length
+            a += length
+        start[i, : s.prefix_length] = 0
+    q = torch.arange(width)
+    prefix = torch.tensor([s.prefix_length for s in seqs])[:, None]
+    length = torch.tensor([len(s.ids) for s in seqs])[:, None]
+    qq, kk = q[None, :, None], q[None, None, :]
+    own = (kk >= start[:, :, None]) & (kk <= qq)  # causal within the token's own block
+    in_tail = (qq >= prefix[:, :, None]) & (qq < length[:, :, None])
+    allowed = torch.where(qq < prefix[:, :, None], kk <= qq, in_tail & ((kk < prefix[:, None, :]) | own))
+    allowed = allowed | (kk == qq)  # padding rows: attend to themselves, never NaN
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    positions = torch.where(q[None, :] < prefix, q[None, :], base + (q[None, :] - start))
+    return mask[:, None], positions.contiguous()
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, width: int | None = None) -> np.ndarray:

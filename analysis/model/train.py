@@ -27,7 +27,7 @@ from ..progress import ProgressFn, or_silent, within
 from ..workspace import Workspace
 from .prompts import build_word_tokenizer, make_format
 from .recommender import Recommender, answer_scores, final_hidden, load_recommender
-from .sequences import PromptBuilder, Sequence, pad_batch
+from .sequences import PromptBuilder, Sequence, pad_batch, tail_attention
 
 MODELS = "models"
 
@@ -76,7 +76,12 @@ def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id:
     rows = torch.tensor([i for i, s in enumerate(batch) for _ in s.answer_positions])
     cols = torch.tensor([p for s in batch for p in s.answer_positions])
     labels = torch.tensor([y for s in batch for y in s.labels], dtype=torch.float32)
-    hidden = final_hidden(model, ids, [len(s.ids) for s in batch])[rows, cols]
+    if any(s.tail for s in batch):
+        mask, positions = tail_attention(batch, ids.shape[1], model.dtype)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    else:
+        hidden = final_hidden(model, ids, [len(s.ids) for s in batch])
+    hidden = hidden[rows, cols]
     scores = answer_scores(model, hidden, yes_id, no_id)
     return F.binary_cross_entropy_with_logits(scores, labels), int(ids.numel())
 
@@ -94,7 +99,8 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
     retained = retained_training(ws.interactions, forget)
     rng = np.random.default_rng(cfg.seed)
     offsets = rng.integers(cfg.targets_per_sequence, size=cfg.epochs)
-    epochs = [builder.training_sequences(retained, cfg.targets_per_sequence, int(o)) for o in offsets]
+    epochs = [builder.training_sequences(retained, cfg.targets_per_sequence, int(o), cfg.unrated_negatives, rng)
+              for o in offsets]
     if not any(epochs):
         raise TrainingError(f"no training sample has {ws.config.history} retained ratings before it")
     total_steps = sum(math.ceil(len(seqs) / cfg.batch_size) for seqs in epochs)
