@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, TrainConfig
-from .errors import CureError
+from .errors import CureError, SettingsError
 from .progress import StderrBars
 
 
@@ -272,7 +273,46 @@ def _staged(args, ws):
     return StagedProgress(plan, StderrStages(), costs=ws.root / TIMINGS) if plan else None
 
 
+# Numeric options and the range they must be in: checked before any work starts, so a bad value is
+# one line naming the option, never a traceback from deep inside (e.g. `rank --k 0` once was).
+_RANGES: dict[str, tuple[str, object]] = {
+    "history": ("at least 1", lambda v: v >= 1), "k": ("at least 1", lambda v: v >= 1),
+    "epochs": ("at least 1", lambda v: v >= 1), "steps": ("at least 1", lambda v: v >= 1),
+    "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
+    "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
+    "top_n": ("at least 1", lambda v: v >= 1), "lr": ("a positive number", lambda v: 0 < v < math.inf),
+    "unlearn_epochs": ("a positive number", lambda v: 0 < v < math.inf),
+    "saliency": ("in (0, 1]", lambda v: 0 < v <= 1), "target": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "retain_weight": ("a number >= 0", lambda v: 0 <= v < math.inf), "tau": ("a number >= 0", lambda v: 0 <= v < math.inf),
+    "floor": ("a number >= 0", lambda v: 0 <= v < math.inf),
+    "forget_threshold": ("a number >= 0", lambda v: 0 <= v < math.inf),
+    "retain_threshold": ("a number >= 0", lambda v: 0 <= v < math.inf),
+}
+_SEEDS = ("seed", "forget_seed", "prompt_seed", "unlearn_seed", "user")
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Raise SettingsError (one line naming the option) for an out-of-range value or a bad --forget."""
+    from .data.forget import parse_forget_spec
+
+    for name, (rule, ok) in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise SettingsError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+    for name in _SEEDS:  # numpy seeds and ids are non-negative and fit in 63 bits
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value < 2**63:
+            raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 2**63-1, got {value}")
+    for value in getattr(args, "seeds", None) or ():
+        if not 0 <= value < 2**63:
+            raise SettingsError(f"--seeds must be between 0 and 2**63-1, got {value}")
+    if getattr(args, "forget", None):
+        parse_forget_spec(args.forget)
+    return args
+
+
 def run(args: argparse.Namespace) -> dict:
+    check_args(args)
     ws = _workspace(args, StderrBars())
     staged = _staged(args, ws)
     result = _run(args, ws, staged or StderrBars())
@@ -326,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     except CureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the build in progress removed its temp folder; the queue moves on
+        print("cancelled: nothing partial was stored", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, default=str))
     else:
