@@ -151,6 +151,30 @@ def sweep_stale_tmp(folder: Path) -> list[Path]:
     return removed
 
 
+def _intact(final: Path) -> bool:
+    if not final.exists():
+        return False
+    try:
+        verify(final)
+    except CacheError:
+        return False  # quarantined and rebuilt under the lock
+    return True
+
+
+def _wait_for_identical(root: Path, kind: str, key: str, on_wait: Callable[[str], None] | None) -> None:
+    """If another job is building this very artefact, wait for it (holding no queue slot) and say so."""
+    lock_dir = root / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(f"waiting for another run that is building this {kind.rstrip('s')} ({key[:8]})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build_or_load(
     root: Path,
     kind: str,
@@ -158,15 +182,29 @@ def build_or_load(
     build: Callable[[Path], None],
     on_event: Callable[[str], None] | None = None,
     on_wait: Callable[[str], None] | None = None,
+    queued: bool = True,
 ) -> Path:
     """Return `<root>/<kind>/<key>`, building it with `build(tmp_dir)` if absent or corrupt.
 
     `build` writes into a fresh temporary directory; only after it returns (and the
     manifest is written) is the directory renamed into place. An exception inside
     `build` leaves the cache exactly as it was.
+
+    A build runs in a slot of the cache's job queue (`jobs.JobQueue`; `queued=False` for work
+    that is not compute, like a download). Identical jobs are merged: a second requester waits
+    for the first one's result without taking a slot. The artefact lock is only ever taken while
+    holding a slot, so whoever holds it is running, and waiting on it cannot deadlock the queue.
     """
+    from .jobs import JobQueue
+
     final = artefact_dir(root, kind, key)
-    with key_lock(root, kind, key, on_wait):
+    if _intact(final):
+        return final
+    _wait_for_identical(root, kind, key, on_wait)
+    if _intact(final):
+        return final
+    slot = JobQueue(root).slot(f"{kind.rstrip('s')} {key[:8]}", on_wait) if queued else contextlib.nullcontext()
+    with slot, key_lock(root, kind, key, on_wait):
         if final.exists():
             try:
                 verify(final)

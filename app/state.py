@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
@@ -65,14 +66,44 @@ def progress_bar(label: str):
     return bar, progress
 
 
-def staged_progress(plan: str, label: str, root=None):
+@dataclass(frozen=True)
+class AppLimits:
+    """What one browser session may ask of a machine shared by a class (the CLI keeps no limits).
+
+    They keep one session from holding the job queue for long: at the limits a CURE run takes a few
+    minutes on 2 cores, a circuit discovery about as long, and a quick study ~15 min. Each session runs
+    one job at a time (a Streamlit session runs one script), so its queue length is 1.
+    """
+
+    steps: int = 2000
+    epochs: float = 5.0
+    prompts: int = 512
+    stability_seeds: int = 3
+    study: str = "quick"
+    queue_per_session: int = 1
+
+    def note(self, what: str) -> str:
+        return f"Limit here: {what} (a shared server's bound; the CLI has none)."
+
+
+LIMITS = AppLimits()
+
+
+def staged_progress(plan: str, label: str, root=None, cancel_key: str | None = None):
     """The one progress model on a page: one bar over the whole job that never goes back, its text
-    "stage k of n: <name> (<detail>) <stage %> · from cache: ... · about <t> left" (or the waiting state).
+    "stage k of n: <name> (<detail>) <stage %> · from cache: ... · about <t> left" (or the waiting state),
+    and, with `cancel_key`, a Cancel button beside it (see `cancelled`).
 
     Returns the placeholder to clear when done and the StagedProgress (a ProgressFn; call `finish()`).
     """
     box = st.empty()
-    overall = box.progress(0.0, text=label)
+    inner = box.container()
+    overall = inner.progress(0.0, text=label)
+    if cancel_key:
+        # Clicking makes Streamlit rerun the page, which stops this run at its next progress redraw (a
+        # Streamlit call raises there): the build's temp folder is removed, nothing partial is stored,
+        # the queue slot goes to the next job. The callback leaves a note for the rerun to show.
+        inner.button("Cancel", key=cancel_key, on_click=lambda: st.session_state.update({f"{cancel_key}:cancelled": True}))
     last = {"at": 0.0, "stage": 0}
 
     def show(view: ProgressView) -> None:
@@ -86,6 +117,15 @@ def staged_progress(plan: str, label: str, root=None):
 
     costs = Path(root) / TIMINGS if root is not None else None
     return box, StagedProgress(plan, show, costs=costs)
+
+
+def cancelled(cancel_key: str) -> bool:
+    """True once after the job with this Cancel button was cancelled (and says so on the page)."""
+    if not st.session_state.pop(f"{cancel_key}:cancelled", False):
+        return False
+    st.warning("Cancelled: the job stopped at its next step. Nothing partial was stored, and its place in the "
+               "job queue went to the next job.")
+    return True
 
 
 @st.cache_resource(show_spinner=False)

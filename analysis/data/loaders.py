@@ -166,12 +166,14 @@ def _columns(df: pd.DataFrame, path: Path, required: list[str], optional: tuple[
 def _numbers(s: pd.Series, col: str, path: Path, first_line: int | None, integer: bool,
              missing_ok: bool = False) -> pd.Series:
     """Parse a column as numbers; `first_line` maps row 0 to a file line (None: parquet rows)."""
-    raw = s if pd.api.types.is_numeric_dtype(s) else s.astype(object).where(s.notna(), "").str.strip()
+    # astype(str): a column pandas read as Python objects may hold ints too big for int64 (fuzzing found it)
+    raw = s if pd.api.types.is_numeric_dtype(s) else s.astype(object).where(s.notna(), "").astype(str).str.strip()
     vals = pd.to_numeric(raw, errors="coerce")
-    as_float = vals.to_numpy(dtype="float64", na_value=np.nan)
+    as_float = pd.Series(vals, dtype="float64").to_numpy(na_value=np.nan) if vals.dtype == object else \
+        vals.to_numpy(dtype="float64", na_value=np.nan)
     ok = np.isfinite(as_float)
-    if integer:
-        ok &= np.where(ok, as_float == np.round(as_float), False)
+    if integer:  # ids and timestamps must be exact in float64 and fit int64
+        ok &= np.where(ok, (as_float == np.round(as_float)) & (np.abs(as_float) < 2.0**53), False)
     if missing_ok or not ok.all():
         empty = pd.isna(raw).to_numpy() | raw.astype(str).str.lower().isin(["", "nan"]).to_numpy()
         ok |= empty & missing_ok
@@ -179,7 +181,8 @@ def _numbers(s: pd.Series, col: str, path: Path, first_line: int | None, integer
         i = int(np.flatnonzero(~ok)[0])
         where = f"line {i + first_line}" if first_line else f"row {i + 1}"
         kind = "an integer" if integer else "a number"
-        problem = "is missing (NaN: an empty cell or a short line)" if empty[i] else f"{raw.iloc[i]!r} is not {kind}"
+        problem = "is missing (NaN: an empty cell or a short line)" if empty[i] else \
+            f"{raw.iloc[i]!r} is not {kind}" + (" within +-2**53" if integer else "")
         _fail(path, f"{where}: {col} {problem} ({int((~ok).sum())} bad value(s) in column {col})")
     return vals.astype(("Int64" if missing_ok else "int64") if integer else "float64")
 
@@ -258,7 +261,7 @@ def fetch_default(root: Path, progress: ProgressFn | None = None) -> Path:
         load_widedeep_parquet(out)  # never let an unreadable artefact into the cache
         report(DOWNLOAD_STAGE, 3, 3)
 
-    return build_or_load(Path(root), "data", "ml-100k-widedeep-1.7.0", build)
+    return build_or_load(Path(root), "data", "ml-100k-widedeep-1.7.0", build, queued=False)
 
 
 def load_widedeep_parquet(folder: Path, source: str | None = None) -> RatingsData:

@@ -23,8 +23,11 @@ def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
     rules = ["specificity", "threshold"]
     with st.sidebar.expander("Circuit settings", expanded=False):
         method = st.selectbox("Attribution", methods, index=methods.index(settings.method.value), key="circ_method")
-        n_prompts = st.number_input("Prompts per side", 4, 2048, settings.n_prompts, key="circ_prompts")
-        seeds = st.number_input("Stability seeds", 1, 5, settings.stability_seeds, key="circ_seeds")
+        n_prompts = st.number_input("Prompts per side", 4, state.LIMITS.prompts, min(settings.n_prompts, state.LIMITS.prompts),
+                                    key="circ_prompts", help=state.LIMITS.note(f"{state.LIMITS.prompts} prompts"))
+        seeds = st.number_input("Stability seeds", 1, state.LIMITS.stability_seeds,
+                                min(settings.stability_seeds, state.LIMITS.stability_seeds), key="circ_seeds",
+                                help=state.LIMITS.note(f"{state.LIMITS.stability_seeds} seeds"))
         grains = ["modules", "neurons"]
         granularity = st.radio("Granularity", grains, index=grains.index(settings.granularity), horizontal=True,
                                key="circ_grain", help="neurons: every MLP hidden unit becomes a node (EAP / EAP-IG)")
@@ -65,7 +68,14 @@ with state.readable_errors():
     request, _ = state.request_input("circ_request")
     settings, thresholds = circuit_settings()
     forget = ws.forget_set(request)
-    box, progress = state.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root)
+    if state.cancelled("circ_cancel") or st.session_state.get("circ_paused"):
+        # a cancelled discovery does not restart by itself on the rerun the Cancel click caused
+        st.session_state["circ_paused"] = True
+        if not st.button("Find circuits", key="circ_resume"):
+            st.stop()
+        st.session_state.pop("circ_paused")
+    box, progress = state.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root,
+                                          cancel_key="circ_cancel")
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress)
     progress.finish()
     box.empty()

@@ -16,10 +16,13 @@ with state.readable_errors():
     rec = state.original()
     st.caption("The quick study is the same as `cure study --quick` (same cells, same circuit settings, same "
                "report), so one started here is resumed there and the other way round.")
-    if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run"):
-        box, progress = state.staged_progress("study", "Quick study", ws.root)
+    state.cancelled("ev_cancel")
+    if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run",
+                 help=state.LIMITS.note("the quick study; `cure study` runs the full one")):
+        box, progress = state.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
         path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress)
         progress.finish()
+        box.empty()
         st.session_state["evidence_pick"] = str(path)
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)

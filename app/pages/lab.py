@@ -41,18 +41,21 @@ with state.readable_errors():
     c1, c2, c3, c4 = st.columns(4)
     methods = [m.value for m in Method]
     method = c1.selectbox("Method", methods, index=methods.index("cure"), key="lab_method")
-    epochs = c2.number_input("Epochs over the forget set", 0.1, 10.0, float(UnlearnConfig.epochs), 0.5, key="lab_epochs")
+    epochs = c2.number_input("Epochs over the forget set", 0.1, state.LIMITS.epochs, float(UnlearnConfig.epochs), 0.5,
+                             key="lab_epochs", help=state.LIMITS.note(f"{state.LIMITS.epochs:g} epochs"))
     lr = c3.number_input("Learning rate", 1e-6, 1.0, UnlearnConfig.lr, format="%.5f", key="lab_lr")
     retain_specific = c4.selectbox("Retain-specific nodes", ["freeze", "retain"], key="lab_rs")
     d1, d2, d3 = st.columns(3)
     optimizer = d1.selectbox("Optimiser", ["adam", "sgd"], key="lab_opt")
     stop = d2.selectbox("Stop", ["budget", "auto"], key="lab_stop",
                         help="auto: when the forget samples' loss reaches the original's loss on held-out samples")
-    steps = d3.number_input("Max steps (0: the epochs decide)", 0, 5000, 0, key="lab_steps")
+    steps = d3.number_input("Max steps (0: the epochs decide)", 0, state.LIMITS.steps, 0, key="lab_steps",
+                            help=state.LIMITS.note(f"{state.LIMITS.steps} steps"))
     modules = tuple(state.selected_modules())
     if method == "selective":
         st.info(f"Selective unlearning updates only: {', '.join(modules) or 'nothing yet, pick modules on the '}"
                 + ("" if modules else "Circuits page"))
+    state.cancelled("lab_cancel")
     if st.button("Run", type="primary", key="lab_run", disabled=not valid):
         cfg = UnlearnConfig(method=method, epochs=float(epochs), steps=int(steps) or None, lr=float(lr),
                             optimizer=optimizer, stop=stop, retain_specific=retain_specific,
@@ -70,11 +73,13 @@ with state.readable_errors():
                 drawn[0] = time.monotonic()
                 live.line_chart(pd.DataFrame(rows).set_index("step")[["forget_bce", "retain_bce"]])
 
-        box, progress = state.staged_progress(unlearn_plan(method), f"{method} on {request}", ws.root)
+        box, progress = state.staged_progress(unlearn_plan(method), f"{method} on {request}", ws.root,
+                                              cancel_key="lab_cancel")
         forget = ws.forget_set(request)
         n_forget = len(forget.forget_samples)
         run = unlearn(ws, rec, forget, cfg, progress, on_step)
         progress.finish()
+        box.empty()  # the bar and its Cancel button: the finish message below says it all
         st.session_state["compare_run"] = run["run_dir"]
         waited = (f" Waited {progress.waited_seconds:.0f} s for another session's identical job (the shared cache "
                   f"builds each result once)." if progress.waited_seconds > 0 else "")
