@@ -1,0 +1,207 @@
+"""Fault injection: kill -9 trainings, circuit discoveries and unlearning runs at random points.
+
+After every kill the cache is audited: every stored entry must verify against its manifest
+(no partial or corrupted entry), and the rerun of the killed command must finish and leave no
+temporary folder of a dead process behind. The original model's bytes are checksummed before and
+after. Then a checkpoint, a circuit file and a run file are each corrupted: the next call must
+quarantine the bad entry and rebuild it. Prints a table and writes JSON to
+benchmarks/results/faults.json. `tests/test_faults.py` runs the same harness with one kill per job.
+
+    .venv/bin/python benchmarks/bench_faults.py [--kills-per-job 10]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("models", "circuits", "groups", "runs", "scores")
+TINY = ["--n-prompts", "8", "--stability-seeds", "1", "--ig-steps", "2"]
+
+
+def job_argv(job: str, variant: int) -> list[str]:
+    """A command whose key differs per variant, so each kill interrupts a real build, not a cache hit."""
+    if job == "train":  # a retrain: the original is never the one being killed
+        return ["train", "--forget", "users:0.2", "--forget-seed", str(variant)]
+    if job == "circuits":
+        return ["circuits", "--forget", "users:0.2", "--prompt-seed", str(variant), *TINY]
+    if job == "unlearn":
+        return ["unlearn", "--forget", "users:0.2", "--method", "cure", "--unlearn-seed", str(variant),
+                "--steps", "4", "--batch-size", "8", *TINY]
+    raise ValueError(job)
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Kill:
+    job: str
+    variant: int
+    delay: float
+    killed: bool  # False when the command finished before the kill
+    partial_entries: int
+    rerun_ok: bool
+    dead_tmp_after_rerun: int
+
+
+@dataclass
+class Harness:
+    data: Path
+    cache: Path
+    common: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.common = ["--data", str(self.data), "--history", "5", "--cache", str(self.cache), "--epochs", "1",
+                       "--json"]
+
+    def command(self, argv: list[str]) -> list[str]:
+        return [sys.executable, "-m", "analysis.cli", *argv, *self.common]
+
+    def run(self, argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        return subprocess.run(self.command(argv), capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+    def original(self) -> Path:
+        out = self.run(["train"])
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return Path(json.loads(out.stdout)["model_dir"])
+
+    def audit(self) -> tuple[int, int]:
+        """(stored entries that fail verification, temp folders of dead processes)."""
+        from analysis.cache import CacheError, verify, _pid_alive
+
+        partial = dead = 0
+        for kind in KINDS:
+            for entry in (self.cache / kind).glob("*"):
+                if entry.name.startswith(".tmp-"):
+                    parts = entry.name.rsplit("-", 2)
+                    dead += len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1]))
+                    continue
+                try:
+                    verify(entry)
+                except CacheError:
+                    partial += 1
+        return partial, dead
+
+    def kill(self, job: str, variant: int, delay: float) -> Kill:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(self.command(job_argv(job, variant)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        try:
+            proc.wait(delay)
+            killed = False
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            proc.wait()
+            killed = True
+        partial, _ = self.audit()
+        rerun = self.run(job_argv(job, variant))
+        dead_after = self.dead_tmp(job)
+        return Kill(job, variant, round(delay, 2), killed, partial, rerun.returncode == 0, dead_after)
+
+    def dead_tmp(self, job: str) -> int:
+        """Temp folders of dead processes in the job's kind: its rerun built there, so it must have swept them."""
+        from analysis.cache import _pid_alive
+
+        kind = {"train": "models", "circuits": "circuits", "unlearn": "runs"}[job]
+        dead = 0
+        for entry in (self.cache / kind).glob(".tmp-*"):
+            parts = entry.name.rsplit("-", 2)
+            dead += len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1]))
+        return dead
+
+    def corrupt_and_rebuild(self, job: str, variant: int) -> dict:
+        """Flip a byte in the job's stored artefact; the next call must quarantine it and rebuild."""
+        name = {"train": "model.safetensors", "circuits": "circuit.json", "unlearn": "run.json"}[job]
+        first = self.run(job_argv(job, variant))
+        if first.returncode:
+            raise RuntimeError(first.stderr[-2000:])
+        where = json.loads(first.stdout)[{"train": "model_dir", "circuits": "path", "unlearn": "run_dir"}[job]]
+        target = Path(where) / name
+        blob = bytearray(target.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        target.write_bytes(bytes(blob))
+        quarantined = len(list((self.cache / "quarantine").glob("*"))) if (self.cache / "quarantine").is_dir() else 0
+        again = self.run(job_argv(job, variant))
+        after = len(list((self.cache / "quarantine").glob("*")))
+        from analysis.cache import verify
+
+        verify(target.parent)
+        return {"job": job, "file": name, "rerun_ok": again.returncode == 0, "quarantined": after - quarantined}
+
+
+def run_faults(data: Path, cache: Path, kills_per_job: int, seed: int = 0, log=print) -> dict:
+    h = Harness(data, cache)
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    original = h.original()
+    before = tree_digest(original)
+    typical = {}
+    for job in ("train", "circuits", "unlearn"):  # one clean run each: the span kills are drawn from
+        t = time.perf_counter()
+        out = h.run(job_argv(job, 0))
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        typical[job] = time.perf_counter() - t
+    kills = []
+    for k in range(kills_per_job):
+        for job in ("train", "circuits", "unlearn"):
+            kill = h.kill(job, 1 + k, rng.uniform(0.5, typical[job]))
+            log(f"{job:<9} variant {kill.variant:>3} kill at {kill.delay:5.1f} s  killed={kill.killed}  "
+                f"partial={kill.partial_entries}  rerun_ok={kill.rerun_ok}  dead_tmp_after={kill.dead_tmp_after_rerun}")
+            kills.append(kill)
+    corruptions = [h.corrupt_and_rebuild(job, 0) for job in ("train", "circuits", "unlearn")]
+    return {"kills": [asdict(k) for k in kills], "corruptions": corruptions, "typical_seconds": typical,
+            "original_unchanged": tree_digest(original) == before, "seconds": time.perf_counter() - t0,
+            "n_killed": sum(k.killed for k in kills), "partial_entries": sum(k.partial_entries for k in kills),
+            "failed_reruns": sum(not k.rerun_ok for k in kills),
+            "dead_tmp_left": sum(k.dead_tmp_after_rerun for k in kills)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kills-per-job", type=int, default=10)
+    parser.add_argument("--users", type=int, default=40)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from analysis.cache import cache_root
+    from analysis.data.loaders import load_dataset
+    from tests.conftest import subset
+    from tests.test_cli_app import write_ml100k_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_ml100k_folder(subset(load_dataset(None, root=cache_root()), args.users), Path(tmp) / "data")
+        result = run_faults(data, Path(tmp) / "cache", args.kills_per_job)
+    print(f"{'job':<9} {'kills':>6} {'killed':>7} {'partial':>8} {'reruns ok':>10} {'dead tmp left':>14}")
+    for job in ("train", "circuits", "unlearn"):
+        rows = [k for k in result["kills"] if k["job"] == job]
+        print(f"{job:<9} {len(rows):>6} {sum(k['killed'] for k in rows):>7} "
+              f"{sum(k['partial_entries'] for k in rows):>8} {sum(k['rerun_ok'] for k in rows):>10} "
+              f"{sum(k['dead_tmp_after_rerun'] for k in rows):>14}")
+    for c in result["corruptions"]:
+        print(f"corrupted {c['file']:<18} quarantined {c['quarantined']}  rebuilt ok {c['rerun_ok']}")
+    print(f"original model bytes unchanged: {result['original_unchanged']}; {result['seconds']:.0f} s")
+    out = Path(__file__).parent / "results" / "faults.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "kills"}))
+
+
+if __name__ == "__main__":
+    main()
