@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 JOBS = "jobs"
 POLL_SECONDS = 0.25
+LOG = "log.jsonl"  # one line per job start and end: what ran, for how long, how it ended
 
 
 def default_slots(cores: int | None = None) -> int:
@@ -157,11 +158,36 @@ class JobQueue:
         threads = torch.get_num_threads()
         torch.set_num_threads(threads_per_job(self.slots))
         _held.depth = 1
+        started, ended = time.time(), "failed"
+        self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started})
         try:
             yield
+            ended = "done"
+        except BaseException as exc:
+            ended = "cancelled" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in (
+                "StopException", "RerunException") else "failed"
+            raise
         finally:
             _held.depth = 0
             torch.set_num_threads(threads)
+            self._log({"event": ended, "label": label, "pid": os.getpid(), "seconds": time.time() - started})
             marker.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def _log(self, entry: dict) -> None:
+        """Append one line (O_APPEND: lines of concurrent jobs never interleave)."""
+        with open(self.dir / LOG, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def history(self) -> list[dict]:
+        path = self.dir / LOG
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill
+        return out

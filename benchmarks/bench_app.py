@@ -54,11 +54,8 @@ def browser_available() -> bool:
 
 
 @contextlib.contextmanager
-def served_page(cache: Path, env: dict | None = None, viewport: dict | None = None):
-    """`streamlit run` on `cache` (plus `env`) and a headless Chromium page opened on it; callers time what
-    they measure (the first page's clock starts before the server does)."""
-    from playwright.sync_api import sync_playwright
-
+def served_app(cache: Path, env: dict | None = None):
+    """`streamlit run` on `cache` (plus `env`); yields its URL once the server answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -73,18 +70,29 @@ def served_page(cache: Path, env: dict | None = None, viewport: dict | None = No
                 break
             except OSError:
                 time.sleep(0.1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-quic"])
-            page = browser.new_page(**({"viewport": viewport} if viewport else {}))
-            page.goto(f"http://127.0.0.1:{port}/")
-            try:
-                yield page
-            finally:
-                browser.close()
+        yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
+
+
+@contextlib.contextmanager
+def served_page(cache: Path, env: dict | None = None, viewport: dict | None = None):
+    """`served_app` and a headless Chromium page opened on it; callers time what they measure (the first
+    page's clock starts before the server does)."""
+    from playwright.sync_api import sync_playwright
+
+    with served_app(cache, env) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(**({"viewport": viewport} if viewport else {}))
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 def first_page_seconds(cache: Path) -> float | None:

@@ -93,6 +93,27 @@ def _sample_progress_until(page, done, seconds: float = WAIT / 1000) -> list[lis
     raise AssertionError("the run did not finish")
 
 
+def _cancel_a_run(page) -> None:
+    """A long run cancelled from its Cancel button: the page says so and no run is stored."""
+    import re
+
+    from playwright.sync_api import expect
+
+    heading = page.get_by_role("heading", name=re.compile(r"^Runs for "))
+    before = heading.inner_text()
+    steps = page.get_by_label("Max steps (0: the epochs decide)", exact=True)
+    steps.fill("2000")
+    steps.press("Enter")
+    expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=WAIT)
+    page.get_by_role("button", name="Run").click()
+    expect(page.get_by_text("stage 3 of 4: unlearning").first).to_be_visible(timeout=WAIT)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_text("Cancelled: the job stopped at its next step")).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text("cure finished")).to_have_count(0)
+    assert heading.inner_text() == before  # nothing partial was stored
+    page.screenshot(path=str(SHOTS / "lab-cancelled.png"), full_page=True)
+
+
 CLICK_POINT = """() => {
   // the circuit graph (legend "module group"): pixel position of its first head or MLP node
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
@@ -187,7 +208,7 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
             page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
         page.get_by_role("link", name="Unlearning lab", exact=True).click()
         expect(page.get_by_role("heading", name="Unlearning lab").first).to_be_visible(timeout=WAIT)
-        steps = page.get_by_label("Steps")
+        steps = page.get_by_label("Max steps (0: the epochs decide)", exact=True)
         steps.fill("2")
         steps.press("Enter")
         idle = page.locator("[data-testid='stStatusWidget']")
@@ -200,6 +221,7 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
         for i in range(max(len(row) for row in samples)):
             seen = [row[i] for row in samples if len(row) > i]
             assert all(b >= a for a, b in zip(seen, seen[1:])), seen
+        _cancel_a_run(page)
         page.get_by_role("link", name="Compare", exact=True).click()
         expect(page.get_by_role("heading", name="A forgotten user")).to_be_visible(timeout=WAIT)
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT)

@@ -126,4 +126,5 @@ def test_identical_builds_are_merged_and_run_once(tmp_path):
     for t in threads:
         t.join(30)
     assert len(calls) == 1
+    assert [e["event"] for e in JobQueue(tmp_path).history()] == ["start", "done"]  # one job ran, and finished
     assert waits and all(w.startswith("waiting for another run that is building this run") for w in waits), waits
