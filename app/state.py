@@ -89,21 +89,38 @@ class AppLimits:
 LIMITS = AppLimits()
 
 
+@dataclass(frozen=True)
+class ProgressBox:
+    """The placeholders of a job's bar and of its Cancel button."""
+
+    bar: object
+    cancel: object
+
+    def done(self) -> None:
+        """The job finished: its bar stays (at 100%), its Cancel button goes."""
+        self.cancel.empty()
+
+    def empty(self) -> None:
+        self.bar.empty()
+        self.cancel.empty()
+
+
 def staged_progress(plan: str, label: str, root=None, cancel_key: str | None = None):
     """The one progress model on a page: one bar over the whole job that never goes back, its text
     "stage k of n: <name> (<detail>) <stage %> · from cache: ... · about <t> left" (or the waiting state),
     and, with `cancel_key`, a Cancel button beside it (see `cancelled`).
 
-    Returns the placeholder to clear when done and the StagedProgress (a ProgressFn; call `finish()`).
+    Returns the ProgressBox (clear it, or `done()` to keep the bar) and the StagedProgress (a ProgressFn;
+    call `finish()`).
     """
-    box = st.empty()
-    inner = box.container()
-    overall = inner.progress(0.0, text=label)
+    box = ProgressBox(st.empty(), st.empty())
+    overall = box.bar.progress(0.0, text=label)
     if cancel_key:
         # Clicking makes Streamlit rerun the page, which stops this run at its next progress redraw (a
         # Streamlit call raises there): the build's temp folder is removed, nothing partial is stored,
         # the queue slot goes to the next job. The callback leaves a note for the rerun to show.
-        inner.button("Cancel", key=cancel_key, on_click=lambda: st.session_state.update({f"{cancel_key}:cancelled": True}))
+        box.cancel.button("Cancel", key=cancel_key,
+                          on_click=lambda: st.session_state.update({f"{cancel_key}:cancelled": True}))
     last = {"at": 0.0, "stage": 0}
 
     def show(view: ProgressView) -> None:

@@ -22,7 +22,7 @@ with state.readable_errors():
         box, progress = state.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
         path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress)
         progress.finish()
-        box.empty()
+        box.done()
         st.session_state["evidence_pick"] = str(path)
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)

@@ -79,7 +79,7 @@ with state.readable_errors():
         n_forget = len(forget.forget_samples)
         run = unlearn(ws, rec, forget, cfg, progress, on_step)
         progress.finish()
-        box.empty()  # the bar and its Cancel button: the finish message below says it all
+        box.done()
         st.session_state["compare_run"] = run["run_dir"]
         waited = (f" Waited {progress.waited_seconds:.0f} s for another session's identical job (the shared cache "
                   f"builds each result once)." if progress.waited_seconds > 0 else "")
