@@ -58,6 +58,12 @@ class QueueState:
 _held = threading.local()
 
 
+def _ending(exc: BaseException) -> str:
+    """Ctrl-C, or Streamlit stopping a script for a Cancel click or a page switch, is a cancellation."""
+    return "cancelled" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in (
+        "StopException", "RerunException") else "failed"
+
+
 def holds_slot() -> bool:
     return getattr(_held, "depth", 0) > 0
 
@@ -129,12 +135,20 @@ class JobQueue:
 
         `on_wait` is called again whenever the position changes and at least every few seconds, so
         a caller can cancel by raising from it (nothing is left behind: the ticket is removed)."""
-        if holds_slot():
+        if holds_slot():  # a build inside a running job (its retrain, its groups): logged, not queued
             _held.depth += 1
+            started, ended = time.time(), "failed"
+            self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started, "nested": True})
             try:
                 yield
+                ended = "done"
+            except BaseException as exc:
+                ended = _ending(exc)
+                raise
             finally:
                 _held.depth -= 1
+                self._log({"event": ended, "label": label, "pid": os.getpid(), "seconds": time.time() - started,
+                           "nested": True})
             return
         ticket = self.dir / "queue" / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         ticket.write_text(json.dumps({"label": label, "pid": os.getpid(), "since": time.time()}))
@@ -164,8 +178,7 @@ class JobQueue:
             yield
             ended = "done"
         except BaseException as exc:
-            ended = "cancelled" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in (
-                "StopException", "RerunException") else "failed"
+            ended = _ending(exc)
             raise
         finally:
             _held.depth = 0

@@ -57,7 +57,7 @@ async def session(browser, url: str, request: str, log: dict) -> None:
         await visit("Trace", page.get_by_text("P(like)").first)
         await visit("Circuits", page.get_by_text("module group").first)
         await visit("Unlearning lab", page.get_by_role("button", name="Run"))
-        box = page.get_by_label("Deletion request").first
+        box = page.get_by_role("textbox", name="Deletion request")
         if await box.input_value() != request:
             await box.fill(request)
             await box.press("Enter")
@@ -117,7 +117,8 @@ async def scenario(url: str, requests: list[str], sequential: bool, with_observe
 
 def fresh_cache(base: Path, original: Path, dest: Path) -> Path:
     """Data and the original model only: every other artefact must be computed during the scenario."""
-    shutil.copytree(base / "data", dest / "data")
+    if (base / "data").is_dir():  # the built-in dataset's parquet (a --users subset is read from its folder)
+        shutil.copytree(base / "data", dest / "data")
     shutil.copytree(original, dest / "models" / original.name)
     return dest
 
@@ -174,8 +175,8 @@ def main() -> None:
             with served_app(cache, env) as url:
                 result = asyncio.run(scenario(url, requests, sequential, watch))
             rows.append(summarise(name, len(requests), result, cache))
-            print(f"{name}: {rows[-1]['wall_seconds']:.0f} s, errors {rows[-1]['errors']}, jobs {rows[-1]['jobs_run']}",
-                  file=sys.stderr)
+            print(f"{name}: {rows[-1]['wall_seconds']:.0f} s, errors {rows[-1]['errors']}, jobs {rows[-1]['jobs_run']}"
+                  f" {rows[-1]['messages']}", file=sys.stderr)
     by = {r["scenario"]: r for r in rows}
     one = by.get("same-1", {}).get("wall_seconds")
     checks = {}

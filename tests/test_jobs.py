@@ -51,6 +51,9 @@ def test_slots_are_reentrant_within_a_job(tmp_path):
             pass
     with queue.slot("again"):  # released properly
         pass
+    events = [(e["label"].split()[0], e["event"], e.get("nested", False)) for e in queue.history()]
+    assert events == [("outer", "start", False), ("inner", "start", True), ("inner", "done", True),
+                      ("outer", "done", False), ("again", "start", False), ("again", "done", False)]
 
 
 def test_two_slots_let_two_jobs_run_and_each_gets_half_the_cores(tmp_path):
