@@ -55,7 +55,22 @@ class QueueState:
         return f"waiting in the job queue: position {self.position} of {self.waiting}{now}"
 
 
-_held = threading.local()
+class _Held:
+    """How deep the current thread is inside a slot. Kept on the thread object itself, not in a module
+    global: a server that reloads this module (Streamlit does when a source file changes) would otherwise
+    give a job's nested builds a fresh count of 0, and they would queue behind their own job forever
+    (seen: a load benchmark deadlocked this way while a file was edited)."""
+
+    @property
+    def depth(self) -> int:
+        return getattr(threading.current_thread(), "_cure_slot_depth", 0)
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        threading.current_thread()._cure_slot_depth = value
+
+
+_held = _Held()
 
 
 def _ending(exc: BaseException) -> str:
@@ -65,7 +80,7 @@ def _ending(exc: BaseException) -> str:
 
 
 def holds_slot() -> bool:
-    return getattr(_held, "depth", 0) > 0
+    return _held.depth > 0
 
 
 def _alive(pid: int) -> bool:

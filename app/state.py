@@ -91,7 +91,11 @@ LIMITS = AppLimits()
 
 @dataclass(frozen=True)
 class ProgressBox:
-    """The placeholders of a job's bar and of its Cancel button."""
+    """The placeholders of a job's bar and of its Cancel button.
+
+    A job whose browser tab closes stops at its next redraw: since Streamlit 1.18 a disconnect
+    requests a stop, raised at the next Streamlit call, and the job ends there like a cancelled one
+    (the browser test checks the job log says so)."""
 
     bar: object
     cancel: object

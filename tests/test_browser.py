@@ -114,6 +114,42 @@ def _cancel_a_run(page) -> None:
     page.screenshot(path=str(SHOTS / "lab-cancelled.png"), full_page=True)
 
 
+def _job_events(cache: Path) -> list[dict]:
+    from analysis.jobs import JobQueue
+
+    return [e for e in JobQueue(cache).history() if e["label"].startswith("run ") and not e.get("nested")]
+
+
+def _lab_tab(browser, server: str, steps: str):
+    """A new tab (a new session) on the lab, its step count set, ready to Run."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(server)
+    page.get_by_role("link", name="Unlearning lab", exact=True).click()
+    box = page.get_by_label("Max steps (0: the epochs decide)", exact=True)
+    box.fill(steps)
+    box.press("Enter")
+    expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=WAIT)
+    return page
+
+
+def _closing_a_tab_stops_its_job(browser, server: str, cache: Path) -> None:
+    """A tab closed mid-run: its job stops at the next step and the job log says cancelled."""
+    from playwright.sync_api import expect
+
+    before = len(_job_events(cache))
+    alone = _lab_tab(browser, server, "1999")
+    alone.get_by_role("button", name="Run").click()
+    expect(alone.get_by_text("stage 3 of 4: unlearning").first).to_be_visible(timeout=WAIT)
+    alone.close()
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["event"] == "cancelled" for e in _job_events(cache)[before:]):
+        time.sleep(0.5)
+    assert [e["event"] for e in _job_events(cache)[before:]] == ["start", "cancelled"], _job_events(cache)[before:]
+
+
 CLICK_POINT = """() => {
   // the circuit graph (legend "module group"): pixel position of its first head or MLP node
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
@@ -228,5 +264,6 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SHOTS / "compare-after-run.png"), full_page=True)
         _walk_the_tour(page)
+        _closing_a_tab_stops_its_job(browser, server, Path(app_env["CURE_CACHE"]))
         browser.close()
     assert len(list(SHOTS.glob("*.png"))) >= 9

@@ -131,3 +131,21 @@ def test_identical_builds_are_merged_and_run_once(tmp_path):
     assert len(calls) == 1
     assert [e["event"] for e in JobQueue(tmp_path).history()] == ["start", "done"]  # one job ran, and finished
     assert waits and all(w.startswith("waiting for another run that is building this run") for w in waits), waits
+
+
+def test_reentrancy_survives_a_module_reload(tmp_path):
+    """Streamlit reloads changed modules in a running server; a job's nested build must still see its slot."""
+    import importlib
+
+    import analysis.jobs as jobs
+
+    with jobs.JobQueue(tmp_path, slots=1).slot("outer"):
+        fresh = importlib.reload(jobs)
+        done = threading.Event()
+
+        def nested() -> None:
+            with fresh.JobQueue(tmp_path, slots=1).slot("inner"):
+                done.set()
+
+        nested()  # same thread: must not queue behind its own job
+        assert done.is_set()
