@@ -135,19 +135,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def dead_tmp_folders(folder: Path) -> list[Path]:
+    """The temporary build folders (`.tmp-<key>-<pid>-<id>`) in `folder` whose process no longer exists."""
+    dead = []
+    for tmp in Path(folder).glob(".tmp-*"):
+        parts = tmp.name.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            dead.append(tmp)
+    return dead
+
+
 def sweep_stale_tmp(folder: Path) -> list[Path]:
-    """Remove the temporary build folders (`.tmp-<key>-<pid>-<id>`) of processes that no longer exist.
+    """Remove the temporary build folders of processes that no longer exist.
 
     A build that raises removes its own; one killed (SIGKILL, or SIGTERM, which Python does not turn
     into an exception) cannot: measured after two killed studies, their half-built runs stayed in
     cache/runs/. A folder whose process is alive is another build in progress and is left alone.
     """
-    removed = []
-    for tmp in Path(folder).glob(".tmp-*"):
-        parts = tmp.name.rsplit("-", 2)
-        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+    removed = dead_tmp_folders(folder)
+    for tmp in removed:
+        shutil.rmtree(tmp, ignore_errors=True)
     return removed
 
 
@@ -163,16 +170,8 @@ def _intact(final: Path) -> bool:
 
 def _wait_for_identical(root: Path, kind: str, key: str, on_wait: Callable[[str], None] | None) -> None:
     """If another job is building this very artefact, wait for it (holding no queue slot) and say so."""
-    lock_dir = root / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait(f"waiting for another run that is building this {kind.rstrip('s')} ({key[:8]})")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fcntl.flock(fh, fcntl.LOCK_UN)
+    with key_lock(root, kind, key, on_wait):
+        pass
 
 
 def build_or_load(

@@ -152,18 +152,11 @@ class JobQueue:
         a caller can cancel by raising from it (nothing is left behind: the ticket is removed)."""
         if holds_slot():  # a build inside a running job (its retrain, its groups): logged, not queued
             _held.depth += 1
-            started, ended = time.time(), "failed"
-            self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started, "nested": True})
             try:
-                yield
-                ended = "done"
-            except BaseException as exc:
-                ended = _ending(exc)
-                raise
+                with self._logged(label, nested=True):
+                    yield
             finally:
                 _held.depth -= 1
-                self._log({"event": ended, "label": label, "pid": os.getpid(), "seconds": time.time() - started,
-                           "nested": True})
             return
         ticket = self.dir / "queue" / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         ticket.write_text(json.dumps({"label": label, "pid": os.getpid(), "since": time.time()}))
@@ -187,8 +180,22 @@ class JobQueue:
         threads = torch.get_num_threads()
         torch.set_num_threads(threads_per_job(self.slots))
         _held.depth = 1
+        try:
+            with self._logged(label, nested=False):
+                yield
+        finally:
+            _held.depth = 0
+            torch.set_num_threads(threads)
+            marker.unlink(missing_ok=True)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+    @contextlib.contextmanager
+    def _logged(self, label: str, nested: bool) -> Iterator[None]:
+        """A start line, then one line saying how the job ended (done, failed or cancelled) and how long it took."""
+        extra = {"nested": True} if nested else {}
         started, ended = time.time(), "failed"
-        self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started})
+        self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started, **extra})
         try:
             yield
             ended = "done"
@@ -196,12 +203,7 @@ class JobQueue:
             ended = _ending(exc)
             raise
         finally:
-            _held.depth = 0
-            torch.set_num_threads(threads)
-            self._log({"event": ended, "label": label, "pid": os.getpid(), "seconds": time.time() - started})
-            marker.unlink(missing_ok=True)
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+            self._log({"event": ended, "label": label, "pid": os.getpid(), "seconds": time.time() - started, **extra})
 
     def _log(self, entry: dict) -> None:
         """Append one line (O_APPEND: lines of concurrent jobs never interleave)."""

@@ -85,14 +85,13 @@ class Harness:
 
     def audit(self) -> tuple[int, int]:
         """(stored entries that fail verification, temp folders of dead processes)."""
-        from analysis.cache import CacheError, verify, _pid_alive
+        from analysis.cache import CacheError, dead_tmp_folders, verify
 
         partial = dead = 0
         for kind in KINDS:
+            dead += len(dead_tmp_folders(self.cache / kind))
             for entry in (self.cache / kind).glob("*"):
                 if entry.name.startswith(".tmp-"):
-                    parts = entry.name.rsplit("-", 2)
-                    dead += len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1]))
                     continue
                 try:
                     verify(entry)
@@ -118,14 +117,9 @@ class Harness:
 
     def dead_tmp(self, job: str) -> int:
         """Temp folders of dead processes in the job's kind: its rerun built there, so it must have swept them."""
-        from analysis.cache import _pid_alive
+        from analysis.cache import dead_tmp_folders
 
-        kind = {"train": "models", "circuits": "circuits", "unlearn": "runs"}[job]
-        dead = 0
-        for entry in (self.cache / kind).glob(".tmp-*"):
-            parts = entry.name.rsplit("-", 2)
-            dead += len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1]))
-        return dead
+        return len(dead_tmp_folders(self.cache / {"train": "models", "circuits": "circuits", "unlearn": "runs"}[job]))
 
     def corrupt_and_rebuild(self, job: str, variant: int) -> dict:
         """Flip a byte in the job's stored artefact; the next call must quarantine it and rebuild."""
