@@ -33,7 +33,15 @@ def cache_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def config_key(config: Any) -> str:
-    """Stable 16-hex-digit key of a JSON-serialisable configuration."""
+    """Stable 16-hex-digit key of a JSON-serialisable configuration.
+
+    A precision other than float32 (compute.py) enters every key, since it changes results; in
+    float32 nothing is added, so keys made before devices and dtypes existed stay valid."""
+    from .compute import current
+
+    extra = current().key_part()
+    if extra and isinstance(config, dict):
+        config = {**config, "compute": extra}
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

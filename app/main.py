@@ -22,9 +22,11 @@ def main() -> None:
     pages = [st.Page(PAGES / name, title=title, icon=icon, default=(name == "overview.py"))
              for name, (title, icon) in TITLES.items()]
     nav = st.navigation(pages)
-    from app.state import dataset_picker
+    from app.state import compute_picker, dataset_picker
 
     dataset_picker()
+    compute = compute_picker()
     st.sidebar.caption("CURE Explorer: how an LLM-based recommender forgets. Circuits, selective unlearning, "
                        "before and after.")
-    nav.run()
+    with compute.active():  # this session's device and precision, for everything the page computes
+        nav.run()

@@ -36,6 +36,34 @@ def settings() -> tuple[str | None, int, str | None]:
     return source, int(os.environ.get("CURE_HISTORY", "10")), os.environ.get("CURE_CACHE") or None
 
 
+def compute_settings():
+    """This session's device and precision (sidebar), defaulting to $CURE_DEVICE / $CURE_DTYPE (auto, float32)."""
+    from analysis.compute import resolve
+
+    device = st.session_state.get("device") or os.environ.get("CURE_DEVICE", "auto")
+    dtype = st.session_state.get("dtype") or os.environ.get("CURE_DTYPE", "float32")
+    try:
+        return resolve(device, dtype)
+    except CureError as exc:
+        st.sidebar.error(f"{exc}; using the CPU in float32")
+        return resolve("cpu", "float32")
+
+
+def compute_picker():
+    """The sidebar's device and precision; returns the resolved choice (models are cached per choice)."""
+    from analysis.compute import DTYPES, available_devices
+
+    chosen = compute_settings()
+    with st.sidebar.expander(f"Compute: {chosen.describe()}"):
+        devices = available_devices()
+        st.selectbox("Device", devices, index=devices.index(chosen.device) if chosen.device in devices else 0,
+                     key="device", help="Where models are trained, traced and unlearned. Results in float32 are "
+                                        "shared across devices; other precisions are cached separately.")
+        st.selectbox("Precision", list(DTYPES), index=list(DTYPES).index(chosen.dtype), key="dtype",
+                     help="bfloat16 and float16 halve memory on a GPU and change results slightly.")
+    return compute_settings()
+
+
 def dataset_picker() -> None:
     """The sidebar's dataset choice (named sources; a $CURE_DATA folder is shown instead)."""
     if os.environ.get("CURE_DATA"):
@@ -162,7 +190,7 @@ def workspace() -> Workspace:
 
 
 @st.cache_resource(show_spinner=False)
-def _original(_ws: Workspace, fingerprint: str) -> Recommender:  # the fingerprint keys the cache
+def _original(_ws: Workspace, fingerprint: str, compute: str) -> Recommender:  # fingerprint, compute key the cache
     box, progress = staged_progress("train", "Training the default model (first launch only)", _ws.root)
     rec = train_recommender(_ws, None, ModelConfig(), TrainConfig(), progress=progress)
     progress.finish()
@@ -172,27 +200,34 @@ def _original(_ws: Workspace, fingerprint: str) -> Recommender:  # the fingerpri
 
 def original() -> Recommender:
     ws = workspace()
-    return _original(ws, ws.fingerprint)
+    return _original(ws, ws.fingerprint, _compute())
 
 
 @st.cache_resource(show_spinner=False)
-def _bridge(_rec: Recommender, path: str):
+def _bridge(_rec: Recommender, path: str, compute: str):
     from analysis.circuits.trace import load_bridge
 
     return load_bridge(_rec)
 
 
 def bridge(rec: Recommender):
-    return _bridge(rec, str(rec.path))
+    return _bridge(rec, str(rec.path), _compute())
 
 
 @st.cache_resource(show_spinner=False)
-def _saved_model(path: str, _ws: Workspace) -> Recommender:
+def _saved_model(path: str, _ws: Workspace, compute: str) -> Recommender:
     return load_recommender(path, _ws.data)
 
 
 def saved_model(path: str) -> Recommender:
-    return _saved_model(path, workspace())
+    return _saved_model(path, workspace(), _compute())
+
+
+def _compute() -> str:
+    """The active compute of this script run (set by app.main), as a cache key for models on a device."""
+    from analysis.compute import current
+
+    return current().describe()
 
 
 @st.cache_data(show_spinner=False)

@@ -89,7 +89,7 @@ def _codes(prompts: PromptSet, start: int, stop: int, width: int) -> torch.Tenso
     codes = torch.full((stop - start, width), -1, dtype=torch.long)
     for b, i in enumerate(range(start, stop)):
         if prompts.roles is not None:
-            codes[b, : len(prompts.roles[i])] = torch.from_numpy(prompts.roles[i])
+            codes[b, : len(prompts.roles[i])] = torch.as_tensor(prompts.roles[i])
     return codes
 
 
@@ -133,7 +133,7 @@ def neuron_scores(runner: GraphRunner, batch: Batch, grads: torch.Tensor, allowe
     out = []
     for k, layer in enumerate(runner.neuron_layers):
         g_out = (grads * allowed[runner.up_mlp(layer)][None, None, :, None]).sum(2)  # (B, T, d)
-        g_act = g_out @ runner.w_out[layer].T  # (B, T, width)
+        g_act = g_out @ runner.w_out[layer].T.to(g_out.dtype)  # (B, T, width)
         out.append(((clean_acts[:, :, k] - batch.corrupt_acts[:, :, k]) * g_act).sum(1))
     return torch.cat(out, dim=1)
 
@@ -147,7 +147,7 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
     if prompts.corrupt is None:  # mean ablation: one pass for the mean output of every node
         total = total_acts = None
         for start in range(0, len(prompts), batch_size):
-            toks = torch.from_numpy(pad_batch(prompts.clean[start : start + batch_size], runner.pad_id, width))
+            toks = torch.as_tensor(pad_batch(prompts.clean[start : start + batch_size], runner.pad_id, width))
             out, acts = runner.outputs(toks), runner.activations(toks)
             total = out.sum(0) if total is None else total + out.sum(0)
             if acts is not None:
@@ -157,11 +157,11 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
     for start in range(0, len(prompts), batch_size):
         codes = _codes(prompts, start, min(start + batch_size, len(prompts)), width)
         stop = start + batch_size
-        tokens = torch.from_numpy(pad_batch(prompts.clean[start:stop], runner.pad_id, width))
+        tokens = torch.as_tensor(pad_batch(prompts.clean[start:stop], runner.pad_id, width))
         last = torch.tensor([len(p) - 1 for p in prompts.clean[start:stop]])
-        sign = torch.from_numpy(prompts.labels[start:stop]).float() * 2 - 1
+        sign = torch.as_tensor(prompts.labels[start:stop]).float() * 2 - 1
         if mean is None:
-            corrupt_tokens = torch.from_numpy(pad_batch(prompts.corrupt[start:stop], runner.pad_id, width))
+            corrupt_tokens = torch.as_tensor(pad_batch(prompts.corrupt[start:stop], runner.pad_id, width))
             corrupt, corrupt_acts = runner.outputs(corrupt_tokens), runner.activations(corrupt_tokens)
         else:
             corrupt = mean.expand(len(tokens), *mean.shape)
@@ -191,7 +191,7 @@ def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionCo
                 clean_sum += float(metric.sum())
         if override is not None:
             clean_sum += float(runner.clean_metric(batch.tokens, batch.last, batch.sign).sum())
-        diff = clean - batch.corrupt
+        diff = (clean - batch.corrupt).float()  # scores accumulate in float32 whatever the model's precision
         per_edge = torch.einsum("btud,btkd->buk", diff, grads) * allowed
         edges += per_edge.sum(0)
         # the input's share per position: its readers are every downstream node

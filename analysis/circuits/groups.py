@@ -31,6 +31,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
+from ..compute import to_numpy
 from ..errors import SettingsError, parse_choice
 
 EPS_SHARE = 1e-3  # log-ratio guard, in units of a uniform share: a node absent on one side stays finite
@@ -101,7 +102,7 @@ def _shares(abs_mean: np.ndarray, families: np.ndarray) -> np.ndarray:
 def specificity(forget: torch.Tensor, retain: torch.Tensor, families: np.ndarray, resamples: int = 1000,
                 level: float = 0.95, seed: int = 0) -> Specificity:
     """Importances and log-ratio with a percentile bootstrap over prompts (per side, seeded)."""
-    f_abs, r_abs = forget.abs().double().numpy(), retain.abs().double().numpy()
+    f_abs, r_abs = to_numpy(forget.abs()), to_numpy(retain.abs())
     if len(f_abs) == 0 or len(r_abs) == 0:
         raise ValueError("specificity needs prompts on both sides")
     families = np.asarray(families)
@@ -143,7 +144,7 @@ def normalised_importance(scores: torch.Tensor, families: np.ndarray | None = No
     families = np.zeros(len(magnitude), dtype=int) if families is None else np.asarray(families)
     out = torch.zeros_like(magnitude)
     for f in np.unique(families):
-        cols = torch.from_numpy(families == f)
+        cols = torch.as_tensor(families == f)
         mean = magnitude[cols].mean()
         if mean > 0:
             out[cols] = magnitude[cols] / mean

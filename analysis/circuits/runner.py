@@ -46,7 +46,7 @@ class GraphRunner:
         if not getattr(cfg, "use_attn_in", False):
             bridge.set_use_attn_in(True)
         with torch.no_grad():
-            self.w_o = [bridge.blocks[l].attn.W_O.detach().float() for l in range(self.n_layers)]  # (H, d_head, d)
+            self.w_o = [bridge.blocks[l].attn.W_O.detach() for l in range(self.n_layers)]  # (H, d_head, d)
         self.yes, self.no = rec.fmt.yes_id, rec.fmt.no_id
         self.pad_id = rec.pad_id
         up = {n: i for i, n in enumerate(self.graph.upstream)}
@@ -62,7 +62,7 @@ class GraphRunner:
         # MLP output into the gradient at its hidden activation without another backward pass
         self.neuron_layers = sorted({n.layer for n in self.table.of_kind(Kind.NEURON)})
         with torch.no_grad():
-            self.w_out = {l: mlp_out_weight(rec.model, l).detach().float() for l in self.neuron_layers}
+            self.w_out = {l: mlp_out_weight(rec.model, l).detach() for l in self.neuron_layers}
         # token id -> column among the item-row nodes (-1: not an item token), for per-row scores
         rows = {n.index: c for c, n in enumerate(self.table.of_kind(Kind.ITEM_ROW))}
         vocab = vocab_roles(rec)  # the same parsing of the vocabulary that split the embedding
@@ -201,7 +201,7 @@ class GraphRunner:
                 idx = sorted(diffs)
                 diff = torch.cat([diffs[i] for i in idx], dim=2)  # (B, T, n_tracked, d)
                 ups = torch.cat([torch.arange(i, i + diffs[i].shape[2]) for i in idx])
-                w = cols[ups]
+                w = cols[ups].to(diff.dtype)  # the model's precision
                 if x.dim() == 4:  # one input per head
                     return x - torch.einsum("btud,uh->bthd", diff, w)
                 return x - torch.einsum("btud,u->btd", diff, w)

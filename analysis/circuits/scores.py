@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..compute import current
 from ..errors import CacheError
 from .groups import Group, GroupThresholds, Specificity, group_sizes, group_stability, label_nodes, specificity
 from .nodes import Kind, NodeTable
@@ -138,7 +139,7 @@ class NodeGroups:
     def load(cls, folder: Path, meta: dict, thresholds: GroupThresholds) -> "NodeGroups":
         path = Path(folder) / SCORES
         try:
-            tensors = load_file(str(path))
+            tensors = load_file(str(path), device=str(current().device))  # where the math runs
             forget = [tensors[f"seed{s}.forget"] for s in meta["seeds"]]
             retain = [tensors[f"seed{s}.retain"] for s in meta["seeds"]]
         except (OSError, KeyError, ValueError, RuntimeError) as exc:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compute import current
 from ..model.recommender import Recommender
 from ..model.sequences import pad_batch
 from ..progress import ProgressFn, or_silent
@@ -23,7 +24,8 @@ def load_bridge(rec: Recommender):
 
     if rec.path is None:
         raise ValueError("the recommender must be saved before it can be traced")
-    bridge = TransformerBridge.boot_transformers(str(rec.path), device="cpu")
+    compute = current()
+    bridge = TransformerBridge.boot_transformers(str(rec.path), device=compute.device, dtype=compute.torch_dtype)
     bridge.eval()
     return bridge
 
@@ -40,9 +42,10 @@ class Trace:
 
 
 @torch.no_grad()
-def trace_prompts(bridge, rec: Recommender, prompts: list[list[int]], batch_size: int = 256,
+def trace_prompts(bridge, rec: Recommender, prompts: list[list[int]], batch_size: int | None = None,
                   progress: ProgressFn | None = None) -> Trace:
     progress = or_silent(progress)
+    batch_size = batch_size or current().batch(256)
     n_layers = bridge.cfg.n_layers
     wanted = {hook_z(l) for l in range(n_layers)} | {hook_mlp_out(l) for l in range(n_layers)}
     wanted |= {hook_resid_pre(l) for l in range(n_layers)} | {hook_pattern(l) for l in range(n_layers)}
@@ -50,7 +53,7 @@ def trace_prompts(bridge, rec: Recommender, prompts: list[list[int]], batch_size
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("tokens", "last", "scores", "z", "mlp", "resid", "pat")}
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        tokens = torch.from_numpy(pad_batch(batch, rec.pad_id, width))  # one width: batches concatenate
+        tokens = torch.as_tensor(pad_batch(batch, rec.pad_id, width))  # one width: batches concatenate
         last = torch.tensor([len(p) - 1 for p in batch])
         logits, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in wanted)
         missing = wanted - set(cache.keys())
@@ -111,7 +114,7 @@ def trace_one(bridge, rec: Recommender, prompt: list[int]) -> PromptTrace:
     score = float(logits[0, last, rec.fmt.yes_id] - logits[0, last, rec.fmt.no_id])
     direct = {n: float(e) for n, e in zip(runner.graph.upstream, effects)}
     direct["biases"] = score - sum(direct.values())
-    patterns = torch.stack([cache[hook_pattern(l)][0] for l in range(runner.n_layers)])
+    patterns = torch.stack([cache[hook_pattern(l)][0] for l in range(runner.n_layers)]).float().cpu()  # for figures
     return PromptTrace(list(prompt), score, direct, patterns)
 
 

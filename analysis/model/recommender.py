@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..cache import verify
+from ..compute import current, place, to_numpy
 from ..data.schema import RatingsData
 from ..errors import CacheError
 from ..progress import ProgressFn, or_silent
@@ -36,7 +37,7 @@ def answer_scores(model: PreTrainedModel, hidden: torch.Tensor, yes_id: int, no_
 
 
 def length_mask(lengths: list[int], width: int) -> torch.Tensor:
-    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()  # on the active device
 
 
 def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -54,31 +55,37 @@ class Recommender:
     path: Path | None = None
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.fmt.no_id)
 
     @torch.no_grad()
     def score_prompts(
-        self, prompts: list[list[int]], batch_size: int = 512, progress: ProgressFn | None = None
+        self, prompts: list[list[int]], batch_size: int | None = None, progress: ProgressFn | None = None
     ) -> np.ndarray:
         """Score of each prompt at its last token (prompts may differ in length)."""
         progress = or_silent(progress)
+        batch_size = batch_size or current().batch(512)
         self.model.eval()
         order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a batch
         out = np.empty(len(prompts), dtype=np.float64)
         for start in range(0, len(prompts), batch_size):
             idx = order[start : start + batch_size]
             batch = [prompts[i] for i in idx]
-            ids = torch.from_numpy(pad_batch(batch, self.pad_id))
+            ids = torch.as_tensor(pad_batch(batch, self.pad_id))
             lengths = [len(p) for p in batch]
             hidden = final_hidden(self.model, ids, lengths)[torch.arange(len(batch)), torch.tensor(lengths) - 1]
-            out[idx] = answer_scores(self.model, hidden, self.fmt.yes_id, self.fmt.no_id).double().numpy()
+            out[idx] = to_numpy(answer_scores(self.model, hidden, self.fmt.yes_id, self.fmt.no_id))
             progress("score", min(start + batch_size, len(prompts)), len(prompts))
         return out
 
     @torch.no_grad()
-    def score_candidates(self, context: list[int], candidates: list[list[int]], batch_size: int = 512) -> np.ndarray:
+    def score_candidates(self, context: list[int], candidates: list[list[int]],
+                         batch_size: int | None = None) -> np.ndarray:
         """Scores of many target items after one shared context, reusing its key/value cache.
 
         Exact: with causal attention the context's keys and values do not depend on what
@@ -86,19 +93,20 @@ class Recommender:
         running every full prompt.
         """
         self.model.eval()
+        batch_size = batch_size or current().batch(512)
         ctx = torch.tensor([context])
         past = self.model.base_model(input_ids=ctx, use_cache=True).cache
         out = np.empty(len(candidates), dtype=np.float64)
         for start in range(0, len(candidates), batch_size):
             batch = candidates[start : start + batch_size]
-            ids = torch.from_numpy(pad_batch(batch, self.pad_id))
+            ids = torch.as_tensor(pad_batch(batch, self.pad_id))
             lengths = [len(c) for c in batch]
             mask = torch.cat([torch.ones(len(batch), len(context), dtype=torch.long),
                               length_mask(lengths, ids.shape[1])], dim=1)
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask, cache=_expand_cache(past, len(batch)),
                                            use_cache=True).last_hidden_state
             h = hidden[torch.arange(len(batch)), torch.tensor(lengths) - 1]
-            out[start : start + len(batch)] = answer_scores(self.model, h, self.fmt.yes_id, self.fmt.no_id).double().numpy()
+            out[start : start + len(batch)] = to_numpy(answer_scores(self.model, h, self.fmt.yes_id, self.fmt.no_id))
         return out
 
     def save(self, directory: Path) -> None:
@@ -124,7 +132,7 @@ def load_recommender(directory: str | Path, data: RatingsData, check: bool = Tru
     try:
         meta = json.loads((directory / META).read_text())
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        model = place(AutoModelForCausalLM.from_pretrained(directory)).eval()
     except Exception as exc:  # transformers raises many types for broken folders
         raise CacheError(f"{directory}: cannot load the model ({exc})") from exc
     fmt = make_format(meta["prompt_format"], tokenizer, data)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from ..cache import build_or_load, config_key
+from ..compute import current, place
 from ..config import CODE_VERSION, ModelConfig, TrainConfig
 from ..data.forget import ForgetSet, retained_training
 from ..errors import DataError, SettingsError, TrainingError
@@ -57,7 +58,7 @@ def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, ba
     if backbone is not None:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         model = AutoModelForCausalLM.from_pretrained(backbone)
-        return model, tokenizer, "title"
+        return place(model), tokenizer, "title"
     tokenizer = build_word_tokenizer(ws.data)
     H, K = ws.config.history, train_cfg.targets_per_sequence
     n_positions = max(64, 1 << math.ceil(math.log2(8 + 2 * (H + K))))
@@ -67,12 +68,12 @@ def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, ba
         embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout, bos_token_id=None, eos_token_id=None,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
-    return GPT2LMHeadModel(config), tokenizer, "word"
+    return place(GPT2LMHeadModel(config)), tokenizer, "word"
 
 
 def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id: int) -> tuple[torch.Tensor, int]:
     """Mean BCE over every answer position of a batch of sequences; also returns tokens seen."""
-    ids = torch.from_numpy(pad_batch([s.ids for s in batch], pad_id))
+    ids = torch.as_tensor(pad_batch([s.ids for s in batch], pad_id))
     rows = torch.tensor([i for i, s in enumerate(batch) for _ in s.answer_positions])
     cols = torch.tensor([p for s in batch for p in s.answer_positions])
     labels = torch.tensor([y for s in batch for y in s.labels], dtype=torch.float32)
@@ -83,7 +84,8 @@ def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id:
         hidden = final_hidden(model, ids, [len(s.ids) for s in batch])
     hidden = hidden[rows, cols]
     scores = answer_scores(model, hidden, yes_id, no_id)
-    return F.binary_cross_entropy_with_logits(scores, labels), int(ids.numel())
+    # the loss in float32 whatever the model's dtype (a no-op in float32)
+    return F.binary_cross_entropy_with_logits(scores.float(), labels), int(ids.numel())
 
 
 def _lr_lambda(total: int, warmup: float):
@@ -169,7 +171,7 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
         meta = {"prompt_format": kind, "key": key, "data": ws.fingerprint, "history": ws.config.history,
                 "forget": forget.summary() if forget else None, "model_config": asdict(model_cfg),
                 "train_config": asdict(train_cfg), "backbone": str(backbone) if backbone else None,
-                "n_params": sum(p.numel() for p in model.parameters())}
+                "n_params": sum(p.numel() for p in model.parameters()), "compute": current().describe()}
         rec = Recommender(model, tokenizer, fmt, meta)
         meta["training"] = _fit(rec, ws, forget, train_cfg, progress)
         meta["metrics"] = evaluate_model(rec, ws, forget, progress=within(progress, "train"))

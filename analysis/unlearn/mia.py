@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..compute import to_numpy
 from ..metrics import auc, sigmoid
 
 ATTACK_SAMPLES = 2000
@@ -45,7 +46,7 @@ def fit_attacker(members: np.ndarray, non_members: np.ndarray, seed: int = 0):
         return loss
 
     opt.step(closure)
-    weights, bias = w.detach().numpy(), float(b.detach())
+    weights, bias = to_numpy(w), float(b.detach())
     return lambda f: ((f - mean) / std) @ weights + bias
 
 

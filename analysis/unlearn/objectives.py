@@ -15,7 +15,7 @@ from ..model.sequences import pad_batch
 
 def prompt_scores(model, prompts: list[list[int]], pad_id: int, yes_id: int, no_id: int) -> torch.Tensor:
     """Scores of a batch of prompts, with gradients (the model's train/eval mode is the caller's)."""
-    ids = torch.from_numpy(pad_batch(prompts, pad_id))
+    ids = torch.as_tensor(pad_batch(prompts, pad_id))
     lengths = [len(p) for p in prompts]
     hidden = final_hidden(model, ids, lengths)[torch.arange(len(prompts)), torch.tensor(lengths) - 1]
     return answer_scores(model, hidden, yes_id, no_id)

@@ -223,7 +223,7 @@ def held_out_loss(ws: Workspace, original: Recommender, forget: ForgetSet) -> fl
     rows = forget.held_out()
     if len(rows) > HELD_OUT_SAMPLES:
         rows = rows.sample(HELD_OUT_SAMPLES, random_state=0)
-    scores = torch.from_numpy(original.score_prompts(PromptBuilder(original.fmt, ws.interactions).prompts(rows)))
+    scores = torch.as_tensor(original.score_prompts(PromptBuilder(original.fmt, ws.interactions).prompts(rows)))
     return float(bce(scores.float(), torch.tensor(rows["label"].to_numpy())))
 
 
