@@ -18,6 +18,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", type=int, default=10, help="rated items shown before the target (H)")
     p.add_argument("--cache", default=None, help="cache folder (default: $CURE_CACHE or ./cache)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision of every model (non-float32 results are cached separately)")
+    p.add_argument("--eval-batch", type=int, default=None, help="prompts per forward pass when scoring and "
+                   "tracing (bounds memory; default 512 scoring, 256 tracing)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -27,6 +32,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None, help="local Hugging Face causal LM folder to fine-tune")
+    p.add_argument("--train-batch", type=int, default=TrainConfig.batch_size, help="training sequences per step")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None)
+    p.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run: here, one after "
+                   "another, or as Ray tasks (the cache must be on storage every Ray node mounts at the same path)")
+    p.add_argument("--address", default=None, help="--executor ray: the cluster to join (auto, ray://host:10001); "
+                   "default: start a local instance")
+    p.add_argument("--cpus-per-cell", type=int, default=1, help="--executor ray: CPUs each cell declares")
     return parser
 
 
@@ -93,8 +104,11 @@ def _study(args, ws, progress) -> dict:
 
         transfer = open_workspace(DataConfig(source=args.transfer_data, history=args.history), root=args.cache,
                                   progress=progress)
+    from .study.executors import make_executor
+
+    executor = make_executor(args.executor, args.address, cpus_per_cell=args.cpus_per_cell)
     path, result = run_and_report(ws, _original(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress),
-                                  config, progress, transfer)
+                                  config, progress, transfer, executor)
     return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
             "compared_methods": result["compared_methods"], "headline": result.get("headline"),
             "pareto": result["pareto"],
@@ -108,6 +122,7 @@ def _original_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None)
+    p.add_argument("--train-batch", type=int, default=TrainConfig.batch_size, help="training sequences per step")
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
@@ -144,6 +159,8 @@ def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> 
     p.add_argument("--corruption", default=S.corruption.value, choices=[c.value for c in Corruption])
     p.add_argument("--ig-steps", type=int, default=S.ig_steps)
     p.add_argument("--prompt-seed", type=int, default=S.seed, help="seed of prompt sampling and corruption")
+    p.add_argument("--circuit-batch", type=int, default=S.batch_size, help="prompts per attribution batch "
+                   "(bounds memory)")
     p.add_argument("--stability-seeds", type=int, default=S.stability_seeds)
     p.add_argument("--target", type=float, default=S.target, help="recovery the returned circuit must reach")
     p.add_argument("--top-n", type=int, default=None, help="return the top-n edges instead of a target")
@@ -165,6 +182,7 @@ def _circuit_settings(args):
 
     settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
+                               batch_size=args.circuit_batch,
                                target=args.target, top_n=args.top_n, granularity=args.granularity)
     return settings, GroupThresholds(args.forget_threshold, args.retain_threshold, rule=args.group_rule,
                                      tau=args.tau, floor=args.floor)
@@ -260,8 +278,10 @@ def _model(args, ws, progress):
 
     if getattr(args, "model", None):
         return load_recommender(Path(args.model), ws.data)
-    return train_recommender(ws, _forget(args, ws), ModelConfig(), TrainConfig(epochs=args.epochs, seed=args.seed),
-                             backbone=args.backbone, progress=progress)
+    train_cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=getattr(args, "train_batch", None)
+                            or TrainConfig.batch_size)
+    return train_recommender(ws, _forget(args, ws), ModelConfig(), train_cfg, backbone=args.backbone,
+                             progress=progress)
 
 
 def _staged(args, ws):
@@ -280,7 +300,8 @@ _RANGES: dict[str, tuple[str, object]] = {
     "epochs": ("at least 1", lambda v: v >= 1), "steps": ("at least 1", lambda v: v >= 1),
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
-    "top_n": ("at least 1", lambda v: v >= 1), "lr": ("a positive number", lambda v: 0 < v < math.inf),
+    "top_n": ("at least 1", lambda v: v >= 1), "eval_batch": ("at least 1", lambda v: v >= 1),
+    "train_batch": ("at least 1", lambda v: v >= 1), "circuit_batch": ("at least 1", lambda v: v >= 1), "lr": ("a positive number", lambda v: 0 < v < math.inf),
     "unlearn_epochs": ("a positive number", lambda v: 0 < v < math.inf),
     "saliency": ("in (0, 1]", lambda v: 0 < v <= 1), "target": ("in (0, 1]", lambda v: 0 < v <= 1),
     "retain_weight": ("a number >= 0", lambda v: 0 <= v < math.inf), "tau": ("a number >= 0", lambda v: 0 <= v < math.inf),
@@ -312,12 +333,16 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .compute import resolve
+
     check_args(args)
-    ws = _workspace(args, StderrBars())
-    staged = _staged(args, ws)
-    result = _run(args, ws, staged or StderrBars())
-    if staged is not None:
-        staged.finish()
+    compute = resolve(args.device, args.dtype, args.eval_batch)  # before any work: a bad --device is one line
+    with compute.active():
+        ws = _workspace(args, StderrBars())
+        staged = _staged(args, ws)
+        result = _run(args, ws, staged or StderrBars())
+        if staged is not None:
+            staged.finish()
     return result
 
 
@@ -369,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the build in progress removed its temp folder; the queue moves on
         print("cancelled: nothing partial was stored", file=sys.stderr)
         return 130
+    except Exception as exc:  # a batch that does not fit the accelerator: name the settings that bound memory
+        from .compute import is_out_of_memory, out_of_memory_message
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: {out_of_memory_message(exc)}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -83,6 +83,24 @@ def holds_slot() -> bool:
     return _held.depth > 0
 
 
+@contextlib.contextmanager
+def scheduled_elsewhere(threads: int) -> Iterator[None]:
+    """The body runs in a task that another scheduler (Ray) placed with the CPUs it declared: its builds run
+    at once instead of queueing for this cache's slots (that scheduler bounds how many run together, over
+    machines this cache's flock slots cannot see), and torch uses the declared CPUs. Identical builds are
+    still merged by the artefact lock, and the job log still records them (as nested)."""
+    import torch
+
+    before, depth = torch.get_num_threads(), _held.depth
+    torch.set_num_threads(max(1, threads))
+    _held.depth = depth + 1
+    try:
+        yield
+    finally:
+        _held.depth = depth
+        torch.set_num_threads(before)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

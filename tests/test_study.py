@@ -114,11 +114,23 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
         assert used["circuits"]["given"]
         if r["groups_from"].startswith("latest-small"):  # no item row of the other dataset came along
             assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
+    back = datasets["back"]  # the reverse: CURE on the other dataset with its own groups, and with ours
+    assert back["on"] == "latest-small users 1-40" and back["groups_from"] == tiny_ws.data.name
+    assert back["cure_with_own_groups"]["n_seeds"] == 2 and back["cure_with_transferred_groups"]["n_seeds"] == 2
+    back_runs = [r for r in result["rows"] if r["section"] == "transfer_back"]
+    assert len(back_runs) == 4 and {r["groups_from"] for r in back_runs} == {"", f"{tiny_ws.data.name} draw 0",
+                                                                             f"{tiny_ws.data.name} draw 1"}
+    for r in back_runs:
+        used = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
+        assert bool(used["circuits"]["given"]) == bool(r["groups_from"])
+        if r["groups_from"]:
+            assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
     # without a second dataset the section says why it is missing
     alone, no_second = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
     assert alone != path and "skipped" in no_second["transfer"]["across_datasets"]
     html = (path / "report.html").read_text()
     assert "The same request on both datasets, per node kind" in html and "not transferred" in html
+    assert "reverse, on latest-small users 1-40" in html
     for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce"):
         assert section in html
     assert "plotly" in html.lower() and "wall_seconds" in html

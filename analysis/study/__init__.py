@@ -12,11 +12,13 @@ from .report import write_report
 
 
 def run_and_report(ws: Workspace, original: Recommender, config: StudyConfig,
-                   progress: ProgressFn | None = None, transfer: Workspace | None = None) -> tuple[Path, dict]:
+                   progress: ProgressFn | None = None, transfer: Workspace | None = None,
+                   executor=None) -> tuple[Path, dict]:
     """Run (or resume) the study and write its report; returns the report folder and the results.
 
     `transfer`: a second dataset's workspace (same cache root) for the transfer section.
+    `executor`: where cells run (study/executors.py; default: here, one after another).
     """
     start = time.perf_counter()
-    result = run_study(ws, original, config, progress, transfer)
+    result = run_study(ws, original, config, progress, transfer, executor)
     return write_report(ws, original, result, time.perf_counter() - start), result

@@ -21,8 +21,9 @@ from ..progress import ProgressFn, or_silent
 from ..unlearn.lab import unlearn
 from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
-from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, sizes_by_kind,
-                       transferable)
+from .executors import CellJob, LocalExecutor
+from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, same_recipe_model,
+                       sizes_by_kind, transferable)
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
 METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid")
@@ -140,9 +141,12 @@ def chosen_on_validation(summary: list[dict]) -> list[dict]:
 
 
 def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress: ProgressFn | None = None,
-              transfer: Workspace | None = None) -> dict:
-    """Run (or load) every cell; returns the rows and each section's summary."""
+              transfer: Workspace | None = None, executor=None) -> dict:
+    """Run (or load) every cell; returns the rows and each section's summary.
+
+    `executor` (executors.py): where cells run, one after another here (default) or as Ray tasks."""
     progress = or_silent(progress)
+    executor = executor or LocalExecutor()
     start = time.perf_counter()
     default_lr = UnlearnConfig.lr if UnlearnConfig.lr in study.lrs else study.lrs[0]
     seeds = _draws(study.request, study)  # the Pareto, reproducibility and transfer sections' draws
@@ -152,14 +156,14 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     rows: list[dict] = []
     done = 0
 
-    def run_all(cells: list[Cell], total: int) -> list[dict]:
-        nonlocal done
-        out = []
-        for cell in cells:
-            out.append(_run_cell(ws, original, cell, study, progress))
+    def run_all(cells: list[Cell], total: int, on: tuple[Workspace, Recommender] | None = None) -> list[dict]:
+        data, model = on or (ws, original)
+
+        def one_done() -> None:
+            nonlocal done
             done += 1
             progress("study", done, total)
-        return out
+        return executor.run([CellJob(data, model, cell, study) for cell in cells], _run_cell, progress, one_done)
 
     # the grid's size is known only after the Pareto section picks the two strongest baselines
     estimate = len(pareto_cells) + planned(seeds, transfer) + len(seeds) + 3 * sum(
@@ -183,6 +187,13 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
                           groups=transferable(src.groups, original) if src.kind == "datasets" else src.groups)
                      for src in sources], total)
+    if transfer is not None:  # the reverse: groups found here drive CURE on the other dataset's same request
+        there = same_recipe_model(transfer, original, progress)
+        back = [Cell("transfer_back", study.request, "cure", default_lr, s) for s in seeds]
+        back += [Cell("transfer_back", study.request, "cure", default_lr, s, groups_from=f"{ws.data.name} draw {s}",
+                      groups=transferable(lab, there)) for s, lab in zip(seeds, labelings)]
+        total += len(back)
+        rows += run_all(back, total, (transfer, there))
 
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
@@ -212,6 +223,10 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
             out["sizes_here"] = [sizes_by_kind(lab, original) for lab in labelings]  # dataset, not transferred)
             out["sizes_there"] = [src.sizes for src in used]
             out["item_rows"] = "not transferred: they name each dataset's own items"
+            back = [r for r in rows if r["section"] == "transfer_back"]
+            out["back"] = {"on": transfer.data.name, "groups_from": ws.data.name,
+                           "cure_with_own_groups": _cure_summary([r for r in back if not r["groups_from"]]),
+                           "cure_with_transferred_groups": _cure_summary([r for r in back if r["groups_from"]])}
         return out
 
     return {

@@ -226,6 +226,11 @@ def transfer_rows(result: dict) -> list[dict]:
             summary = t[f"cure_with_{which}_groups"] or {}
             rows.append({"groups from": f"{name}: {', '.join(t['groups_from'])}", "same groups": t["same_groups"],
                          "cure with": f"{which} groups", **summary})
+        back = t.get("back")
+        if back:  # the reverse direction: CURE on the other dataset, with its own groups and with ours
+            for which in ("own", "transferred"):
+                rows.append({"groups from": f"reverse, on {back['on']}: {back['groups_from']}",
+                             "cure with": f"{which} groups", **(back[f"cure_with_{which}_groups"] or {})})
     return rows
 
 

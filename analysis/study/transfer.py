@@ -84,5 +84,6 @@ def group_sources(original: Recommender, request: str, own: dict[int, dict[str, 
 
 
 def planned(seeds: tuple[int, ...], other: Workspace | None) -> int:
-    """How many transfer cells the study will run (known before any is run, for the progress total)."""
-    return len(seeds) * ((len(seeds) > 1) + (other is not None))
+    """How many transfer cells the study will run (known before any is run, for the progress total): per draw,
+    CURE with the next draw's groups, with the other dataset's, and there with its own and with ours."""
+    return len(seeds) * ((len(seeds) > 1) + 3 * (other is not None))

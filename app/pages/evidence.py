@@ -1,8 +1,11 @@
 """Evidence: the studies in cache/reports (Pareto, rates, levels, reproducibility, privacy), and a quick one."""
+import os
+
 import pandas as pd
 import streamlit as st
 
 from analysis.study import run_and_report
+from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
 from analysis.study.report import figures, list_reports, transfer_rows
 from app import state
@@ -17,10 +20,14 @@ with state.readable_errors():
     st.caption("The quick study is the same as `cure study --quick` (same cells, same circuit settings, same "
                "report), so one started here is resumed there and the other way round.")
     state.cancelled("ev_cancel")
+    where = st.radio("Run cells", ["here", "on Ray"], horizontal=True, key="ev_executor",
+                     help="On Ray: each cell is a Ray task on the cluster at $CURE_RAY_ADDRESS (else a local "
+                          "instance); the cache must be on storage every node mounts at the same path.")
     if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run",
                  help=state.LIMITS.note("the quick study; `cure study` runs the full one")):
         box, progress = state.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
-        path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress)
+        executor = make_executor("ray", os.environ.get("CURE_RAY_ADDRESS")) if where == "on Ray" else None
+        path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress, executor=executor)
         progress.finish()
         box.done()
         st.session_state["evidence_pick"] = str(path)
