@@ -1,0 +1,155 @@
+"""LoRA on pretrained backbones: adapter ownership, merged = unmerged, training and unlearning with an adapter."""
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from analysis.cache import config_key
+from analysis.circuits.adapter_ownership import adapter_table
+from analysis.circuits.ownership import ownership_count
+from analysis.config import DataConfig, ModelConfig, TrainConfig
+from analysis.errors import SettingsError
+from analysis.model.adapters import AdapterConfig, attach, inner, merged_copy
+from analysis.unlearn.objectives import prompt_scores
+
+N_HEADS = 4
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=N_HEADS))
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=N_HEADS, num_key_value_heads=2,
+                                        max_position_embeddings=64))
+
+
+FAMILIES = pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+
+
+def _adapted(make, rank: int = 4):
+    """A tiny model with a LoRA adapter whose factors are all non-zero (as after training: B starts at 0)."""
+    wrapper = attach(make().eval(), AdapterConfig(rank=rank))  # eval: GPT-2's dropout off
+    model = inner(wrapper)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.2)
+    return wrapper, model
+
+
+@FAMILIES
+@pytest.mark.parametrize("neurons", [False, True])
+def test_adapter_ownership_is_a_partition_of_the_trainable_parameters(make, neurons):
+    wrapper, model = _adapted(make)
+    for m, prefix in ((model, ""), (wrapper, "base_model.model.")):
+        table = adapter_table(m, neurons=neurons)
+        count = ownership_count(m, table)
+        trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+        assert trainable and all(n.startswith(prefix) and ".lora_" in n for n in trainable)
+        for name, c in count.items():
+            assert bool((c == (1 if name in trainable else 0)).all()), name
+    assert {f"a{l}.h{h}" for l in range(2) for h in range(N_HEADS)} | {"m0", "m1"} <= set(table.owners)
+    assert any(n.startswith("m1.n") for n in table.owners) == neurons
+
+
+def _attention_parts(model, tokens):
+    """Per layer: each head's z (the attention output projection's input, split by head) and each head's
+    contribution to the attention output (z_h times that head's rows of the merged output weight)."""
+    gpt2 = model.config.model_type == "gpt2"
+    layers = model.transformer.h if gpt2 else model.model.layers
+    outs = [layer.attn.c_proj if gpt2 else layer.self_attn.o_proj for layer in layers]
+    seen: list[torch.Tensor] = []
+    handles = [o.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach())) for o in outs]
+    with torch.no_grad():
+        model.eval()(input_ids=tokens)
+    for h in handles:
+        h.remove()
+    parts = []
+    for z, out in zip(seen, outs):
+        z = z.view(*z.shape[:-1], N_HEADS, -1)
+        w = out.weight if gpt2 else out.weight.T  # (heads x d_head, d_model) for both
+        contrib = torch.einsum("bthd,hdo->btho", z, w.view(N_HEADS, z.shape[-1], -1))
+        parts.append((z, contrib))
+    return parts
+
+
+def _apply(model, slices, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for s in slices:
+            view = s.of(params[s.param])
+            view.add_(torch.randn(view.shape, generator=gen))
+
+
+def _moved(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Heads (dim 2) whose values changed."""
+    return [h for h in range(before.shape[2]) if not torch.allclose(before[:, :, h], after[:, :, h], atol=1e-6)]
+
+
+INPUT_PROJECTIONS = ("c_attn", "q_proj", "k_proj", "v_proj")
+
+
+@FAMILIES
+@pytest.mark.parametrize("head", [0, 2])
+def test_a_heads_adapter_slices_move_only_that_heads_z_and_contribution(make, head):
+    """Input-projection slices (c_attn / q,k,v rows of B) move only that head's z; output-projection slices
+    (columns of A of c_proj / o_proj) move no z and only that head's contribution. Layer 0 never moves."""
+    wrapper, model = _adapted(make)
+    table = adapter_table(model)
+    tokens = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    own = table.exclusive(f"a1.h{head}")
+    into = [s for s in own if any(f".{p}." in s.param for p in INPUT_PROJECTIONS)]
+    out_of = [s for s in own if s not in into]
+    assert into and out_of and all(s.dim == 1 for s in out_of) and all(s.dim == 0 for s in into)
+    before = _attention_parts(merged_copy(wrapper), tokens)
+    _apply(model, into)
+    middle = _attention_parts(merged_copy(wrapper), tokens)
+    _apply(model, out_of, seed=2)
+    after = _attention_parts(merged_copy(wrapper), tokens)
+    for state in (middle, after):
+        assert _moved(before[0][0], state[0][0]) == [] and _moved(before[0][1], state[0][1]) == []
+    assert _moved(before[1][0], middle[1][0]) == [head]  # q/k/v slices: this head's z only
+    assert _moved(middle[1][0], after[1][0]) == []  # output slices: no head's z ...
+    assert _moved(middle[1][1], after[1][1]) == [head]  # ... only this head's contribution
+
+
+def test_a_gqa_groups_kv_slices_move_the_heads_of_that_group_only():
+    wrapper, model = _adapted(_llama)
+    table = adapter_table(model)
+    shared = [b for b in table.blocks if b.owners == ("a1.h2", "a1.h3")]
+    assert len(shared) == 1 and all(".k_proj." in s.param or ".v_proj." in s.param for s in shared[0].slices)
+    tokens = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    before = _attention_parts(merged_copy(wrapper), tokens)
+    _apply(model, shared[0].slices)
+    after = _attention_parts(merged_copy(wrapper), tokens)
+    assert _moved(before[1][0], after[1][0]) == [2, 3]
+    assert _moved(before[0][0], after[0][0]) == []
+
+
+@FAMILIES
+def test_merged_and_unmerged_scores_agree(make):
+    wrapper, model = _adapted(make)
+    prompts = [[3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15, 16, 17]]
+    unmerged = prompt_scores(model, prompts, 0, 1, 2).detach()
+    merged = prompt_scores(merged_copy(wrapper), prompts, 0, 1, 2).detach()
+    base = prompt_scores(make().eval(), prompts, 0, 1, 2).detach()
+    assert not torch.allclose(unmerged, base, atol=1e-3)  # the adapter does something
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+
+
+def test_adapter_settings_are_checked():
+    for bad in ({"rank": 0}, {"rank": 2.5}, {"alpha": 0}, {"dropout": 1.0}, {"kind": "ia3"}):
+        with pytest.raises(SettingsError):
+            AdapterConfig(**bad)
