@@ -153,3 +153,75 @@ def test_adapter_settings_are_checked():
     for bad in ({"rank": 0}, {"rank": 2.5}, {"alpha": 0}, {"dropout": 1.0}, {"kind": "ia3"}):
         with pytest.raises(SettingsError):
             AdapterConfig(**bad)
+
+
+# --- training and keys ------------------------------------------------------------------------
+
+
+def test_default_keys_are_unchanged_and_an_adapter_enters_them_only_when_used():
+    from analysis.model.train import model_key
+    from analysis.unlearn.run import UnlearnConfig
+
+    ws = SimpleNamespace(fingerprint="fixed-fingerprint", config=DataConfig())
+    # pinned: the values computed before adapters existed (commit 76129be)
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None) == "1d3b258c20868c70"
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, None) == "1d3b258c20868c70"
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, AdapterConfig()) != "1d3b258c20868c70"
+    for method, pinned in (("cure", "13b82f92c08b3a33"), ("ga", "c8a03289735667d0"), ("salun", "89bd5acd1c0c905e")):
+        assert "adapter" not in UnlearnConfig(method=method).key()
+        assert config_key(UnlearnConfig(method=method).key()) == pinned
+        assert UnlearnConfig(method=method, adapter=AdapterConfig(rank=2)).key()["adapter"]["rank"] == 2
+
+
+def test_lora_without_a_backbone_is_a_settings_error(tiny_ws):
+    from analysis.model.train import train_recommender
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
+
+    with pytest.raises(SettingsError, match="backbone"):
+        train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN, adapter=AdapterConfig())
+    assert not (tiny_ws.root / "models").exists() or not any((tiny_ws.root / "models").iterdir())
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def lora_rec(tiny_ws, tmp_path):
+    """A tiny Llama backbone (GQA) fine-tuned through a rank-2 LoRA adapter; and the backbone folder."""
+    from analysis.model.train import train_recommender
+    from tests.conftest import TINY_MODEL, TINY_TRAIN
+    from tests.test_model import _tiny_pretrained_backbone
+
+    backbone = _tiny_pretrained_backbone(tmp_path / "llama", tiny_ws.data.items["title"].head(300), "llama")
+    before = _digests(backbone)
+    rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN, backbone=backbone, adapter=AdapterConfig(rank=2))
+    assert _digests(backbone) == before  # the backbone folder is only read
+    return rec, backbone
+
+
+def test_lora_training_stores_the_adapter_and_a_loadable_merged_model(tiny_ws, lora_rec):
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from analysis.model.recommender import load_recommender
+
+    rec, backbone = lora_rec
+    adapter = rec.path / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 2
+    factors = load_file(adapter / "adapter_model.safetensors")
+    assert factors and all("lora_A" in k or "lora_B" in k for k in factors)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in factors.items())  # B left zero: nothing trained
+    assert {p.suffix for p in rec.path.rglob("*") if p.is_file()} <= {".json", ".safetensors"}
+    assert rec.meta["adapter"] == AdapterConfig(rank=2).key()
+    assert 0 < rec.meta["trainable_params"] < rec.meta["n_params"] / 5
+    # merged: the adapted projections moved, everything else is the backbone's
+    base = dict(AutoModelForCausalLM.from_pretrained(backbone).named_parameters())
+    merged = dict(load_recommender(rec.path, tiny_ws.data).model.named_parameters())
+    assert set(merged) == set(base)
+    for name, p in merged.items():
+        adapted = any(f".{m}." in name for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"))
+        assert torch.equal(p, base[name]) != adapted, name

@@ -17,6 +17,7 @@ from ..circuits.lean import discover_groups
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import CacheError
+from ..model.adapters import adapter_of
 from ..model.recommender import Recommender, load_recommender
 from ..model.train import MODELS, model_key, train_recommender, training_recipe
 from ..progress import ProgressFn, or_silent
@@ -32,8 +33,10 @@ def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
                 progress: ProgressFn | None = None) -> tuple[Recommender, bool]:
     """The exact retrain of the original's recipe without the forget set; and whether it was trained now."""
     model_cfg, train_cfg, backbone = training_recipe(original, "there is no retrain to compare with")
-    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone)).exists()
-    return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress), not cached
+    adapter = adapter_of(original.meta)  # a LoRA-trained original is retrained with the same adapter
+    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone, adapter)).exists()
+    return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress,
+                             adapter=adapter), not cached
 
 
 def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig) -> str:
