@@ -27,6 +27,31 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None, help="local Hugging Face causal LM folder to fine-tune")
+    _adapter_args(p)
+
+
+def _adapter_args(p: argparse.ArgumentParser, unlearning: bool = False) -> None:
+    from .model.adapters import AdapterConfig as A
+
+    also = "; unlearning trains a fresh adapter of the same settings over it" if unlearning else ""
+    p.add_argument("--adapter", default="full", choices=["full", "lora"],
+                   help=f"how a --backbone is fine-tuned: all weights, or a LoRA adapter (peft){also}")
+    p.add_argument("--lora-rank", type=int, default=None, help=f"LoRA rank (default {A.rank}; with --adapter lora)")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help=f"LoRA alpha, the update's scale is alpha / rank (default {A.alpha:g}; with --adapter lora)")
+
+
+def _adapter(args):
+    """The adapter the options ask for (None: full fine-tuning)."""
+    from .model.adapters import AdapterConfig
+
+    if getattr(args, "adapter", "full") == "full":
+        given = [f for f in ("lora_rank", "lora_alpha") if getattr(args, f, None) is not None]
+        if given:
+            raise SettingsError(f"--{given[0].replace('_', '-')} applies only with --adapter lora")
+        return None
+    settings = {k: v for k, v in (("rank", args.lora_rank), ("alpha", args.lora_alpha)) if v is not None}
+    return AdapterConfig(kind=args.adapter, **settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +133,7 @@ def _original_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed of the default model")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None)
+    _adapter_args(p, unlearning=True)
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
@@ -221,7 +247,7 @@ def _conflict(args, ws, progress) -> dict:
 
     rec = _original(args, ws, progress)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
-    cmap = conflict_of(ws, rec, forget)
+    cmap = conflict_of(ws, rec, forget, adapter=_adapter(args))
     n_layers, n_heads = rec.model.config.num_hidden_layers, rec.model.config.num_attention_heads
     return {"forget": forget.summary(), "model_dir": str(rec.path), **cmap.to_json(),
             "heatmap": {"rows": [f"layer {l}" for l in range(n_layers)],
@@ -239,7 +265,8 @@ def _unlearn(args, ws, progress) -> dict:
                         optimizer=args.optimizer, stop=args.stop, saliency=args.saliency, objective=args.objective,
                         batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
-                        seed=args.unlearn_seed, circuits=settings, thresholds=thresholds)
+                        seed=args.unlearn_seed, circuits=settings, thresholds=thresholds,
+                        adapter=None if args.unlearn_method == "retrain" else _adapter(args))
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     return unlearn(ws, _original(args, ws, progress), forget, cfg, progress)
 
@@ -261,7 +288,7 @@ def _model(args, ws, progress):
     if getattr(args, "model", None):
         return load_recommender(Path(args.model), ws.data)
     return train_recommender(ws, _forget(args, ws), ModelConfig(), TrainConfig(epochs=args.epochs, seed=args.seed),
-                             backbone=args.backbone, progress=progress)
+                             backbone=args.backbone, progress=progress, adapter=_adapter(args))
 
 
 def _staged(args, ws):
@@ -280,7 +307,8 @@ _RANGES: dict[str, tuple[str, object]] = {
     "epochs": ("at least 1", lambda v: v >= 1), "steps": ("at least 1", lambda v: v >= 1),
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
-    "top_n": ("at least 1", lambda v: v >= 1), "lr": ("a positive number", lambda v: 0 < v < math.inf),
+    "top_n": ("at least 1", lambda v: v >= 1), "lora_rank": ("at least 1", lambda v: v >= 1),
+    "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf), "lr": ("a positive number", lambda v: 0 < v < math.inf),
     "unlearn_epochs": ("a positive number", lambda v: 0 < v < math.inf),
     "saliency": ("in (0, 1]", lambda v: 0 < v <= 1), "target": ("in (0, 1]", lambda v: 0 < v <= 1),
     "retain_weight": ("a number >= 0", lambda v: 0 <= v < math.inf), "tau": ("a number >= 0", lambda v: 0 <= v < math.inf),
@@ -308,6 +336,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise SettingsError(f"--seeds must be between 0 and 2**63-1, got {value}")
     if getattr(args, "forget", None):
         parse_forget_spec(args.forget)
+    if _adapter(args) is not None and not args.backbone and not getattr(args, "model", None):
+        raise SettingsError("--adapter lora needs a pretrained --backbone (or a saved --model trained from one); "
+                            "the from-scratch recommender is always trained fully")
     return args
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -186,21 +187,39 @@ def _digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.fixture
-def lora_rec(tiny_ws, tmp_path):
+@pytest.fixture(scope="module")
+def lora_ws(ml100k, tmp_path_factory):
+    """12 users and only the items they rated: a title-prompt Llama ranks every item for every user at
+    each evaluation (on 40 users and all 1,682 items that was ~100 s of a 2-core machine per model).
+    One workspace for the module, so the LoRA original and its retrain are trained once."""
+    from dataclasses import replace
+
+    from analysis.data.samples import build_interactions
+    from analysis.workspace import Workspace
+    from tests.conftest import subset
+
+    data = subset(ml100k, 12)
+    data = replace(data, items=data.items[data.items["item_id"].isin(data.ratings["item_id"])].reset_index(drop=True))
+    return Workspace(data, build_interactions(data, history=5), DataConfig(history=5),
+                     tmp_path_factory.mktemp("lora") / "cache")
+
+
+@pytest.fixture(scope="module")
+def lora_rec(lora_ws):
     """A tiny Llama backbone (GQA) fine-tuned through a rank-2 LoRA adapter; and the backbone folder."""
     from analysis.model.train import train_recommender
     from tests.conftest import TINY_MODEL, TINY_TRAIN
     from tests.test_model import _tiny_pretrained_backbone
 
-    backbone = _tiny_pretrained_backbone(tmp_path / "llama", tiny_ws.data.items["title"].head(300), "llama")
+    backbone = _tiny_pretrained_backbone(lora_ws.root.parent / "llama", lora_ws.data.items["title"].head(300),
+                                         "llama")
     before = _digests(backbone)
-    rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN, backbone=backbone, adapter=AdapterConfig(rank=2))
+    rec = train_recommender(lora_ws, None, TINY_MODEL, TINY_TRAIN, backbone=backbone, adapter=AdapterConfig(rank=2))
     assert _digests(backbone) == before  # the backbone folder is only read
     return rec, backbone
 
 
-def test_lora_training_stores_the_adapter_and_a_loadable_merged_model(tiny_ws, lora_rec):
+def test_lora_training_stores_the_adapter_and_a_loadable_merged_model(lora_ws, lora_rec):
     import json
 
     from safetensors.torch import load_file
@@ -219,9 +238,121 @@ def test_lora_training_stores_the_adapter_and_a_loadable_merged_model(tiny_ws, l
     assert 0 < rec.meta["trainable_params"] < rec.meta["n_params"] / 5
     # merged: the adapted projections moved, everything else is the backbone's
     base = dict(AutoModelForCausalLM.from_pretrained(backbone).named_parameters())
-    merged = dict(load_recommender(rec.path, tiny_ws.data).model.named_parameters())
+    merged = dict(load_recommender(rec.path, lora_ws.data).model.named_parameters())
     assert set(merged) == set(base)
     for name, p in merged.items():
         adapted = any(f".{m}." in name for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"))
         assert torch.equal(p, base[name]) != adapted, name
+
+
+# --- unlearning -------------------------------------------------------------------------------
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _changed_rows(after: torch.Tensor, before: torch.Tensor, size: int) -> list[int]:
+    """Which blocks of `size` rows differ."""
+    return [i for i in range(after.shape[0] // size) if not torch.equal(after[i * size:(i + 1) * size],
+                                                                        before[i * size:(i + 1) * size])]
+
+
+def test_cure_with_a_lora_adapter_moves_only_what_the_groups_allow(lora_ws, lora_rec, tmp_path):
+    """Given groups: a1.h1 forget-specific, all else inactive. Through the adapter, layer 1's q rows of head 1
+    and k/v rows of its GQA group 0 move; other heads' q rows, group 1, layer 0, the MLPs, embeddings and
+    norms stay the original's. (The loop alone: `unlearn` adds a retrain and evaluations, tested below.)"""
+    from analysis.circuits.ownership import recommender_table
+    from analysis.model.adapters import save_and_merge
+    from analysis.unlearn.run import UnlearnConfig, unlearn_steps
+
+    rec, _ = lora_rec
+    before = {n: p.detach().clone() for n, p in rec.model.named_parameters()}
+    given = {m: "inactive" for m in recommender_table(rec).scored} | {"a1.h1": "forget-specific"}
+    cfg = UnlearnConfig(method="cure", steps=2, lr=0.05, batch_size=8, groups=given, adapter=AdapterConfig(rank=2))
+    steps = unlearn_steps(lora_ws, rec, lora_ws.forget_set("users:0.2"), cfg, cfg.given_groups)
+    assert all(torch.equal(p, before[n]) for n, p in rec.model.named_parameters())  # the original: untouched
+    assert steps["rules"]["a1.h1"] == "forget only" and steps["rules"]["a0.h1"] == "frozen"
+    assert set(steps["conflict"]["before"]["modules"]) == {f"a{l}.h{h}" for l in range(2) for h in range(4)} | \
+        {"m0", "m1"}  # only heads and MLPs own adapter factors
+    after = dict(save_and_merge(steps["adapter"], tmp_path / "adapter").named_parameters())
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    dh = rec.model.config.head_dim
+    changed = {n for n in after if not torch.equal(after[n], before[n])}
+    assert {n for n in changed if "layers.1.self_attn" not in n} == set()
+    assert _changed_rows(after["model.layers.1.self_attn.q_proj.weight"],
+                         before["model.layers.1.self_attn.q_proj.weight"], dh) == [1]
+    for kv in ("k_proj", "v_proj"):
+        w = f"model.layers.1.self_attn.{kv}.weight"
+        assert _changed_rows(after[w], before[w], dh) == [0]
+    # the output projection's B is shared by the layer's heads and A's columns are non-zero for every head
+    # (a fresh adapter's A is random): every head's columns move, i.e. its contribution, never its z
+    o = "model.layers.1.self_attn.o_proj.weight"
+    assert _changed_rows(after[o].T, before[o].T, dh) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["ga", "kl", "pcgrad", "salun"])
+def test_the_baselines_update_the_adapter_only(lora_ws, lora_rec, method):
+    from analysis.model.adapters import merged_copy
+    from analysis.unlearn.run import UnlearnConfig, unlearn_steps
+
+    rec, _ = lora_rec
+    cfg = UnlearnConfig(method=method, steps=1, lr=0.05, batch_size=8, adapter=AdapterConfig(rank=2))
+    steps = unlearn_steps(lora_ws, rec, lora_ws.forget_set("users:0.2"), cfg, None)
+    trainable = {n for n, p in steps["model"].named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    before = dict(rec.model.named_parameters())
+    changed = {n for n, p in merged_copy(steps["adapter"]).named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(any(f".{m}." in n for m in PROJECTIONS) for n in changed)
+
+
+def test_a_cure_run_with_a_lora_adapter_discovers_circuits_and_stores_adapter_and_merged_model(lora_ws, lora_rec):
+    from analysis.model.recommender import load_recommender
+    from analysis.unlearn.lab import unlearn
+    from analysis.unlearn.run import UnlearnConfig, conflict_of
+    from tests.test_unlearn import SMALL_CIRCUITS
+
+    rec, _ = lora_rec
+    before = {n: p.detach().clone() for n, p in rec.model.named_parameters()}
+    forget = lora_ws.forget_set("users:0.2")
+    cfg = UnlearnConfig(method="cure", steps=2, lr=0.01, batch_size=8, circuits=SMALL_CIRCUITS,
+                        adapter=AdapterConfig(rank=2))
+    run = unlearn(lora_ws, rec, forget, cfg)
+    assert len(run["curves"]) == 2 and run["circuits"]["groups"] and run["config"]["adapter"]["rank"] == 2
+    folder = Path(run["model_dir"])
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "model.safetensors").is_file()
+    unlearned = load_recommender(folder, lora_ws.data)
+    assert unlearned.meta["adapter"] == rec.meta["adapter"]  # the training recipe, for the retrain
+    assert {n for n, p in unlearned.model.named_parameters() if not torch.equal(p, before[n])} <= \
+        {n for n in before if any(f".{m}." in n for m in PROJECTIONS)}
+    assert run["retrain"]["jsd_forget"] == 0.0 and "auc_test" in run["metrics"]
+    cmap = conflict_of(lora_ws, rec, forget, adapter=AdapterConfig(rank=2))
+    assert set(cmap.modules) == set(run["conflict"]["before"]["modules"])
+
+
+def test_unlearning_a_from_scratch_model_with_an_adapter_is_a_settings_error():
+    from analysis.model.recommender import Recommender
+    from analysis.unlearn.run import trainable_copy
+
+    rec = Recommender(_gpt2(), None, None, {"backbone": None})
+    with pytest.raises(SettingsError, match="backbone"):
+        trainable_copy(rec, AdapterConfig())
+    with pytest.raises(SettingsError, match="retrain"):
+        from analysis.unlearn.run import UnlearnConfig
+
+        UnlearnConfig(method="retrain", adapter=AdapterConfig())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--adapter", "lora"], "needs a pretrained --backbone"),
+    (["unlearn", "--forget", "users:0.1", "--method", "cure", "--adapter", "lora"], "needs a pretrained --backbone"),
+    (["train", "--lora-rank", "4"], "--lora-rank applies only with --adapter lora"),
+    (["train", "--adapter", "lora", "--backbone", "x", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+    (["conflict", "--forget", "users:0.1", "--adapter", "lora", "--backbone", "x", "--lora-alpha", "0"],
+     "--lora-alpha must be a positive number"),
+])
+def test_cli_adapter_options_fail_in_one_line(argv, message, capsys, tmp_path):
+    from analysis.cli import main
+
+    assert main(argv + ["--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (tmp_path / "models").exists()
