@@ -42,16 +42,10 @@ def _adapter_args(p: argparse.ArgumentParser, unlearning: bool = False) -> None:
 
 
 def _adapter(args):
-    """The adapter the options ask for (None: full fine-tuning)."""
-    from .model.adapters import AdapterConfig
+    from .model.adapters import from_options
 
-    if getattr(args, "adapter", "full") == "full":
-        given = [f for f in ("lora_rank", "lora_alpha") if getattr(args, f, None) is not None]
-        if given:
-            raise SettingsError(f"--{given[0].replace('_', '-')} applies only with --adapter lora")
-        return None
-    settings = {k: v for k, v in (("rank", args.lora_rank), ("alpha", args.lora_alpha)) if v is not None}
-    return AdapterConfig(kind=args.adapter, **settings)
+    return from_options(getattr(args, "adapter", "full"), getattr(args, "lora_rank", None),
+                        getattr(args, "lora_alpha", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +302,8 @@ _RANGES: dict[str, tuple[str, object]] = {
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
     "top_n": ("at least 1", lambda v: v >= 1), "lora_rank": ("at least 1", lambda v: v >= 1),
-    "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf), "lr": ("a positive number", lambda v: 0 < v < math.inf),
+    "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf),
+    "lr": ("a positive number", lambda v: 0 < v < math.inf),
     "unlearn_epochs": ("a positive number", lambda v: 0 < v < math.inf),
     "saliency": ("in (0, 1]", lambda v: 0 < v <= 1), "target": ("in (0, 1]", lambda v: 0 < v <= 1),
     "retain_weight": ("a number >= 0", lambda v: 0 <= v < math.inf), "tau": ("a number >= 0", lambda v: 0 <= v < math.inf),

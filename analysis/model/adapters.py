@@ -59,6 +59,16 @@ class AdapterConfig:
         return asdict(self)
 
 
+def from_options(kind: str, rank: int | None = None, alpha: float | None = None) -> AdapterConfig | None:
+    """`--adapter`, `--lora-rank`, `--lora-alpha` -> the adapter they ask for (None: full fine-tuning)."""
+    if kind == "full":
+        given = [name for name, v in (("--lora-rank", rank), ("--lora-alpha", alpha)) if v is not None]
+        if given:
+            raise SettingsError(f"{given[0]} applies only with --adapter lora")
+        return None
+    return AdapterConfig(kind, **{k: v for k, v in (("rank", rank), ("alpha", alpha)) if v is not None})
+
+
 def adapter_of(meta: dict) -> AdapterConfig | None:
     """The adapter a saved model was trained with (None: full fine-tuning; older models record none)."""
     found = meta.get("adapter")

@@ -1,9 +1,10 @@
 """The unlearning lab's entry points: run (or load) a method on a request, list stored runs.
 
 A run is stored under cache/runs/<key> (key = data + original model + request + config):
-the unlearned checkpoint (`model/`, safetensors; with an adapter, merged, and the adapter in `model/adapter/`), and `run.json` with the configuration,
-metrics next to retrain and the original, conflict before/after/applied, per-step curves,
-the circuit groups used, and wall times. Nothing is visible before the run is complete.
+the unlearned checkpoint (`model/`, safetensors; with an adapter, merged, and the adapter
+itself in `model/adapter/`), and `run.json` with the configuration, metrics next to retrain
+and the original, conflict before/after/applied, per-step curves, the circuit groups used,
+and wall times. Nothing is visible before the run is complete.
 """
 from __future__ import annotations
 

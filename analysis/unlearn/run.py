@@ -32,10 +32,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..circuits.adapter_ownership import adapter_table
 from ..circuits.discover import CircuitSettings, retain_samples
 from ..circuits.groups import Group, GroupThresholds
 from ..data.forget import ForgetSet
-from ..circuits.adapter_ownership import adapter_table
 from ..errors import SettingsError, TrainingError
 from ..model.adapters import AdapterConfig, attach, inner, require_backbone
 from ..model.recommender import Recommender
@@ -331,8 +331,8 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     after = raw_conflict(model, original, batches, table)
     summary = lambda cos: {"negative_share": sum(map(is_conflict, cos)) / len(cos) if cos else float("nan"),  # noqa: E731
                            "mean_cos": float(np.mean(cos)) if cos else float("nan"), "module_steps": len(cos)}
-    return {"model": model, "adapter": wrapper, "seconds": seconds, "curves": curves, "rules": rules, "stopped": stopped,
-            "steps_run": len(curves), "steps_budget": n_steps,
+    return {"model": model, "adapter": wrapper, "seconds": seconds, "curves": curves, "rules": rules,
+            "stopped": stopped, "steps_run": len(curves), "steps_budget": n_steps,
             "conflict": {"before": before.to_json(), "after": after.to_json(), "applied": summary(rule_cos),
                          "applied_update": summary(update_cos)}}
 
