@@ -33,6 +33,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None, help="local Hugging Face causal LM folder to fine-tune")
     p.add_argument("--train-batch", type=int, default=TrainConfig.batch_size, help="training sequences per step")
+    _adapter_args(p)
+
+
+def _adapter_args(p: argparse.ArgumentParser, unlearning: bool = False) -> None:
+    from .model.adapters import AdapterConfig as A
+
+    also = "; unlearning trains a fresh adapter of the same settings over it" if unlearning else ""
+    p.add_argument("--adapter", default="full", choices=["full", "lora"],
+                   help=f"how a --backbone is fine-tuned: all weights, or a LoRA adapter (peft){also}")
+    p.add_argument("--lora-rank", type=int, default=None, help=f"LoRA rank (default {A.rank}; with --adapter lora)")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help=f"LoRA alpha, the update's scale is alpha / rank (default {A.alpha:g}; with --adapter lora)")
+
+
+def _adapter(args):
+    from .model.adapters import from_options
+
+    return from_options(getattr(args, "adapter", "full"), getattr(args, "lora_rank", None),
+                        getattr(args, "lora_alpha", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +142,7 @@ def _original_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--backbone", default=None)
     p.add_argument("--train-batch", type=int, default=TrainConfig.batch_size, help="training sequences per step")
+    _adapter_args(p, unlearning=True)
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
@@ -239,7 +259,7 @@ def _conflict(args, ws, progress) -> dict:
 
     rec = _original(args, ws, progress)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
-    cmap = conflict_of(ws, rec, forget)
+    cmap = conflict_of(ws, rec, forget, adapter=_adapter(args))
     n_layers, n_heads = rec.model.config.num_hidden_layers, rec.model.config.num_attention_heads
     return {"forget": forget.summary(), "model_dir": str(rec.path), **cmap.to_json(),
             "heatmap": {"rows": [f"layer {l}" for l in range(n_layers)],
@@ -257,7 +277,8 @@ def _unlearn(args, ws, progress) -> dict:
                         optimizer=args.optimizer, stop=args.stop, saliency=args.saliency, objective=args.objective,
                         batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
-                        seed=args.unlearn_seed, circuits=settings, thresholds=thresholds)
+                        seed=args.unlearn_seed, circuits=settings, thresholds=thresholds,
+                        adapter=None if args.unlearn_method == "retrain" else _adapter(args))
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     return unlearn(ws, _original(args, ws, progress), forget, cfg, progress)
 
@@ -281,7 +302,7 @@ def _model(args, ws, progress):
     train_cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=getattr(args, "train_batch", None)
                             or TrainConfig.batch_size)
     return train_recommender(ws, _forget(args, ws), ModelConfig(), train_cfg, backbone=args.backbone,
-                             progress=progress)
+                             progress=progress, adapter=_adapter(args))
 
 
 def _staged(args, ws):
@@ -300,8 +321,10 @@ _RANGES: dict[str, tuple[str, object]] = {
     "epochs": ("at least 1", lambda v: v >= 1), "steps": ("at least 1", lambda v: v >= 1),
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
-    "top_n": ("at least 1", lambda v: v >= 1), "eval_batch": ("at least 1", lambda v: v >= 1),
-    "train_batch": ("at least 1", lambda v: v >= 1), "circuit_batch": ("at least 1", lambda v: v >= 1), "lr": ("a positive number", lambda v: 0 < v < math.inf),
+    "top_n": ("at least 1", lambda v: v >= 1), "lora_rank": ("at least 1", lambda v: v >= 1),
+    "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf), "eval_batch": ("at least 1", lambda v: v >= 1),
+    "train_batch": ("at least 1", lambda v: v >= 1), "circuit_batch": ("at least 1", lambda v: v >= 1),
+    "lr": ("a positive number", lambda v: 0 < v < math.inf),
     "unlearn_epochs": ("a positive number", lambda v: 0 < v < math.inf),
     "saliency": ("in (0, 1]", lambda v: 0 < v <= 1), "target": ("in (0, 1]", lambda v: 0 < v <= 1),
     "retain_weight": ("a number >= 0", lambda v: 0 <= v < math.inf), "tau": ("a number >= 0", lambda v: 0 <= v < math.inf),
@@ -329,6 +352,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             raise SettingsError(f"--seeds must be between 0 and 2**63-1, got {value}")
     if getattr(args, "forget", None):
         parse_forget_spec(args.forget)
+    if _adapter(args) is not None and not args.backbone and not getattr(args, "model", None):
+        raise SettingsError("--adapter lora needs a pretrained --backbone (or a saved --model trained from one); "
+                            "the from-scratch recommender is always trained fully")
     return args
 
 

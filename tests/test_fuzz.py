@@ -74,13 +74,15 @@ def test_forget_sets_on_real_data_are_valid_or_refused(tiny_ws_module, spec, see
 OPTIONS = ["--k", "--user", "--history", "--epochs", "--steps", "--lr", "--batch-size", "--n-prompts",
            "--ig-steps", "--saliency", "--target", "--top-n", "--tau", "--floor", "--retain-weight", "--seed",
            "--forget-seed", "--unlearn-epochs", "--stability-seeds", "--forget", "--method", "--objective",
-           "--seeds", "--granularity", "--json", "--quick", "--bogus"]
+           "--seeds", "--granularity", "--json", "--quick", "--bogus", "--adapter", "--lora-rank", "--lora-alpha",
+           "--backbone"]
 COMMANDS = ["prepare", "train", "evaluate", "rank", "circuits", "conflict", "unlearn", "warm", "study", "nope", ""]
 
 
 @FUZZ
 @given(st.sampled_from(COMMANDS),
-       st.lists(st.tuples(st.sampled_from(OPTIONS), st.one_of(numbers, specs, st.sampled_from(["cure", "ga", "npo"]))),
+       st.lists(st.tuples(st.sampled_from(OPTIONS),
+                          st.one_of(numbers, specs, st.sampled_from(["cure", "ga", "npo", "lora", "full"]))),
                 max_size=5))
 def test_cli_arguments_parse_or_fail_cleanly(command, pairs):
     """argparse's own usage error (exit 2, no traceback) or our one-line SettingsError, or valid settings."""

@@ -4,6 +4,12 @@ Each step takes a batch of user sequences and supervises every answer position i
 them at once (binary cross-entropy on logit(Yes) - logit(No)). The model with the best
 validation AUC is kept. `train_recommender` with a deletion request is the exact
 unlearning gold standard: the forgotten interactions never enter training at all.
+
+A pretrained backbone is fine-tuned fully by default, or through a LoRA adapter
+(`adapter=AdapterConfig(...)`, see adapters.py): then only the adapter trains, and the model
+folder holds the merged weights plus the adapter itself (`adapter/`). The backbone folder is
+only read. The adapter enters the cache key only when one is used, so the keys of every
+model trained before adapters existed stay as they were.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from ..data.forget import ForgetSet, retained_training
 from ..errors import DataError, SettingsError, TrainingError
 from ..progress import ProgressFn, or_silent, within
 from ..workspace import Workspace
+from .adapters import ADAPTER, AdapterConfig, attach, inner, require_backbone, save_and_merge, trainable_count
 from .prompts import build_word_tokenizer, make_format
 from .recommender import Recommender, answer_scores, final_hidden, load_recommender
 from .sequences import PromptBuilder, Sequence, pad_batch, tail_attention
@@ -46,12 +53,15 @@ def backbone_fingerprint(path: Path) -> dict:
 
 
 def model_key(ws: Workspace, forget: ForgetSet | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
-              backbone: Path | None) -> str:
-    return config_key({
+              backbone: Path | None, adapter: AdapterConfig | None = None) -> str:
+    key = {
         "kind": "recommender", "version": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
         "split": ws.config.split_fraction, "forget": forget.key if forget else None,
         "model": backbone_fingerprint(backbone) if backbone else asdict(model_cfg), "train": asdict(train_cfg),
-    })
+    }
+    if adapter is not None:  # only then: full fine-tuning keeps the keys it had before adapters existed
+        key["adapter"] = adapter.key()
+    return config_key(key)
 
 
 def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, backbone: Path | None):
@@ -106,8 +116,10 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
     if not any(epochs):
         raise TrainingError(f"no training sample has {ws.config.history} retained ratings before it")
     total_steps = sum(math.ceil(len(seqs) / cfg.batch_size) for seqs in epochs)
-    decay = [p for n, p in rec.model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in rec.model.named_parameters() if p.ndim < 2]
+    trainable = {n: p for n, p in rec.model.named_parameters() if p.requires_grad}  # all, or an adapter's
+    partial = len(trainable) < len(list(rec.model.parameters()))
+    decay = [p for p in trainable.values() if p.ndim >= 2]
+    no_decay = [p for p in trainable.values() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, cfg.warmup))
@@ -134,10 +146,11 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
         valid = evaluate_split(rec, ws, "valid")
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": valid["auc"]})
         if valid["auc"] > best["valid_auc"]:
-            best = {"valid_auc": valid["auc"], "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in rec.model.state_dict().items()}}
+            best = {"valid_auc": valid["auc"], "epoch": epoch,  # an adapter: its factors only, not the backbone
+                    "state": {k: v.detach().clone() for k, v in rec.model.state_dict().items()
+                              if not partial or k in trainable}}
     seconds = time.perf_counter() - t0
-    rec.model.load_state_dict(best["state"])
+    rec.model.load_state_dict(best["state"], strict=not partial)
     rec.model.eval()
     return {"train_seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds, "steps": step,
             "best_epoch": best["epoch"], "curve": curve,
@@ -145,7 +158,8 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
 
 
 def training_recipe(rec: Recommender, purpose: str) -> tuple[ModelConfig, TrainConfig, Path | None]:
-    """The model and training configs (and backbone) a saved model was trained with, to train it again."""
+    """The model and training configs (and backbone) a saved model was trained with, to train it again
+    (and `adapter_of(rec.meta)`: its adapter, if any)."""
     meta = rec.meta
     if "model_config" not in meta or "train_config" not in meta:
         raise SettingsError(f"{rec.path}: no training recipe recorded, so {purpose}")
@@ -155,14 +169,18 @@ def training_recipe(rec: Recommender, purpose: str) -> tuple[ModelConfig, TrainC
 
 def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg: ModelConfig | None = None,
                       train_cfg: TrainConfig | None = None, backbone: str | Path | None = None,
-                      progress: ProgressFn | None = None) -> Recommender:
-    """Train (or load from cache) the recommender for this data, deletion request and config."""
+                      progress: ProgressFn | None = None, adapter: AdapterConfig | None = None) -> Recommender:
+    """Train (or load from cache) the recommender for this data, deletion request and config.
+
+    With `adapter` (a backbone only), a LoRA adapter is trained on the backbone's frozen weights.
+    """
     from ..evaluate import evaluate_model
 
     model_cfg, train_cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     backbone = Path(backbone) if backbone else None
+    require_backbone(adapter, backbone, "training")
     progress = or_silent(progress)
-    key = model_key(ws, forget, model_cfg, train_cfg, backbone)
+    key = model_key(ws, forget, model_cfg, train_cfg, backbone, adapter)
 
     def build(tmp: Path) -> None:
         torch.manual_seed(train_cfg.seed)
@@ -172,8 +190,16 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
                 "forget": forget.summary() if forget else None, "model_config": asdict(model_cfg),
                 "train_config": asdict(train_cfg), "backbone": str(backbone) if backbone else None,
                 "n_params": sum(p.numel() for p in model.parameters()), "compute": current().describe()}
+        wrapper = None
+        if adapter is not None:  # recorded only when used: a full fine-tune's meta (and manifest) is unchanged
+            wrapper = attach(model, adapter)
+            model = inner(wrapper)
+            meta["adapter"] = adapter.key()
+            meta["trainable_params"] = trainable_count(model)
         rec = Recommender(model, tokenizer, fmt, meta)
         meta["training"] = _fit(rec, ws, forget, train_cfg, progress)
+        if wrapper is not None:  # evaluated and stored merged: what load_recommender and the bridge read
+            rec.model = save_and_merge(wrapper, tmp / ADAPTER).eval()
         meta["metrics"] = evaluate_model(rec, ws, forget, progress=within(progress, "train"))
         rec.save(tmp)
 

@@ -13,6 +13,7 @@ from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group
 from ..circuits.ownership import recommender_table
 from ..model.recommender import Recommender
+from ..model.adapters import adapter_of
 from ..model.train import train_recommender, training_recipe
 from ..progress import ProgressFn
 from ..workspace import Workspace
@@ -61,7 +62,8 @@ def same_recipe_model(other: Workspace, original: Recommender, progress: Progres
     """The original's architecture and training recipe, trained (or loaded) on the other dataset."""
     model_cfg, train_cfg, backbone = training_recipe(original, "no same-recipe model can be trained on the "
                                                                "transfer dataset")
-    return train_recommender(other, None, model_cfg, train_cfg, backbone=backbone, progress=progress)
+    return train_recommender(other, None, model_cfg, train_cfg, backbone=backbone, progress=progress,
+                             adapter=adapter_of(original.meta))
 
 
 def group_sources(original: Recommender, request: str, own: dict[int, dict[str, Group]], settings: CircuitSettings,

@@ -1,9 +1,10 @@
 """The unlearning lab's entry points: run (or load) a method on a request, list stored runs.
 
 A run is stored under cache/runs/<key> (key = data + original model + request + config):
-the unlearned checkpoint (`model/`, safetensors), and `run.json` with the configuration,
-metrics next to retrain and the original, conflict before/after/applied, per-step curves,
-the circuit groups used, and wall times. Nothing is visible before the run is complete.
+the unlearned checkpoint (`model/`, safetensors; with an adapter, merged, and the adapter
+itself in `model/adapter/`), and `run.json` with the configuration, metrics next to retrain
+and the original, conflict before/after/applied, per-step curves, the circuit groups used,
+and wall times. Nothing is visible before the run is complete.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..circuits.lean import discover_groups
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import CacheError
+from ..model.adapters import ADAPTER, adapter_of, save_and_merge
 from ..model.recommender import Recommender, load_recommender
 from ..model.train import MODELS, model_key, train_recommender, training_recipe
 from ..progress import ProgressFn, or_silent
@@ -32,8 +34,10 @@ def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
                 progress: ProgressFn | None = None) -> tuple[Recommender, bool]:
     """The exact retrain of the original's recipe without the forget set; and whether it was trained now."""
     model_cfg, train_cfg, backbone = training_recipe(original, "there is no retrain to compare with")
-    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone)).exists()
-    return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress), not cached
+    adapter = adapter_of(original.meta)  # a LoRA-trained original is retrained with the same adapter
+    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone, adapter)).exists()
+    return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress,
+                             adapter=adapter), not cached
 
 
 def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig) -> str:
@@ -71,7 +75,10 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             steps = unlearn_steps(ws, original, forget, cfg, groups, progress, on_step)
             meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": forget.summary(),
                                                    "config": cfg.key()}}
-            model_rec = Recommender(steps.pop("model"), original.tokenizer, original.fmt, meta)
+            model, wrapper = steps.pop("model"), steps.pop("adapter")
+            if wrapper is not None:  # the adapter itself, then merged: what the bridge and the metrics read
+                model = save_and_merge(wrapper, tmp / MODEL / ADAPTER).eval()
+            model_rec = Recommender(model, original.tokenizer, original.fmt, meta)
             model_rec.save(tmp / MODEL)
             model_rec = load_recommender(tmp / MODEL, ws.data, check=False)
         comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress)

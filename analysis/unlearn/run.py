@@ -13,6 +13,13 @@ nothing in a run reads the retrain. It is not the default because on MovieLens i
 at once (see `held_out_loss`). A non-finite or exploding loss stops with TrainingError. The
 original model is deep-copied, never touched, and a run is only visible in the cache once
 it is complete.
+
+With an adapter (`adapter=AdapterConfig(...)`, pretrained backbones only) the run trains a
+fresh LoRA adapter over the original's (merged) weights instead: every rule, baseline and
+conflict map then reads the adapter's gradients, owned by nodes as
+circuits/adapter_ownership.py assigns them, and the run stores the adapter beside the merged
+model. B starts at zero, so at the first step only the factors that write into heads (and
+MLPs) carry gradient; the output projections' per-head columns of A follow once B moved.
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..circuits.adapter_ownership import adapter_table
 from ..circuits.discover import CircuitSettings, retain_samples
 from ..circuits.groups import Group, GroupThresholds
 from ..data.forget import ForgetSet
 from ..errors import SettingsError, TrainingError
+from ..model.adapters import AdapterConfig, attach, inner, require_backbone
 from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
@@ -71,8 +80,11 @@ class UnlearnConfig:
     # (module, group) pairs found elsewhere (another dataset or deletion draw): when given,
     # CURE and selective use them instead of discovering circuits on this request
     groups: tuple[tuple[str, str], ...] = ()
+    adapter: AdapterConfig | None = None  # a LoRA adapter trained over the original, instead of all its weights
 
     def __post_init__(self) -> None:
+        if isinstance(self.adapter, dict):  # as stored in a key
+            object.__setattr__(self, "adapter", AdapterConfig(**self.adapter))
         object.__setattr__(self, "method", parse_method(self.method))
         object.__setattr__(self, "retain_specific", RetainSpecific(self.retain_specific))
         object.__setattr__(self, "modules", tuple(self.modules))
@@ -99,6 +111,9 @@ class UnlearnConfig:
             raise SettingsError(f"the learning rate must be a positive number, got {self.lr}")
         if self.method is Method.SELECTIVE and not self.modules:
             raise SettingsError("selective unlearning needs --modules (e.g. a0.h1,m2)")
+        if self.adapter is not None and self.method is Method.RETRAIN:
+            raise SettingsError("retrain trains the original's own recipe; an unlearning adapter applies to the "
+                                "step methods only")
 
     @property
     def forget_objective(self) -> str:
@@ -119,8 +134,10 @@ class UnlearnConfig:
         return {m: Group(g) for m, g in self.groups}
 
     def key(self) -> dict:
-        # `groups` enters the key only when given, so runs stored before it existed keep their keys
-        d = {k: v for k, v in asdict(self).items() if k not in ("circuits", "thresholds", "groups")}
+        # `groups` and `adapter` enter the key only when given, so runs stored before them keep their keys
+        d = {k: v for k, v in asdict(self).items() if k not in ("circuits", "thresholds", "groups", "adapter")}
+        if self.adapter is not None:
+            d["adapter"] = self.adapter.key()
         if self.method is not Method.SALUN:
             d.pop("saliency")
         d["method"], d["retain_specific"] = self.method.value, self.retain_specific.value
@@ -235,12 +252,9 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     torch.manual_seed(cfg.seed)
     spec = spec_of(cfg.method)
     objective = OBJECTIVES[cfg.forget_objective]
-    model = copy.deepcopy(original.model).eval()  # eval: no dropout, so every run is deterministic
-    params = dict(model.named_parameters())
-    for p in params.values():
-        p.requires_grad_(True)
+    neurons = cfg.uses_circuits and cfg.circuits.granularity == "neurons"
+    model, params, table, wrapper = trainable_copy(original, cfg.adapter, neurons)
     reference = original.model.eval()
-    table = recommender_table(original, neurons=cfg.uses_circuits and cfg.circuits.granularity == "neurons")
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
     before = raw_conflict(model, original, batches, table)
@@ -317,8 +331,8 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     after = raw_conflict(model, original, batches, table)
     summary = lambda cos: {"negative_share": sum(map(is_conflict, cos)) / len(cos) if cos else float("nan"),  # noqa: E731
                            "mean_cos": float(np.mean(cos)) if cos else float("nan"), "module_steps": len(cos)}
-    return {"model": model, "seconds": seconds, "curves": curves, "rules": rules, "stopped": stopped,
-            "steps_run": len(curves), "steps_budget": n_steps,
+    return {"model": model, "adapter": wrapper, "seconds": seconds, "curves": curves, "rules": rules,
+            "stopped": stopped, "steps_run": len(curves), "steps_budget": n_steps,
             "conflict": {"before": before.to_json(), "after": after.to_json(), "applied": summary(rule_cos),
                          "applied_update": summary(update_cos)}}
 
@@ -331,9 +345,29 @@ def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig,
                        groups, cfg.retain_specific, saliency)
 
 
-def conflict_of(ws: Workspace, rec: Recommender, forget: ForgetSet, seed: int = 0) -> ConflictMap:
-    """The raw gradient conflict of a model for a deletion request (the heatmap's data)."""
-    model = copy.deepcopy(rec.model).eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return raw_conflict(model, rec, Batches(ws, rec, forget, CONFLICT_SAMPLES, seed), recommender_table(rec))
+def trainable_copy(original: Recommender, adapter: AdapterConfig | None, neurons: bool = False):
+    """A copy of the original to update, its trainable parameters, their node table, and peft's wrapper.
+
+    Full: every parameter, owned as ownership.py says (wrapper None). With an adapter: a fresh
+    LoRA adapter's factors (from torch's seed), owned as adapter_ownership.py says, over the
+    nodes of the original's own table, so circuit groups found on the original apply as they are.
+    """
+    require_backbone(adapter, original.meta.get("backbone"), f"{original.path or 'this model'}")
+    model = copy.deepcopy(original.model).eval()  # eval: no dropout, so every run is deterministic
+    table = recommender_table(original, neurons=neurons)
+    if adapter is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, dict(model.named_parameters()), table, None
+    wrapper = attach(model, adapter)
+    model = inner(wrapper).eval()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return model, params, adapter_table(model, table), wrapper
+
+
+def conflict_of(ws: Workspace, rec: Recommender, forget: ForgetSet, seed: int = 0,
+                adapter: AdapterConfig | None = None) -> ConflictMap:
+    """The raw gradient conflict of a model for a deletion request (the heatmap's data); with `adapter`,
+    of a fresh adapter's gradients (only B's carry any at the start: B = 0 makes A's vanish)."""
+    model, _, table, _ = trainable_copy(rec, adapter)
+    return raw_conflict(model, rec, Batches(ws, rec, forget, CONFLICT_SAMPLES, seed), table)
