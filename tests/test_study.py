@@ -24,8 +24,9 @@ TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=
 
 
 def tiny_rec_auc(result: dict) -> float:
-    """The original's test AUC as each stored run recorded it (one model, so one value)."""
-    values = {round(r["original_auc_test"], 12) for r in result["rows"]}
+    """The original's test AUC as each stored run recorded it (one model, so one value; the reverse transfer's
+    runs are made against the other dataset's model)."""
+    values = {round(r["original_auc_test"], 12) for r in result["rows"] if r["section"] != "transfer_back"}
     assert len(values) == 1
     return values.pop()
 
@@ -122,7 +123,7 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
                                                                              f"{tiny_ws.data.name} draw 1"}
     for r in back_runs:
         used = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
-        assert bool(used["circuits"]["given"]) == bool(r["groups_from"])
+        assert bool(used["circuits"].get("given")) == bool(r["groups_from"])
         if r["groups_from"]:
             assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
     # without a second dataset the section says why it is missing

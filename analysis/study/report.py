@@ -309,7 +309,8 @@ def write_report(ws: Workspace, original: Recommender, result: dict, wall_second
             # a resumed study's wall time is short; what its unlearning steps and retrains cost when computed
             # (circuit discovery and evaluation come on top)
             "unlearning_and_retrain_seconds": sum(r["seconds"] for r in result["rows"] if r["method"] != "retrain")
-            + sum({(r["request"], r["seed"]): r["retrain_seconds"] for r in result["rows"]}.values()),
+            + sum({(r["section"] == "transfer_back", r["request"], r["seed"]): r["retrain_seconds"]  # one retrain
+                   for r in result["rows"]}.values()),  # per dataset, request and draw
             "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1 else " --quick")
             + (f" --transfer-data {result['transfer_dataset']['name']}" if result.get("transfer_dataset") else ""),
             "transfer_dataset": result.get("transfer_dataset")}
