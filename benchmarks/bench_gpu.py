@@ -10,7 +10,10 @@
    side, one seed) and a LoRA CURE run (rank 8) on the groups it found. Seconds and peak GPU memory.
 
 It runs unchanged on a machine with one CUDA GPU. Without one it runs the CPU half of part 1 and a
-reduced part 2 (4 layers, 16 prompts per side) and says so in the table and the JSON.
+reduced part 2 (2 layers, 8 prompts per side) and says so in the table and the JSON. Circuit discovery
+also patches every node exactly (the EAP-IG check), one forward pass per node and batch: that, not
+EAP-IG, dominates on a CPU; `eap_ig_seconds` is the attribution stage alone. Each row is printed as
+it finishes.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from analysis.workspace import open_workspace  # noqa: E402
 
 REQUEST = "users:0.1"
 LARGE = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257)  # GPT-2 Large's shape
-REDUCED = dict(n_layer=4, n_head=20, n_embd=1280, vocab_size=50257)
+REDUCED = dict(n_layer=2, n_head=20, n_embd=1280, vocab_size=50257)  # CPU: 4 layers x 16 prompts took > 15 min
 
 
 class Stages:
@@ -73,6 +76,11 @@ def _peak_gib(device: str) -> float | None:
     return None
 
 
+def _show(row: dict) -> dict:
+    print(json.dumps(row, default=str), flush=True)
+    return row
+
+
 def _timed(device: str, fn):
     _peak_reset(device)
     start = time.perf_counter()
@@ -88,18 +96,18 @@ def default_model(device: str, scratch: Path) -> list[dict]:
     rows = []
     with resolve(device).active():
         rec, s, peak = _timed(device, lambda: train_recommender(ws, None, ModelConfig(), TrainConfig()))
-        rows.append({"part": "default", "device": device, "step": "train (3 epochs)", "seconds": s, "peak_gib": peak,
-                     "test_auc": rec.meta["metrics"]["test"]["auc"]})
+        rows.append(_show({"part": "default", "device": device, "step": "train (3 epochs)", "seconds": s, "peak_gib": peak,
+                     "test_auc": rec.meta["metrics"]["test"]["auc"]}))
         forget = ws.forget_set(REQUEST)
         stages = Stages()
         found, s, peak = _timed(device, lambda: discover_circuits(ws, rec, forget, CircuitSettings(), progress=stages))
-        rows.append({"part": "default", "device": device, "step": "circuits (256 prompts, 3 seeds)", "seconds": s,
-                     "peak_gib": peak, "eap_ig_seconds": stages.seconds("eap-ig")})
+        rows.append(_show({"part": "default", "device": device, "step": "circuits (256 prompts, 3 seeds)", "seconds": s,
+                     "peak_gib": peak, "eap_ig_seconds": stages.seconds("eap-ig")}))
         for method in ("cure", "npo"):
             run, s, peak = _timed(device, lambda: unlearn(ws, rec, forget, UnlearnConfig(method=method)))
-            rows.append({"part": "default", "device": device, "step": f"{method} run (incl. its retrain)",
+            rows.append(_show({"part": "default", "device": device, "step": f"{method} run (+ retrain when not cached)",
                          "seconds": s, "peak_gib": peak, "steps_seconds": run["seconds"],
-                         "retrain_seconds": run["retrain_seconds"], "auc_forget": run["metrics"]["auc_forget"]})
+                         "retrain_seconds": run["retrain_seconds"], "auc_forget": run["metrics"]["auc_forget"]}))
     return rows
 
 
@@ -124,7 +132,7 @@ def large_model(device: str, scratch: Path, reduced: bool) -> list[dict]:
 
     from analysis.compute import place
 
-    shape, prompts = (REDUCED, 16) if reduced else (LARGE, 256)
+    shape, prompts = (REDUCED, 8) if reduced else (LARGE, 256)
     label = f"GPT-2-Large-shaped ({shape['n_layer']} x {shape['n_head']}, d {shape['n_embd']})"
     ws = replace(open_workspace(root=cache_root()), root=scratch / f"large-{device.replace(':', '')}")
     folder = _title_backbone(scratch / f"backbone-{shape['n_layer']}", ws.data.items["title"], shape)
@@ -132,19 +140,20 @@ def large_model(device: str, scratch: Path, reduced: bool) -> list[dict]:
     with resolve(device).active():
         tok = AutoTokenizer.from_pretrained(folder)
         model = place(AutoModelForCausalLM.from_pretrained(folder)).eval()
-        rec = Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title"}, folder)
+        rec = Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
+                          folder)
         forget = ws.forget_set(REQUEST)
         settings = CircuitSettings(n_prompts=prompts, stability_seeds=1, batch_size=16 if not reduced else 8)
         stages = Stages()
         found, s, peak = _timed(device, lambda: discover_circuits(ws, rec, forget, settings, progress=stages))
-        rows.append({"part": label, "device": device, "step": f"circuits, EAP-IG, {prompts} prompts per side",
+        rows.append(_show({"part": label, "device": device, "step": f"circuits, EAP-IG, {prompts} prompts per side",
                      "seconds": s, "peak_gib": peak, "eap_ig_seconds": stages.seconds("eap-ig"),
-                     "nodes": len(found.labels)})
+                     "nodes": len(found.labels)}))
         cfg = UnlearnConfig(method="cure", steps=10, batch_size=16, circuits=settings,
                             adapter=AdapterConfig(rank=8), groups=found.labels)
         out, s, peak = _timed(device, lambda: unlearn_steps(ws, rec, forget, cfg, found.labels))
-        rows.append({"part": label, "device": device, "step": "LoRA CURE, rank 8, 10 steps", "seconds": s,
-                     "peak_gib": peak})
+        rows.append(_show({"part": label, "device": device, "step": "LoRA CURE, rank 8, 10 steps", "seconds": s,
+                     "peak_gib": peak}))
     return rows
 
 
@@ -156,6 +165,8 @@ def main() -> None:
     gpu = "cuda:0" if torch.cuda.is_available() else None
     parts = set(args.parts.split(","))
     note = None if gpu else "no CUDA GPU here: CPU half of part 1 only, and part 2 at a reduced size"
+    if note:
+        print(f"NOTE: {note}", flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         scratch = Path(tmp)
@@ -169,8 +180,6 @@ def main() -> None:
         by = {r["device"]: r["seconds"] for r in rows if r["step"] == step}
         if gpu and "cpu" in by and gpu in by:
             speedups[step] = by["cpu"] / by[gpu]
-    if note:
-        print(f"NOTE: {note}")
     print(f"{'part':<44} {'device':<7} {'step':<42} {'seconds':>8} {'peak GiB':>9}")
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"

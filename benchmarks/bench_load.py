@@ -145,9 +145,10 @@ def summarise(name: str, k: int, result: dict, cache: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=None, help="first N users of ML-100K (default: all)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 4, 8], help="same-request scenarios (none: skip)")
     parser.add_argument("--prompts", type=int, default=64, help="circuit prompts per side (the app's setting)")
     parser.add_argument("--skip-diff", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "load.json"))
     args = parser.parse_args()
     from analysis.cache import cache_root
     from analysis.data.loaders import load_dataset
@@ -203,7 +204,7 @@ def main() -> None:
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     result = {"rows": rows, "checks": checks, "users": args.users or "all", "prompts": args.prompts,
               "cores": os.cpu_count()}
-    out = Path(__file__).parent / "results" / "load.json"
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
