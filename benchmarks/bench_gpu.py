@@ -43,7 +43,7 @@ from analysis.workspace import open_workspace  # noqa: E402
 
 REQUEST = "users:0.1"
 LARGE = dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257)  # GPT-2 Large's shape
-REDUCED = dict(n_layer=2, n_head=20, n_embd=1280, vocab_size=50257)  # CPU: 4 layers x 16 prompts took > 15 min
+REDUCED = dict(n_layer=2, n_head=20, n_embd=1280, vocab_size=50257)  # CPU: 4 layers x 16 prompts had not finished circuits after 12 min
 
 
 class Stages:
