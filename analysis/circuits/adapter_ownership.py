@@ -27,7 +27,7 @@ from __future__ import annotations
 from ..errors import SettingsError
 from ..model.adapters import ADAPTER_NAME
 from .nodes import Block, Kind, Node, NodeTable, Slice, _graph_nodes, head_name, hook_post, mlp_name, neuron_name
-from .ownership import _shape, mlp_width
+from .ownership import _shape, llama_attention, mlp_width
 
 def _factors(params: dict, module: str) -> tuple[str, str]:
     """Parameter names of the A and B factors of the adapted module at `module`."""
@@ -80,10 +80,7 @@ def _gpt2(model, params: dict, n_layers: int, n_heads: int, width: int | None) -
 
 
 def _llama(model, params: dict, n_layers: int, n_heads: int, width: int | None) -> list[Block]:
-    cfg = model.config
-    kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    per_group = n_heads // kv
+    kv, dh, per_group = llama_attention(model.config, n_heads)
     blocks: list[Block] = []
     for l in range(n_layers):
         p = f"model.layers.{l}"

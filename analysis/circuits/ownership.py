@@ -172,12 +172,16 @@ def _gpt2(model, n_layers: int, n_heads: int) -> list[Block]:
     return blocks
 
 
-def _llama(model, n_layers: int, n_heads: int) -> list[Block]:
-    cfg = model.config
-    params = dict(model.named_parameters())
+def llama_attention(cfg, n_heads: int) -> tuple[int, int, int]:
+    """(key/value heads, head width, query heads per key/value head) of a Llama-family config."""
     kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    per_group = n_heads // kv
+    return kv, dh, n_heads // kv
+
+
+def _llama(model, n_layers: int, n_heads: int) -> list[Block]:
+    params = dict(model.named_parameters())
+    kv, dh, per_group = llama_attention(model.config, n_heads)
     blocks: list[Block] = []
     for l in range(n_layers):
         p = f"model.layers.{l}"
