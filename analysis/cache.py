@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -108,32 +109,90 @@ def quarantine(directory: Path, root: Path) -> Path:
     return dest
 
 
+WAITERS = "waiters"  # under locks/: one marker file per requester waiting on another's identical build
+WAIT_POLL_SECONDS = 0.25
+WAIT_TELL_SECONDS = 2.0
+
+
 @contextlib.contextmanager
 def key_lock(root: Path, kind: str, key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Exclusive lock per artefact so concurrent runs build it once and never clobber it.
 
-    When another process holds it, `on_wait` is told so before this one blocks (a session
-    waiting on another's retrain shows that, not a bar stuck at 0)."""
+    When another process holds it, `on_wait` is told so before this one waits (a session
+    waiting on another's retrain shows that, not a bar stuck at 0), and again every few seconds,
+    so a caller can stop waiting by raising from it. While it waits, a marker file says someone
+    wants this artefact (`waiters`): a job whose own session has gone runs on only while one exists."""
     lock_dir = root / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{kind}-{key}.lock", "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if on_wait:
-                on_wait(f"waiting for another run that is building this {kind.rstrip('s')} ({key[:8]})")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            _wait_as_a_known_waiter(fh, lock_dir, kind, key, on_wait)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _wait_as_a_known_waiter(fh, lock_dir: Path, kind: str, key: str, on_wait: Callable[[str], None] | None) -> None:
+    """Poll the lock (not a blocking flock: that could not be left when the waiter's session goes)."""
+    marker = lock_dir / WAITERS / f"{kind}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    marker.parent.mkdir(exist_ok=True)
+    marker.touch()
+    message = f"waiting for another run that is building this {kind.rstrip('s')} ({key[:8]})"
+    told_at = None
+    try:
+        while True:
+            if on_wait and (told_at is None or time.monotonic() - told_at >= WAIT_TELL_SECONDS):
+                on_wait(message)
+                told_at = time.monotonic()
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(WAIT_POLL_SECONDS)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def waiters(root: Path, kind: str, key: str) -> int:
+    """How many live requesters (in any process) wait for this artefact; markers of dead processes are swept."""
+    live = 0
+    for marker in (Path(root) / "locks" / WAITERS).glob(f"{kind}-{key}-*"):
+        pid = marker.name[len(f"{kind}-{key}-"):].split("-")[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            live += 1
+        else:
+            marker.unlink(missing_ok=True)
+    return live
+
+
+class _Building:
+    """The artefacts this thread is building now (outermost first). Kept on the thread object, like
+    jobs._Held, so a module reload in a running server does not forget them."""
+
+    @property
+    def stack(self) -> list[tuple[Path, str, str]]:
+        thread = threading.current_thread()
+        if not hasattr(thread, "_cure_building"):
+            thread._cure_building = []
+        return thread._cure_building
+
+
+_building = _Building()
+
+
+def someone_waits_for_this_thread() -> bool:
+    """True when another requester waits for an artefact this thread is building (see watched.py)."""
+    return any(waiters(*entry) for entry in _building.stack)
+
+
 def artefact_dir(root: Path, kind: str, key: str) -> Path:
     return root / kind / key
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +207,7 @@ def dead_tmp_folders(folder: Path) -> list[Path]:
     dead = []
     for tmp in Path(folder).glob(".tmp-*"):
         parts = tmp.name.rsplit("-", 2)
-        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1])):
             dead.append(tmp)
     return dead
 
@@ -177,7 +236,8 @@ def _intact(final: Path) -> bool:
 
 
 def _wait_for_identical(root: Path, kind: str, key: str, on_wait: Callable[[str], None] | None) -> None:
-    """If another job is building this very artefact, wait for it (holding no queue slot) and say so."""
+    """If another job is building this very artefact, wait for it (holding no queue slot), say so, and be
+    counted as its waiter."""
     with key_lock(root, kind, key, on_wait):
         pass
 
@@ -223,6 +283,7 @@ def build_or_load(
         sweep_stale_tmp(root / kind)
         tmp = root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir(parents=True)
+        _building.stack.append((root, kind, key))
         try:
             build(tmp)
             write_manifest(tmp)
@@ -230,4 +291,6 @@ def build_or_load(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            _building.stack.pop()
     return final

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .cache import pid_alive
+
 JOBS = "jobs"
 POLL_SECONDS = 0.25
 LOG = "log.jsonl"  # one line per job start and end: what ran, for how long, how it ended
@@ -74,9 +76,10 @@ _held = _Held()
 
 
 def _ending(exc: BaseException) -> str:
-    """Ctrl-C, or Streamlit stopping a script for a Cancel click or a page switch, is a cancellation."""
+    """Ctrl-C, Streamlit stopping a script for a Cancel click or a page switch, or a watched job whose
+    session left with no one else waiting (watched.JobCancelled), is a cancellation."""
     return "cancelled" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in (
-        "StopException", "RerunException") else "failed"
+        "StopException", "RerunException", "JobCancelled") else "failed"
 
 
 def holds_slot() -> bool:
@@ -101,16 +104,6 @@ def scheduled_elsewhere(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class JobQueue:
     def __init__(self, root: Path, slots: int | None = None) -> None:
         self.dir = Path(root) / JOBS
@@ -126,7 +119,7 @@ class JobQueue:
                 pid = int(t.name.split("-")[1])
             except (IndexError, ValueError):
                 continue
-            if _alive(pid):
+            if pid_alive(pid):
                 live.append(t)
             else:
                 t.unlink(missing_ok=True)
@@ -140,7 +133,7 @@ class JobQueue:
                 info = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
-            if _alive(int(info.get("pid", -1))):
+            if pid_alive(int(info.get("pid", -1))):
                 out.append(info.get("label", f.stem))
             else:
                 f.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from analysis.evaluate import baseline_metrics
 from analysis.model.recommender import Recommender, load_recommender
 from analysis.model.train import train_recommender
 from analysis.progress import TIMINGS, ProgressView, StagedProgress
+from analysis.watched import run_watched
 from analysis.workspace import Workspace, open_workspace
 
 
@@ -121,9 +122,10 @@ LIMITS = AppLimits()
 class ProgressBox:
     """The placeholders of a job's bar and of its Cancel button.
 
-    A job whose browser tab closes stops at its next redraw: since Streamlit 1.18 a disconnect
-    requests a stop, raised at the next Streamlit call, and the job ends there like a cancelled one
-    (the browser test checks the job log says so)."""
+    A job runs in a worker thread this session watches (analysis.watched.run_watched). When its tab
+    closes (since Streamlit 1.18 a disconnect stops the script at its next call), or Cancel is clicked,
+    the session stops watching: the job ends at its next step like a cancelled one, unless another
+    session waits for the same artefact; then it runs on for that one (the browser tests check both)."""
 
     bar: object
     cancel: object
@@ -148,9 +150,10 @@ def staged_progress(plan: str, label: str, root=None, cancel_key: str | None = N
     box = ProgressBox(st.empty(), st.empty())
     overall = box.bar.progress(0.0, text=label)
     if cancel_key:
-        # Clicking makes Streamlit rerun the page, which stops this run at its next progress redraw (a
-        # Streamlit call raises there): the build's temp folder is removed, nothing partial is stored,
-        # the queue slot goes to the next job. The callback leaves a note for the rerun to show.
+        # Clicking makes Streamlit rerun the page, which stops this session watching at its next progress
+        # redraw (a Streamlit call raises there); the job then stops at its next step unless another
+        # session waits for it: the build's temp folder is removed, nothing partial is stored, the queue
+        # slot goes to the next job. The callback leaves a note for the rerun to show.
         box.cancel.button("Cancel", key=cancel_key,
                           on_click=lambda: st.session_state.update({f"{cancel_key}:cancelled": True}))
     last = {"at": 0.0, "stage": 0}
@@ -173,7 +176,8 @@ def cancelled(cancel_key: str) -> bool:
     if not st.session_state.pop(f"{cancel_key}:cancelled", False):
         return False
     st.warning("Cancelled: the job stopped at its next step. Nothing partial was stored, and its place in the "
-               "job queue went to the next job.")
+               "job queue went to the next job. (If another session was waiting for the same result, the job "
+               "runs on for that session instead.)")
     return True
 
 
@@ -192,7 +196,7 @@ def workspace() -> Workspace:
 @st.cache_resource(show_spinner=False)
 def _original(_ws: Workspace, fingerprint: str, compute: str) -> Recommender:  # fingerprint, compute key the cache
     box, progress = staged_progress("train", "Training the default model (first launch only)", _ws.root)
-    rec = train_recommender(_ws, None, ModelConfig(), TrainConfig(), progress=progress)
+    rec = run_watched(lambda p: train_recommender(_ws, None, ModelConfig(), TrainConfig(), progress=p), progress)
     progress.finish()
     box.empty()
     return rec

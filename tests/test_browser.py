@@ -150,6 +150,24 @@ def _closing_a_tab_stops_its_job(browser, server: str, cache: Path) -> None:
     assert [e["event"] for e in _job_events(cache)[before:]] == ["start", "cancelled"], _job_events(cache)[before:]
 
 
+def _a_closed_tab_s_job_runs_on_for_a_waiting_tab(browser, server: str, cache: Path) -> None:
+    """Two tabs run the same request; the first one's tab closes while the second waits for it: the job is
+    not cancelled but runs on, once, and the waiting tab gets its result."""
+    from playwright.sync_api import expect
+
+    before = len(_job_events(cache))
+    first, second = _lab_tab(browser, server, "150"), _lab_tab(browser, server, "150")  # ~25 s of steps
+    first.get_by_role("button", name="Run").click()
+    expect(first.get_by_text("stage 3 of 4: unlearning").first).to_be_visible(timeout=WAIT)
+    second.get_by_role("button", name="Run").click()
+    expect(second.get_by_text("waiting for another run that is building this run").first).to_be_visible(timeout=WAIT)
+    first.close()
+    expect(second.get_by_text("cure finished")).to_be_visible(timeout=WAIT)
+    expect(second.get_by_text("Waited")).to_be_visible(timeout=WAIT)  # it loaded the first tab's result
+    assert [e["event"] for e in _job_events(cache)[before:]] == ["start", "done"], _job_events(cache)[before:]
+    second.close()
+
+
 CLICK_POINT = """() => {
   // the circuit graph (legend "module group"): pixel position of its first head or MLP node
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
@@ -265,5 +283,6 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
         page.screenshot(path=str(SHOTS / "compare-after-run.png"), full_page=True)
         _walk_the_tour(page)
         _closing_a_tab_stops_its_job(browser, server, Path(app_env["CURE_CACHE"]))
+        _a_closed_tab_s_job_runs_on_for_a_waiting_tab(browser, server, Path(app_env["CURE_CACHE"]))
         browser.close()
     assert len(list(SHOTS.glob("*.png"))) >= 9

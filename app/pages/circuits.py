@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis.circuits.discover import CircuitSettings, discover_circuits
 from analysis.circuits.groups import GroupThresholds
+from analysis.watched import run_watched
 from app import figures, state
 
 st.title("Circuits of a deletion request")
@@ -76,7 +77,7 @@ with state.readable_errors():
         st.session_state.pop("circ_paused")
     box, progress = state.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root,
                                           cancel_key="circ_cancel")
-    result = discover_circuits(ws, rec, forget, settings, thresholds, progress)
+    result = run_watched(lambda p: discover_circuits(ws, rec, forget, settings, thresholds, p), progress)
     progress.finish()
     box.empty()
     j = result.to_json()

@@ -8,6 +8,7 @@ from analysis.study import run_and_report
 from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
 from analysis.study.report import figures, list_reports, transfer_rows
+from analysis.watched import run_watched
 from app import state
 
 st.title("Evidence")
@@ -27,7 +28,7 @@ with state.readable_errors():
                  help=state.LIMITS.note("the quick study; `cure study` runs the full one")):
         box, progress = state.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
         executor = make_executor("ray", os.environ.get("CURE_RAY_ADDRESS")) if where == "on Ray" else None
-        path, _ = run_and_report(ws, rec, StudyConfig.quick(), progress, executor=executor)
+        path, _ = run_watched(lambda p: run_and_report(ws, rec, StudyConfig.quick(), p, executor=executor), progress)
         progress.finish()
         box.done()
         st.session_state["evidence_pick"] = str(path)

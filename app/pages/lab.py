@@ -8,6 +8,7 @@ from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method
 from analysis.progress import unlearn_plan
 from analysis.unlearn.run import UnlearnConfig
+from analysis.watched import run_watched
 from app import state
 
 st.title("Unlearning lab")
@@ -77,7 +78,7 @@ with state.readable_errors():
                                               cancel_key="lab_cancel")
         forget = ws.forget_set(request)
         n_forget = len(forget.forget_samples)
-        run = unlearn(ws, rec, forget, cfg, progress, on_step)
+        run = run_watched(lambda p, step: unlearn(ws, rec, forget, cfg, p, step), progress, step=on_step)
         progress.finish()
         box.done()
         st.session_state["compare_run"] = run["run_dir"]
