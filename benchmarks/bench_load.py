@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,6 +92,60 @@ async def observer(browser, url: str, stop: asyncio.Event, log: dict) -> None:
             log["observer"].append(time.perf_counter() - t)
             await asyncio.sleep(1.0)
     await page.close()
+
+
+class CpuSampler:
+    """CPU seconds spent during a scenario by the app server, by Chromium, and by everything else.
+
+    All run on the same 2 cores, so the browsers' rendering competes with the server's jobs: in a
+    class the browsers run on the students' machines. /proc is read every half second, per process
+    (a tab's renderer exits when its page closes, so a start/end difference would miss it)."""
+
+    def __init__(self) -> None:
+        self.first, self.last = {}, {}
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _kind(cmdline: str) -> str:
+        if "streamlit run" in cmdline:
+            return "server"
+        return "browser" if "chrom" in cmdline else "other"
+
+    def _scan(self, initial: bool) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            pid, used = int(entry.name), (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+            key = (pid, self._kind(cmd))
+            self.first.setdefault(key, used if initial else 0.0)
+            self.last[key] = used
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._scan(initial=False)
+
+    def __enter__(self) -> "CpuSampler":
+        self._scan(initial=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._scan(initial=False)
+
+    def seconds(self) -> dict[str, float]:
+        out = Counter()
+        for key, used in self.last.items():
+            out[key[1]] += used - self.first[key]
+        return {k: round(v, 1) for k, v in sorted(out.items())}
 
 
 async def scenario(url: str, requests: list[str], sequential: bool, with_observer: bool) -> dict:
@@ -173,9 +228,9 @@ def main() -> None:
             plans += [("diff-4", REQUESTS, False, True), ("diff-4 one after another", REQUESTS, True, False)]
         for name, requests, sequential, watch in plans:
             cache = fresh_cache(base, original, tmp / name.replace(" ", "-"))
-            with served_app(cache, env) as url:
+            with served_app(cache, env) as url, CpuSampler() as cpu:
                 result = asyncio.run(scenario(url, requests, sequential, watch))
-            rows.append(summarise(name, len(requests), result, cache))
+            rows.append(summarise(name, len(requests), result, cache) | {"cpu_seconds": cpu.seconds()})
             print(f"{name}: {rows[-1]['wall_seconds']:.0f} s, errors {rows[-1]['errors']}, jobs {rows[-1]['jobs_run']}"
                   f" {rows[-1]['messages']}", file=sys.stderr)
     by = {r["scenario"]: r for r in rows}
@@ -199,7 +254,7 @@ def main() -> None:
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"{r['scenario']:<26} {r['wall_seconds']:7.0f} {f(r.get('wall_vs_one_session') or r.get('wall_vs_sequential')):>6} "
               f"{r['errors']:>6} {f(r['page_p50']):>9} {f(r['page_p95']):>6} {f(r['light_page_p95']):>9} "
-              f"{f(r['observer_p95']):>12}  {r['jobs_run']}")
+              f"{f(r['observer_p95']):>12}  {r['jobs_run']}  cpu s {r['cpu_seconds']}")
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     result = {"rows": rows, "checks": checks, "users": args.users or "all", "prompts": args.prompts,
