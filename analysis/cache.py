@@ -271,10 +271,12 @@ def build_or_load(
     if _intact(final):
         return final
     slot = JobQueue(root).slot(f"{kind.rstrip('s')} {key[:8]}", on_wait) if queued else contextlib.nullcontext()
-    with slot, key_lock(root, kind, key, on_wait):
+    with slot as job, key_lock(root, kind, key, on_wait):
         if final.exists():
             try:
                 verify(final)
+                if job is not None:
+                    job.found_built = True
                 return final
             except CacheError as exc:
                 moved = quarantine(final, root)

@@ -57,6 +57,15 @@ class QueueState:
         return f"waiting in the job queue: position {self.position} of {self.waiting}{now}"
 
 
+@dataclass
+class JobRecord:
+    """What the body of a slot tells the job log: `found_built` when, once it held the slot, the artefact
+    it queued for had been built meanwhile by an identical job (two requesters can both queue before
+    either takes the artefact lock). Its end is then logged "merged", not "done": nothing was computed."""
+
+    found_built: bool = False
+
+
 class _Held:
     """How deep the current thread is inside a slot. Kept on the thread object itself, not in a module
     global: a server that reloads this module (Streamlit does when a source file changes) would otherwise
@@ -156,7 +165,7 @@ class JobQueue:
         return None
 
     @contextlib.contextmanager
-    def slot(self, label: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def slot(self, label: str, on_wait: Callable[[str], None] | None = None) -> Iterator[JobRecord]:
         """Hold a slot while the body runs; queue (telling `on_wait` the position) while none is free.
 
         `on_wait` is called again whenever the position changes and at least every few seconds, so
@@ -164,8 +173,8 @@ class JobQueue:
         if holds_slot():  # a build inside a running job (its retrain, its groups): logged, not queued
             _held.depth += 1
             try:
-                with self._logged(label, nested=True):
-                    yield
+                with self._logged(label, nested=True) as record:
+                    yield record
             finally:
                 _held.depth -= 1
             return
@@ -192,8 +201,8 @@ class JobQueue:
         torch.set_num_threads(threads_per_job(self.slots))
         _held.depth = 1
         try:
-            with self._logged(label, nested=False):
-                yield
+            with self._logged(label, nested=False) as record:
+                yield record
         finally:
             _held.depth = 0
             torch.set_num_threads(threads)
@@ -202,14 +211,16 @@ class JobQueue:
             fh.close()
 
     @contextlib.contextmanager
-    def _logged(self, label: str, nested: bool) -> Iterator[None]:
-        """A start line, then one line saying how the job ended (done, failed or cancelled) and how long it took."""
+    def _logged(self, label: str, nested: bool) -> Iterator[JobRecord]:
+        """A start line, then one line saying how the job ended (done, merged, failed or cancelled) and how
+        long it took."""
         extra = {"nested": True} if nested else {}
         started, ended = time.time(), "failed"
         self._log({"event": "start", "label": label, "pid": os.getpid(), "at": started, **extra})
+        record = JobRecord()
         try:
-            yield
-            ended = "done"
+            yield record
+            ended = "merged" if record.found_built else "done"
         except BaseException as exc:
             ended = _ending(exc)
             raise

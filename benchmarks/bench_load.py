@@ -181,8 +181,10 @@ def fresh_cache(base: Path, original: Path, dest: Path) -> Path:
 def jobs_run(cache: Path) -> dict:
     from analysis.jobs import JobQueue
 
-    started = [e["label"].split()[0] for e in JobQueue(cache).history() if e["event"] == "start"]
-    return dict(Counter(started))
+    """Jobs that computed something, by kind: a job that found its artefact built by an identical one once
+    it held a slot ends "merged" and is not counted."""
+    built = [e["label"].split()[0] for e in JobQueue(cache).history() if e["event"] == "done"]
+    return dict(Counter(built))
 
 
 def summarise(name: str, k: int, result: dict, cache: Path) -> dict:

@@ -149,3 +149,32 @@ def test_reentrancy_survives_a_module_reload(tmp_path):
 
         nested()  # same thread: must not queue behind its own job
         assert done.is_set()
+
+
+def test_a_job_that_finds_its_artefact_built_while_it_queued_is_logged_merged(tmp_path):
+    """Two requesters can both queue for a slot before either holds the artefact lock: the second then finds
+    the first one's result. Its job ends "merged", so the log counts one build, not two."""
+    calls, hold, release = [], threading.Event(), threading.Event()
+
+    def other_job() -> None:
+        with JobQueue(tmp_path, slots=1).slot("other"):
+            hold.set()
+            release.wait(10)
+
+    def requester() -> None:
+        build_or_load(tmp_path, "runs", "raced", lambda tmp: calls.append((tmp / "x.txt").write_text("built")))
+
+    blocker = threading.Thread(target=other_job)
+    blocker.start()
+    hold.wait(10)
+    first, second = threading.Thread(target=requester), threading.Thread(target=requester)
+    first.start()
+    time.sleep(0.3)  # first in line
+    second.start()
+    time.sleep(0.3)  # both queued behind the other job, neither holds the artefact lock yet
+    release.set()
+    for t in (blocker, first, second):
+        t.join(30)
+    assert len(calls) == 1
+    events = [(e["label"].split()[0], e["event"]) for e in JobQueue(tmp_path).history() if e["event"] != "start"]
+    assert events == [("other", "done"), ("run", "done"), ("run", "merged")], events
