@@ -25,7 +25,7 @@ from .cache import someone_waits_for_this_thread
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
-HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_SECONDS = 5.0
 
 
 class JobCancelled(BaseException):
@@ -76,7 +76,9 @@ def run_watched(work: Callable[..., T], progress: Callable[[str, int, int], None
     (any exception raised by a callback or by the caller's runtime), the job is detached and runs on
     only while another requester waits for an artefact it is building. At least every
     HEARTBEAT_SECONDS the last progress report is repeated, so a runtime that stops a thread at its
-    next call (Streamlit) notices a closed tab within a second even during a long step.
+    next call (Streamlit) notices a closed tab even during a long quiet step. Not more often: every
+    repeat is a message each open tab renders, and with 8 sessions on 2 cores the browsers already
+    used as much CPU as the server (bench_load).
     """
     watch = _Watch()
     last: list[tuple] = []

@@ -159,10 +159,10 @@ def staged_progress(plan: str, label: str, root=None, cancel_key: str | None = N
     last = {"at": 0.0, "stage": 0}
 
     def show(view: ProgressView) -> None:
-        # at most ~4 redraws a second within a stage (each is a message to the browser); stage changes,
+        # at most ~2 redraws a second within a stage (each is a message to the browser); stage changes,
         # waiting and the end always show
         now = time.monotonic()
-        if now - last["at"] < 0.25 and view.stage == last["stage"] and not (view.done or view.waiting):
+        if now - last["at"] < 0.5 and view.stage == last["stage"] and not (view.done or view.waiting):
             return
         last.update(at=now, stage=view.stage)
         overall.progress(view.overall, text=f"{label} · {view.text}")
