@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .cache import pid_alive
+from .cache import WAIT_POLL_SECONDS, WAIT_TELL_SECONDS, pid_alive
 
 JOBS = "jobs"
-POLL_SECONDS = 0.25
 LOG = "log.jsonl"  # one line per job start and end: what ran, for how long, how it ended
 
 
@@ -84,11 +83,19 @@ class _Held:
 _held = _Held()
 
 
+class JobCancelled(BaseException):
+    """A watched job whose session stopped watching, with no one else waiting for its result (watched.py).
+
+    A BaseException, like KeyboardInterrupt: a stop must pass through the `except Exception` of a
+    study cell or a metric and end the job, not be recorded as that cell's failure."""
+
+
 def _ending(exc: BaseException) -> str:
-    """Ctrl-C, Streamlit stopping a script for a Cancel click or a page switch, or a watched job whose
-    session left with no one else waiting (watched.JobCancelled), is a cancellation."""
+    """Ctrl-C, a watched job's stop, or Streamlit stopping a script for a Cancel click or a page switch is a
+    cancellation. Known by name: analysis/ never imports streamlit, and a reloaded module's JobCancelled is
+    another class."""
     return "cancelled" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ in (
-        "StopException", "RerunException", "JobCancelled") else "failed"
+        "StopException", "RerunException", JobCancelled.__name__) else "failed"
 
 
 def holds_slot() -> bool:
@@ -187,10 +194,10 @@ class JobQueue:
                 if state.position <= self.slots:  # first come, first served
                     fh = self._try_slot()
                 if fh is None:
-                    if on_wait and (state != told or time.monotonic() - told_at > 2.0):
+                    if on_wait and (state != told or time.monotonic() - told_at > WAIT_TELL_SECONDS):
                         on_wait(state.message)
                         told, told_at = state, time.monotonic()
-                    time.sleep(POLL_SECONDS)
+                    time.sleep(WAIT_POLL_SECONDS)
         finally:
             ticket.unlink(missing_ok=True)
         marker = self.dir / "running" / f"{ticket.stem}.json"

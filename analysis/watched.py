@@ -22,17 +22,11 @@ from typing import Any, Callable, TypeVar
 
 from . import compute
 from .cache import someone_waits_for_this_thread
+from .jobs import JobCancelled
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
 HEARTBEAT_SECONDS = 5.0
-
-
-class JobCancelled(BaseException):
-    """The job's session stopped watching and no one else waits for its result.
-
-    A BaseException, like KeyboardInterrupt: a stop must pass through the `except Exception` of a
-    study cell or a metric and end the job, not be recorded as that cell's failure."""
 
 
 class _Watch:
