@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "retain and shared modules")
     _common(p)
     _circuit_args(p)
+    p.add_argument("--null", action="store_true", help="also run the null request (forget prompts drawn from the "
+                   "retained population): its forget-specific nodes are false positives")
     p = sub.add_parser("conflict", help="per-module gradient conflict cos(g_forget, g_retain) of the original model")
     _common(p)
     _original_args(p)
@@ -182,6 +184,14 @@ def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> 
     p.add_argument("--circuit-batch", type=int, default=S.batch_size, help="prompts per attribution batch "
                    "(bounds memory)")
     p.add_argument("--stability-seeds", type=int, default=S.stability_seeds)
+    p.add_argument("--retain-samples", type=int, default=S.retain_samples, help="stability over retain samples")
+    p.add_argument("--input-steps", type=int, default=S.input_steps, help="IG steps of the whole-request role and "
+                   "item-row scores (1: the midpoint gradient)")
+    p.add_argument("--targets", default=S.targets, choices=["auto", "replace", "keep"], help="replace the target "
+                   "item in the counterfactual too, so its row is scored (auto: genre requests)")
+    p.add_argument("--fdr", type=float, default=G.fdr, help="Benjamini-Hochberg level over the nodes tested")
+    p.add_argument("--min-users", type=int, default=G.min_users, help="an item row is tested on a side only when "
+                   "that many of its users' prompts hold it")
     p.add_argument("--target", type=float, default=S.target, help="recovery the returned circuit must reach")
     p.add_argument("--top-n", type=int, default=None, help="return the top-n edges instead of a target")
     p.add_argument("--granularity", default=S.granularity, choices=["modules", "neurons"],
@@ -202,10 +212,11 @@ def _circuit_settings(args):
 
     settings = CircuitSettings(method=args.method, n_prompts=args.n_prompts, corruption=args.corruption,
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
-                               batch_size=args.circuit_batch,
+                               batch_size=args.circuit_batch, retain_samples=args.retain_samples,
+                               input_steps=args.input_steps, targets=args.targets,
                                target=args.target, top_n=args.top_n, granularity=args.granularity)
     return settings, GroupThresholds(args.forget_threshold, args.retain_threshold, rule=args.group_rule,
-                                     tau=args.tau, floor=args.floor)
+                                     tau=args.tau, floor=args.floor, fdr=args.fdr, min_users=args.min_users)
 
 
 def _original(args, ws, progress):
@@ -217,13 +228,23 @@ def _circuits(args, ws, progress) -> dict:
     import time
 
     from .circuits.discover import discover_circuits
+    from .circuits.groups import Group
 
     start = time.perf_counter()
     settings, thresholds = _circuit_settings(args)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     rec = _original(args, ws, progress)
     result = discover_circuits(ws, rec, forget, settings, thresholds, progress).to_json()
-    for bulky in ("attribution", "seeds", "node_scores"):  # raw scores stay in the cached folder (`path`)
+    if args.null:  # the same pipeline on a request drawn from the retained population: the rule's false positives
+        from dataclasses import replace
+
+        from .circuits.lean import discover_groups
+
+        null = discover_groups(ws, rec, forget, replace(settings, null=True), thresholds, progress).node_groups
+        result["null"] = {"groups": null.sizes(), "groups_by_kind": null.sizes_by_kind(),
+                          "tested": null.decisions().tested, "fdr": thresholds.fdr,
+                          "top_forget_specific": null.top(Group.FORGET)}
+    for bulky in ("attribution", "draws", "node_scores"):  # raw scores stay in the cached folder (`path`)
         result.pop(bulky)
     result["coverage"].pop("blocks", None)
     result["compute_seconds"] = result.pop("seconds")
@@ -321,6 +342,8 @@ _RANGES: dict[str, tuple[str, object]] = {
     "epochs": ("at least 1", lambda v: v >= 1), "steps": ("at least 1", lambda v: v >= 1),
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
+    "retain_samples": ("at least 1", lambda v: v >= 1), "input_steps": ("at least 1", lambda v: v >= 1),
+    "min_users": ("at least 1", lambda v: v >= 1), "fdr": ("in (0, 1)", lambda v: 0 < v < 1),
     "top_n": ("at least 1", lambda v: v >= 1), "lora_rank": ("at least 1", lambda v: v >= 1),
     "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf), "eval_batch": ("at least 1", lambda v: v >= 1),
     "train_batch": ("at least 1", lambda v: v >= 1), "circuit_batch": ("at least 1", lambda v: v >= 1),

@@ -77,19 +77,21 @@ class Stage:
 
 PLANS: dict[str, tuple[Stage, ...]] = {
     "train": (Stage("training", ("train",), seconds=90.0),),
-    # attribution: forget and retain prompts per stability seed (3 by default)
-    "circuits": (Stage("attribution", ("eap", "patching"), passes=6, seconds=40.0),
+    # attribution: per prompt-seed draw (3 by default) the forget and retain samples' graph attribution and
+    # the whole request's input scores on each side (4 passes); per retain-sample draw (2 more) the retain
+    # side's two (2 passes)
+    "circuits": (Stage("attribution", ("eap", "patching", "request"), passes=16, seconds=200.0),
                  Stage("node patching", ("node patching", "embedding patching", "edge patching"), passes=2,
                        seconds=30.0),
                  Stage("faithfulness", ("faithfulness",), passes=3, seconds=10.0)),
     "unlearn": (Stage("retrain", ("train",), seconds=90.0),
-                Stage("circuits", ("eap", "patching", "node patching", "embedding patching", "edge patching",
-                                   "faithfulness"), passes=6, seconds=15.0),
+                Stage("circuits", ("eap", "patching", "request", "node patching", "embedding patching",
+                                   "edge patching", "faithfulness"), passes=4, seconds=50.0),
                 Stage("unlearning", ("unlearn",), seconds=30.0),
                 Stage("evaluation", ("score", "rank"), passes=4, seconds=20.0)),
 }
 PLANS["warm"] = (Stage("retrain", ("train",), seconds=90.0),
-                 Stage("circuits", PLANS["unlearn"][1].raw, passes=8, seconds=90.0),
+                 Stage("circuits", PLANS["unlearn"][1].raw, passes=20, seconds=240.0),
                  Stage("reference views", ("score", "rank"), passes=4, seconds=20.0))
 PLANS["study"] = (Stage("study cells", ("study",), seconds=900.0),)
 PLANS["unlearn-baseline"] = tuple(s for s in PLANS["unlearn"] if s.name != "circuits")

@@ -27,8 +27,8 @@ from scipy.stats import spearmanr
 
 from analysis.circuits.attribution import AttributionConfig, _masks_for_edges, attribute, patch_effects, patch_nodes
 from analysis.circuits.corrupt import Corruption, build_prompt_set, user_item_graph
-from analysis.circuits.discover import (CircuitSettings, _prompt_sets, discover_circuits, retain_samples,
-                                        sample_rows)
+from analysis.circuits.discover import CircuitSettings, discover_circuits
+from analysis.circuits.sampling import retain_samples, sample_rows
 from analysis.circuits.groups import Group, group_stability
 from analysis.circuits.runner import GraphRunner
 from analysis.circuits.trace import load_bridge
@@ -118,7 +118,11 @@ def main() -> None:
     settings = CircuitSettings()
     runner = GraphRunner(load_bridge(rec), rec)
     builder = PromptBuilder(rec.fmt, ws.interactions)
-    f_set, r_set = _prompt_sets(ws, rec, forget, settings, settings.seed, builder, user_item_graph(ws.interactions))
+    graph = user_item_graph(ws.interactions)
+    f_set, r_set = (build_prompt_set(builder, sample_rows(rows, settings.n_prompts, settings.seed), settings.corruption,
+                                     graph, seed=s)
+                    for rows, s in ((forget.forget_samples, settings.seed),
+                                    (retain_samples(ws, forget), settings.seed + 10_000)))
 
     speed = agreement_and_speed(runner, f_set, r_set)
     result, discover_seconds = timed(lambda: discover_circuits(ws, rec, forget, settings, progress=bars))

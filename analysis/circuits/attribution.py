@@ -85,7 +85,7 @@ class Batch:
     corrupt_acts: torch.Tensor | None = None  # hidden MLP activations of the corrupted run (neuron nodes only)
 
 
-def _codes(prompts: PromptSet, start: int, stop: int, width: int) -> torch.Tensor:
+def position_codes(prompts: PromptSet, start: int, stop: int, width: int) -> torch.Tensor:
     codes = torch.full((stop - start, width), -1, dtype=torch.long)
     for b, i in enumerate(range(start, stop)):
         if prompts.roles is not None:
@@ -155,7 +155,7 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
         mean = total / len(prompts)
         mean_acts = None if total_acts is None else total_acts / len(prompts)
     for start in range(0, len(prompts), batch_size):
-        codes = _codes(prompts, start, min(start + batch_size, len(prompts)), width)
+        codes = position_codes(prompts, start, min(start + batch_size, len(prompts)), width)
         stop = start + batch_size
         tokens = torch.as_tensor(pad_batch(prompts.clean[start:stop], runner.pad_id, width))
         last = torch.tensor([len(p) - 1 for p in prompts.clean[start:stop]])

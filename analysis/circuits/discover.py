@@ -15,33 +15,31 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
 from ..config import CODE_VERSION
-from ..data.forget import ForgetSet
-from ..data.samples import TRAIN
-from ..errors import ForgetSpecError, SettingsError, parse_choice
+from ..data.forget import ForgetSet, ForgetSpec, parse_forget_spec
+from ..errors import SettingsError, parse_choice
 from ..model.recommender import Recommender
-from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
-from .attribution import Attribution, AttributionConfig, Method, attribute, parse_method, patch_embedding_nodes, patch_nodes
-from .corrupt import Corruption, PromptSet, build_prompt_set, user_item_graph
-from .coverage import coverage_view, forget_gradient_blocks
+from .attribution import Attribution, Method, parse_method, patch_embedding_nodes, patch_nodes
+from .corrupt import Corruption
+from .coverage import coverage_view
+from .engine import Discovery
 from .faithfulness import CurvePoint, circuit_points, faithfulness_curve, smallest_circuit, top_edges
 from .graph import CircuitGraph
-from .groups import Group, GroupThresholds
+from .describe import describe
+from .groups import Group, GroupThresholds, Rule
 from .nodes import NodeTable
 from .ownership import recommender_table
-from .runner import GraphRunner
 from .scores import NodeGroups
-from .trace import load_bridge
 
 RESULT = "circuit.json"
 PATCHED_ROWS = 100  # item rows checked against exact patching per side (seeded sample of the rows present)
+TARGETS = ("auto", "replace", "keep")
 
 
 @dataclass(frozen=True)
@@ -57,12 +55,24 @@ class CircuitSettings:
     criterion: str = "recovery"  # ...on this curve field ("recovery" or "faithfulness")
     top_n: int | None = None  # or a fixed number of edges instead of a target
     granularity: str = "modules"  # or "neurons": every MLP hidden unit is a node too
+    # roles and item rows are scored on the whole request (every forget sample, as many retain ones) at
+    # the input, with this many IG steps (1: the midpoint gradient; EAP when the method is EAP): 8 steps
+    # would take ~200 s on users:0.1 on 2 cores, one ~26 s (see request.py); checked against exact
+    # patching of sampled rows (`agreement`)
+    input_steps: int = 1
+    input_batch: int = 128  # 1.8 s per 1,024 prompts at 128, 2.4 s at 512 (default model, 2 cores)
+    targets: str = "auto"  # replace the target item in the counterfactual too: "auto" (genre requests), "replace", "keep"
+    retain_samples: int = 3  # stability over retain samples: draw 0 and this many - 1 others
+    null: bool = False  # forget prompts drawn from the retained population: what the rule finds by chance
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
         object.__setattr__(self, "corruption", parse_choice(Corruption, self.corruption, "corruption"))
-        if self.n_prompts < 1 or self.stability_seeds < 1 or self.batch_size < 1 or self.ig_steps < 1:
-            raise SettingsError("n_prompts, stability_seeds, batch_size and ig_steps must be at least 1")
+        if min(self.n_prompts, self.stability_seeds, self.batch_size, self.ig_steps, self.input_steps, self.input_batch,
+               self.retain_samples) < 1:
+            raise SettingsError("n_prompts, stability_seeds, retain_samples, batch sizes and IG steps must be at least 1")
+        if self.targets not in TARGETS:
+            raise SettingsError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
         if self.top_n is not None and self.top_n < 0:
             raise SettingsError("top_n must be >= 0")
         if self.granularity not in ("modules", "neurons"):
@@ -71,6 +81,13 @@ class CircuitSettings:
             raise SettingsError("neuron nodes are scored by EAP or EAP-IG; exact patching covers modules only")
         if self.criterion not in ("recovery", "faithfulness"):
             raise SettingsError(f"criterion must be recovery or faithfulness, not {self.criterion!r}")
+
+    def replaces_target(self, spec: ForgetSpec) -> bool:
+        """Genre requests score their targets by default: the genre's films are what every forget prompt
+        asks about, and a kept target scores exactly 0."""
+        if self.targets == "auto":
+            return spec.level == "genre" and self.corruption not in (Corruption.SHUFFLE, Corruption.MEAN)
+        return self.targets == "replace"
 
     def key(self) -> dict:
         d = asdict(self)
@@ -84,17 +101,6 @@ def model_identity(rec: Recommender) -> str:
     if manifest is not None and manifest.is_file():
         return config_key(json.loads(manifest.read_text()))
     return str(rec.path)
-
-
-def sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    if len(rows) == 0:
-        raise ForgetSpecError("no samples to trace: the prompt set is empty")
-    return rows.sample(n=min(n, len(rows)), random_state=seed).sort_values(["user_id", "pos"])
-
-
-def retain_samples(ws: Workspace, forget: ForgetSet) -> pd.DataFrame:
-    frame = ws.interactions.frame
-    return frame[(frame["split"] == TRAIN).to_numpy() & ~forget.mask]
 
 
 def _table(rec: Recommender, ws: Workspace | None, settings: CircuitSettings) -> NodeTable:
@@ -166,8 +172,6 @@ class CircuitResult:
         out: dict = {}
         up = CircuitGraph.from_shape(self.n_layers, self.n_heads).upstream
         ng = self.node_groups
-        mean = {side: dict(zip(ng.names, (ng.forget if side == "forget" else ng.retain)[0].mean(0).tolist()))
-                for side in ("forget", "retain")}
         for side in ("forget", "retain"):
             ours = getattr(self, side)["nodes"]
             out[side] = _spearman(ours[1:], [self.patched[side][n] for n in up[1:]])
@@ -178,9 +182,11 @@ class CircuitResult:
         for kind, key in (("embedding", "roles"), ("item-row", "item_rows")):
             a, b = [], []
             for side in ("forget", "retain"):
+                sampled = getattr(self, side)["sampled_inputs"]
                 names = [n for n, k in zip(ng.names, ng.kinds) if k == kind and n in self.patched[side]]
-                a += [mean[side][n] for n in names]
+                a += [sampled[n] for n in names]
                 b += [self.patched[side][n] for n in names]
+                out[f"{key}_{side}"] = _spearman([sampled[n] for n in names], [self.patched[side][n] for n in names])
             out[key] = _spearman(a, b)
             out[f"n_{key}"] = len(a)
         return out
@@ -218,6 +224,9 @@ class CircuitResult:
             "groups": ng.sizes(),
             "groups_by_kind": ng.sizes_by_kind(),
             "top_forget_specific": ng.top(Group.FORGET),
+            "summary": [g.as_dict() for g in describe(ng)],
+            "tested": ng.decisions().tested if self.thresholds.rule is Rule.SPECIFICITY else None,
+            "targets_scored": self.settings.replaces_target(parse_forget_spec(self.forget_summary["spec"])),
             "edges": [{"from": up[i], "to": g.downstream[j], "forget_score": self.forget["edges"][i][j],
                        "retain_score": self.retain["edges"][i][j], "score": float(g.scores[i, j]),
                        "in_circuit": bool(g.in_circuit[i, j])} for i, j in torch.nonzero(g.allowed).tolist()],
@@ -228,10 +237,9 @@ class CircuitResult:
                                   f"sample of up to {PATCHED_ROWS} item rows per side under by_side"},
             "stability": {**(self.stability() or {"jaccard": None, "sizes": None}), "seeds": ng.seeds},
             "coverage": {**self.coverage_view(), **self.coverage},
-            "seeds": [{"seed": s, "forget": ng.forget[k].mean(0).tolist(), "retain": ng.retain[k].mean(0).tolist()}
-                      for k, s in enumerate(ng.seeds)],
-            "node_scores": {"file": "scores.safetensors", "names": ng.names, "kinds": ng.kinds, "titles": ng.titles,
-                            "families": ng.families.tolist(), "seeds": ng.seeds},
+            "draws": [{"kind": dr.kind, "seed": dr.seed, "forget": f.tolist(), "retain": r.tolist()}
+                      for dr, (f, r) in zip(ng.draws, (ng.mean_scores(k) for k in range(len(ng.draws))))],
+            "node_scores": {"file": "scores.safetensors", **ng.layout()},
             "attribution": {"forget": self.forget, "retain": self.retain, "patched": self.patched},
             "seconds": self.seconds,
             "path": str(self.path) if self.path else None,
@@ -250,49 +258,12 @@ class CircuitResult:
                    d["seconds"], path, table)
 
 
-def _attribution_dict(a: Attribution) -> dict:
+def _attribution_dict(a: Attribution, sampled_inputs: dict[str, float]) -> dict:
+    """The sample's graph attribution, and the input scores (as the groups compute them) of the roles and
+    item rows that exact patching checked on the same sample."""
     return {"edges": a.edges.tolist(), "nodes": a.nodes.tolist(), "clean_metric": a.clean_metric,
-            "corrupt_metric": a.corrupt_metric, "n_prompts": a.n_prompts, "seconds": a.seconds}
-
-
-def _prompt_sets(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings, seed: int,
-                 builder: PromptBuilder, graph) -> tuple[PromptSet, PromptSet]:
-    f_rows = sample_rows(forget.forget_samples, settings.n_prompts, seed)
-    r_rows = sample_rows(retain_samples(ws, forget), settings.n_prompts, seed)
-    make = lambda rows, s: build_prompt_set(builder, rows, settings.corruption, graph, seed=s)  # noqa: E731
-    return make(f_rows, seed), make(r_rows, seed + 10_000)
-
-
-class _Discovery:
-    """What every discovery step shares: the runner over the node table, prompts, settings."""
-
-    def __init__(self, ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings,
-                 progress: ProgressFn) -> None:
-        self.ws, self.rec, self.forget, self.settings, self.progress = ws, rec, forget, settings, progress
-        self.table = _table(rec, ws, settings)
-        self.runner = GraphRunner(load_bridge(rec), rec, self.table)
-        self.builder = PromptBuilder(rec.fmt, ws.interactions)
-        self.graph = user_item_graph(ws.interactions) if settings.corruption is Corruption.PPR else None
-        self.cfg = AttributionConfig(settings.method, settings.ig_steps, settings.batch_size)
-
-    def prompt_sets(self, seed: int) -> tuple[PromptSet, PromptSet]:
-        return _prompt_sets(self.ws, self.rec, self.forget, self.settings, seed, self.builder, self.graph)
-
-    def attribute(self, seeds: list[int], first: tuple[PromptSet, PromptSet] | None = None):
-        """Per seed, attribution on forget and retain prompts; returns attributions of the first seed too."""
-        forget_pp, retain_pp, first_attr = [], [], None
-        for k, seed in enumerate(seeds):
-            f_set, r_set = first if (k == 0 and first is not None) else self.prompt_sets(seed)
-            f_attr, r_attr = attribute(self.runner, f_set, self.cfg, self.progress), attribute(self.runner, r_set, self.cfg, self.progress)
-            forget_pp.append(f_attr.per_prompt)
-            retain_pp.append(r_attr.per_prompt)
-            if k == 0:
-                first_attr = (f_attr, r_attr)
-        return forget_pp, retain_pp, first_attr
-
-    def coverage(self, f_set: PromptSet) -> dict:
-        blocks, total = forget_gradient_blocks(self.rec, self.table, f_set.clean, f_set.labels, self.settings.batch_size)
-        return {"blocks": blocks, "total": total}
+            "corrupt_metric": a.corrupt_metric, "n_prompts": a.n_prompts, "seconds": a.seconds,
+            "sampled_inputs": sampled_inputs}
 
 
 def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings,
@@ -300,31 +271,35 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     """Everything in CircuitResult, computed now (see `discover_circuits` for the cached entry point)."""
     progress = or_silent(progress)
     t0 = time.perf_counter()
-    d = _Discovery(ws, rec, forget, settings, progress)
+    d = Discovery(ws, rec, forget, settings, _table(rec, ws, settings), progress)
     runner, table = d.runner, d.table
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"setup": time.perf_counter() - t0}
 
     tick = time.perf_counter()
-    f_set, r_set = d.prompt_sets(settings.seed)
-    seconds["prompts"] = time.perf_counter() - tick
-    seeds = list(range(settings.seed, settings.seed + settings.stability_seeds))
-    forget_pp, retain_pp, (f_attr, r_attr) = d.attribute(seeds[:1], (f_set, r_set))
-    seconds["attribution"] = f_attr.seconds + r_attr.seconds
+    works = d.draws(None, settings.stability_seeds, settings.retain_samples)  # every draw first: progress only moves on
+    first = works[0]
+    f_set, r_set, f_attr, r_attr = first.forget_sample, first.retain_sample, first.forget_attr, first.retain_attr
+    seconds["attribution"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    patched = {}
+    patched, sampled = {}, {}
     rng = np.random.default_rng(settings.seed)
+    n_roles = len(table.roles)
     for side, ps, attr in (("forget", f_set, f_attr), ("retain", r_set, r_attr)):
         up_effects = attr.nodes if settings.method is Method.PATCHING else patch_nodes(runner, ps, settings.batch_size, progress)
         values = dict(zip(runner.graph.upstream, up_effects.tolist()))
-        first_row = len(table.roles) + len(table.modules)
-        row_scores = attr.per_prompt[:, first_row : first_row + len(table.item_rows)].abs().sum(0)
+        # the input scores the groups use, on the sample exact patching can afford
+        inputs = d.input_side_scores(ps, attr)
+        row_scores = inputs[:, n_roles:].abs().sum(0)
         present = [n for n, v in zip(table.item_rows, row_scores) if v > 0]
         rows = sorted(rng.choice(present, size=min(PATCHED_ROWS, len(present)), replace=False).tolist()) if present else []
         names = table.roles + rows
         exact = patch_embedding_nodes(runner, ps, names, settings.batch_size, progress).mean(1)
         values.update(zip(names, exact.tolist()))
         patched[side] = values
+        columns = {n: c for c, n in enumerate(table.roles + table.item_rows)}
+        means = inputs.double().mean(0)
+        sampled[side] = {n: float(means[columns[n]]) for n in names}
     seconds["node_patching"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -340,19 +315,16 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     seconds["faithfulness"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    more_f, more_r, _ = d.attribute(seeds[1:]) if len(seeds) > 1 else ([], [], None)
-    seconds["stability"] = time.perf_counter() - tick
-    tick = time.perf_counter()
     coverage = d.coverage(f_set)
     seconds["coverage"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - t0
-    groups = NodeGroups.from_table(table, seeds, forget_pp + more_f, retain_pp + more_r, thresholds)
+    groups = d.groups(works, thresholds)
     return CircuitResult(settings, thresholds, forget.summary(), runner.n_layers, runner.n_heads,
-                         _attribution_dict(f_attr), _attribution_dict(r_attr), patched, curve, at, groups, coverage,
-                         seconds, table=table)
+                         _attribution_dict(f_attr, sampled["forget"]), _attribution_dict(r_attr, sampled["retain"]),
+                         patched, curve, at, groups, coverage, seconds, table=table)
 
 
-FORMAT = 2  # 2: node table (roles, item rows) and per-prompt scores in scores.safetensors
+FORMAT = 3  # 3: whole-request input scores, per-user sums with presence, draws (2: per-prompt scores of one sample)
 
 
 def circuits_key(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings) -> str:

@@ -1,9 +1,10 @@
 """The lean discovery path for unlearning: node scores on one prompt seed and their groups.
 
 CURE and selective unlearning need groups, not the faithfulness curve, exact patching or
-stability seeds. `discover_groups` reads a cached full result when there is one (same
-settings), else computes attribution on one prompt seed plus the bootstrap and the
-forget-gradient coverage, cached under cache/groups/<key>.
+stability draws. `discover_groups` reads a cached full result when there is one (same
+settings), else computes one draw (the whole request's input scores, the module sample's
+attribution) plus the bootstrap and the forget-gradient coverage, cached under
+cache/groups/<key>.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .coverage import coverage_view
-from .discover import CircuitSettings, _Discovery, _table, circuits_key, discover_circuits
+from .discover import CircuitSettings, _table, circuits_key, discover_circuits
+from .engine import Discovery
 from .groups import Group, GroupThresholds
 from .nodes import NodeTable
 from .scores import NodeGroups
@@ -54,15 +56,14 @@ def discover_groups(ws: Workspace, rec: Recommender, forget: ForgetSet, settings
     if full.exists():
         r = discover_circuits(ws, rec, forget, settings, thresholds, progress)
         return GroupsResult(r.node_groups, r.coverage, r.seconds, r.path, table, True)
-    lean = replace(settings, stability_seeds=1)
+    lean = replace(settings, stability_seeds=1, retain_samples=1)
 
     def build(tmp: Path) -> None:
         t0 = time.perf_counter()
-        d = _Discovery(ws, rec, forget, lean, or_silent(progress))
-        f_set, r_set = d.prompt_sets(lean.seed)
-        forget_pp, retain_pp, _ = d.attribute([lean.seed], (f_set, r_set))
-        coverage = d.coverage(f_set)
-        groups = NodeGroups.from_table(d.table, [lean.seed], forget_pp, retain_pp, thresholds)
+        d = Discovery(ws, rec, forget, lean, table, or_silent(progress))
+        works = d.draws()
+        coverage = d.coverage(works[0].forget_sample)
+        groups = d.groups(works, thresholds)
         meta = groups.save(tmp)
         write_json_atomic(tmp / GROUPS, {"node_scores": meta, "coverage": coverage, "settings": lean.key(),
                                          "seconds": {"total": time.perf_counter() - t0}})

@@ -1,11 +1,17 @@
 """Per-prompt node scores of a deletion request, and the groups, intervals and stability read off them.
 
-`NodeGroups` holds, for every prompt seed, the (prompts x scored nodes) attribution on
-forget and on retain prompts, stored as `scores.safetensors` beside the result's JSON.
-Labels, specificity intervals and stability are recomputed from them for any rule
-settings, so moving tau or the floor in the app never recomputes attribution. The lean
-discovery path (groups only, for unlearning) and the full one (with the faithfulness
-curve and exact patching) both produce one of these.
+`NodeGroups` holds one `Draw` per sampling of the request: for each side, per-prompt
+scores with each prompt's user, in *parts* that may come from different prompt sets.
+The input part (embedding roles and item rows) is scored on the whole request (every
+forget sample, an equally large seeded retain sample); the graph part (heads, MLPs,
+neurons) on a seeded sample of prompts per side, since it needs the per-reader gradients.
+Each family lies within one part, so shares and the user bootstrap are computed per part.
+
+Draw 0 is the request as discovered; "prompt seed" draws redo everything with another seed
+(counterfactuals, retain sample, module sample); "retain sample" draws keep draw 0's
+forget side and draw another retain sample. Stability is reported over each kind.
+Labels, intervals and stability are recomputed from the stored scores for any rule
+settings, so moving tau, the floor or the FDR level never recomputes attribution.
 """
 from __future__ import annotations
 
@@ -16,21 +22,46 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..compute import current
 from ..errors import CacheError
-from .groups import Group, GroupThresholds, Specificity, group_sizes, group_stability, label_nodes, specificity
+from .groups import (Decisions, Group, GroupThresholds, SideScores, Specificity, decide, group_sizes, group_stability,
+                     Rule, label_by_specificity, label_modules, specificity)
 from .nodes import Kind, NodeTable
+from .request import Presence
 
 SCORES = "scores.safetensors"
+PROMPT_SEED, RETAIN_SAMPLE = "prompt seed", "retain sample"
 
-
-FAMILY = {Kind.ITEM_ROW: 1, Kind.NEURON: 2}  # every other scored kind: 0, the graph nodes
+FAMILY = {Kind.HEAD: 0, Kind.MLP: 0, Kind.ITEM_ROW: 1, Kind.NEURON: 2, Kind.ROLE: 3}
+INPUT_KINDS = (Kind.ROLE, Kind.ITEM_ROW)  # scored at the input, over the whole request
 
 
 def families_of(table: NodeTable, names: list[str]) -> np.ndarray:
-    """0 = graph nodes (roles, heads, MLPs, which make up the computation), 1 = item rows (which make
-    up emb:items), 2 = neurons (which make up the MLPs): importance is a share within a family."""
-    return np.array([FAMILY.get(table[n].kind, 0) for n in names])
+    """0 = heads and MLPs (the computation), 1 = item rows (which make up emb:items), 2 = neurons (which
+    make up the MLPs), 3 = embedding roles (which make up the input): importance is a share within one."""
+    return np.array([FAMILY[table[n].kind] for n in names])
+
+
+def score_parts(table: NodeTable) -> list[np.ndarray]:
+    """Columns of table.scored in the input part (roles, item rows: the whole request) and in the graph
+    part (heads, MLPs, neurons: a prompt sample)."""
+    kinds = [table[n].kind for n in table.scored]
+    return [np.array([i for i, k in enumerate(kinds) if (k in INPUT_KINDS) is inside], dtype=np.int64)
+            for inside in (True, False)]
+
+
+@dataclass
+class Draw:
+    """One sampling of the request: per side, one SideScores per part (columns: NodeGroups.parts)."""
+
+    kind: str  # PROMPT_SEED or RETAIN_SAMPLE
+    seed: int
+    forget: list[SideScores]
+    retain: list[SideScores]
+    presence: Presence | None = None  # item rows (None when the table has none)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.seed}"
 
 
 @dataclass
@@ -39,38 +70,70 @@ class NodeGroups:
     kinds: list[str]
     titles: list[str]  # readable labels (item titles for rows)
     families: np.ndarray
-    seeds: list[int]
-    forget: list[torch.Tensor]  # per seed: (n_forget_prompts, n_nodes)
-    retain: list[torch.Tensor]
+    parts: list[np.ndarray]  # column indices of each part, together a partition of the names
+    draws: list[Draw]
     thresholds: GroupThresholds = field(default_factory=GroupThresholds)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_table(cls, table: NodeTable, seeds: list[int], forget: list[torch.Tensor], retain: list[torch.Tensor],
-                   thresholds: GroupThresholds) -> "NodeGroups":
+    def from_table(cls, table: NodeTable, draws: list[Draw], thresholds: GroupThresholds) -> "NodeGroups":
         names = list(table.scored)
         return cls(names, [table[n].kind.value for n in names], [table[n].label or n for n in names],
-                   families_of(table, names), seeds, forget, retain, thresholds)
+                   families_of(table, names), score_parts(table), draws, thresholds)
 
     # --- reading ---------------------------------------------------------------------------
-    def _bootstrap(self, seed_index: int, thresholds: GroupThresholds) -> Specificity:
-        """The intervals depend on the resamples and level only: relabelling with another tau, floor or
-        rule reuses them."""
-        key = ("spec", seed_index, thresholds.resamples, thresholds.level)
+    @property
+    def seeds(self) -> list[int]:
+        return [d.seed for d in self.draws if d.kind == PROMPT_SEED]
+
+    def _row_columns(self) -> np.ndarray:
+        return np.array([i for i, k in enumerate(self.kinds) if k == Kind.ITEM_ROW.value], dtype=np.int64)
+
+    def _bootstrap(self, draw: int, thresholds: GroupThresholds) -> Specificity:
+        """The intervals depend on the resamples and level only: relabelling with another tau, floor, FDR
+        level or rule reuses them."""
+        key = ("spec", draw, thresholds.resamples, thresholds.level)
         if key not in self._cache:
-            self._cache[key] = specificity(self.forget[seed_index], self.retain[seed_index], self.families,
-                                           thresholds.resamples, thresholds.level)
+            d = self.draws[draw]
+            n = len(self.names)
+            out = {f: np.zeros(n) for f in ("estimate", "low", "high", "forget_importance", "retain_importance",
+                                            "uniform", "se")}
+            for cols, f, r in zip(self.parts, d.forget, d.retain):
+                if len(cols) == 0:
+                    continue
+                part = specificity(f, r, self.families[cols], thresholds.resamples, thresholds.level)
+                for name in out:
+                    out[name][cols] = getattr(part, name)
+            self._cache[key] = Specificity(**out)
         return self._cache[key]
 
-    def specificity(self, seed_index: int = 0) -> Specificity:
-        return self._bootstrap(seed_index, self.thresholds)
+    def presence(self, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Users per side whose scored prompts hold each node (rows: counted; other nodes: every user)."""
+        d = self.draws[draw]
+        f, r = np.zeros(len(self.names), dtype=np.int64), np.zeros(len(self.names), dtype=np.int64)
+        for cols, fs, rs in zip(self.parts, d.forget, d.retain):
+            f[cols], r[cols] = len(fs.users), len(rs.users)
+        rows = self._row_columns()
+        if d.presence is not None and len(rows):
+            f[rows], r[rows] = d.presence.forget_users, d.presence.retain_users
+        return f, r
 
-    def label(self, thresholds: GroupThresholds | None = None, seed_index: int = 0) -> dict[str, Group]:
+    def specificity(self, draw: int = 0) -> Specificity:
+        return self._bootstrap(draw, self.thresholds)
+
+    def decisions(self, draw: int = 0) -> Decisions:
+        return decide(self.specificity(draw), self.thresholds, *self.presence(draw))
+
+    def label(self, thresholds: GroupThresholds | None = None, draw: int = 0) -> dict[str, Group]:
         thresholds = thresholds or self.thresholds
-        key = ("labels", seed_index, thresholds)
+        key = ("labels", draw, thresholds)
         if key not in self._cache:
-            self._cache[key] = label_nodes(self.names, self.forget[seed_index], self.retain[seed_index],
-                                           self.families, thresholds, self._bootstrap(seed_index, thresholds))[0]
+            if thresholds.rule is Rule.THRESHOLD:
+                f, r = self.mean_scores(draw)
+                self._cache[key] = label_modules(self.names, f, r, thresholds, self.families)
+            else:
+                self._cache[key] = label_by_specificity(self.names, self._bootstrap(draw, thresholds), thresholds,
+                                                        *self.presence(draw))
         return self._cache[key]
 
     @property
@@ -78,8 +141,8 @@ class NodeGroups:
         return self.label()
 
     def relabel(self, thresholds: GroupThresholds) -> "NodeGroups":
-        return NodeGroups(self.names, self.kinds, self.titles, self.families, self.seeds, self.forget, self.retain,
-                          thresholds, self._cache)
+        return NodeGroups(self.names, self.kinds, self.titles, self.families, self.parts, self.draws, thresholds,
+                          self._cache)
 
     def sizes(self) -> dict[str, int]:
         labels = self.labels
@@ -97,15 +160,31 @@ class NodeGroups:
         sizes = {f: int(np.sum(self.families == f)) for f in np.unique(self.families)}
         return {kind: self.thresholds.floor / sizes[f] for kind, f in zip(self.kinds, self.families)}
 
-    def mean_scores(self, seed_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forget[seed_index].mean(0), self.retain[seed_index].mean(0)
+    def mean_scores(self, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean score per node on each side (each part over its own prompts)."""
+        d = self.draws[draw]
+        out = []
+        for side in (d.forget, d.retain):
+            mean = np.zeros(len(self.names))
+            for cols, scores in zip(self.parts, side):
+                mean[cols] = scores.mean()
+            out.append(torch.as_tensor(mean))
+        return out[0], out[1]
 
     def stability(self) -> dict | None:
-        """Per group: mean pairwise Jaccard over prompt seeds (None = empty on every seed) and sizes."""
-        if len(self.seeds) < 2:
+        """Per group and kind of draw: mean pairwise Jaccard (None = empty on every draw) and sizes."""
+        out = {}
+        for kind in (PROMPT_SEED, RETAIN_SAMPLE):
+            idx = [0] + [i for i, d in enumerate(self.draws) if i > 0 and d.kind == kind]
+            if len(idx) < 2:
+                continue
+            labelings = [self.label(self.thresholds, i) for i in idx]
+            out[kind] = {"jaccard": group_stability(labelings), "sizes": group_sizes(labelings),
+                         "seeds": [self.draws[i].seed for i in idx]}
+        if not out:
             return None
-        labelings = [self.label(self.thresholds, i) for i in range(len(self.seeds))]
-        return {"jaccard": group_stability(labelings), "sizes": group_sizes(labelings), "seeds": self.seeds}
+        main = out.get(PROMPT_SEED) or out[RETAIN_SAMPLE]
+        return {**main, "by_draw": out}
 
     def top(self, group: Group, n: int = 10) -> list[dict]:
         """The n nodes of a group with the highest specificity estimate (for forget) or lowest (retain)."""
@@ -115,36 +194,80 @@ class NodeGroups:
         idx.sort(key=lambda i: -sign * spec.estimate[i])
         return [self.node_view(i) for i in idx[:n]]
 
+    def basis(self, i: int) -> str | None:
+        """For a forget-specific item row: "presence" when no retained user rated the item and no scored
+        retain prompt holds it (nothing retained can use it), "use" when retained prompts do hold it and
+        the forget side uses it more. (A genre request's retained ratings never hold its films, but
+        retained users' histories do: those are "use".)"""
+        if self.kinds[i] != Kind.ITEM_ROW.value or self.labels[self.names[i]] is not Group.FORGET:
+            return None
+        p = self.draws[0].presence
+        if p is None:
+            return None
+        col = int(np.searchsorted(self._row_columns(), i))
+        return "presence" if p.retain_population[col] == 0 and p.retain_users[col] == 0 else "use"
+
     def node_view(self, i: int) -> dict:
-        spec = self.specificity()
+        spec, dec = self.specificity(), self.decisions()
+        f_present, r_present = self.presence()
+        nan_none = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
         return {"name": self.names[i], "kind": self.kinds[i], "label": self.titles[i],
                 "group": self.labels[self.names[i]].value,
                 "specificity": {"estimate": float(spec.estimate[i]), "low": float(spec.low[i]),
-                                "high": float(spec.high[i])},
+                                "high": float(spec.high[i]), "half_width": float(spec.half_width[i]),
+                                "q_forget": nan_none(dec.q_forget[i]), "q_retain": nan_none(dec.q_retain[i]),
+                                "basis": self.basis(i)},
+                "presence": {"forget": int(f_present[i]), "retain": int(r_present[i])},
                 "forget_importance": float(spec.forget_importance[i]),
                 "retain_importance": float(spec.retain_importance[i])}
 
     # --- storage ---------------------------------------------------------------------------
     def save(self, folder: Path) -> dict:
-        """Per-prompt scores to safetensors; returns the JSON part (names, kinds, seeds)."""
+        """Per-user sums to safetensors (non-zero entries only: a user's prompts touch few item rows);
+        returns the JSON part (names, parts, draws with presence)."""
         tensors = {}
-        for k, seed in enumerate(self.seeds):
-            tensors[f"seed{seed}.forget"] = self.forget[k].float().contiguous()
-            tensors[f"seed{seed}.retain"] = self.retain[k].float().contiguous()
+        for k, d in enumerate(self.draws):
+            for side, parts in (("forget", d.forget), ("retain", d.retain)):
+                for p, sc in enumerate(parts):
+                    at = f"draw{k}.{side}.{p}"
+                    u, c = np.nonzero(sc.abs_sums)
+                    tensors[f"{at}.users"] = torch.tensor(np.asarray(sc.users, dtype=np.int64))  # copies: draws share sides
+                    tensors[f"{at}.counts"] = torch.tensor(sc.counts)
+                    tensors[f"{at}.at"] = torch.as_tensor(np.stack([u, c]).astype(np.int64))
+                    tensors[f"{at}.abs"] = torch.as_tensor(sc.abs_sums[u, c])
+                    tensors[f"{at}.sum"] = torch.as_tensor(sc.sums[u, c])
         save_file(tensors, str(Path(folder) / SCORES))
+        return self.layout()
+
+    def layout(self) -> dict:
+        """The JSON part of the stored scores: names, parts, draws with their presence."""
         return {"names": self.names, "kinds": self.kinds, "titles": self.titles,
-                "families": self.families.tolist(), "seeds": self.seeds}
+                "families": self.families.tolist(), "parts": [p.tolist() for p in self.parts],
+                "draws": [{"kind": d.kind, "seed": d.seed,
+                           "presence": None if d.presence is None else d.presence.as_dict()} for d in self.draws]}
 
     @classmethod
     def load(cls, folder: Path, meta: dict, thresholds: GroupThresholds) -> "NodeGroups":
         path = Path(folder) / SCORES
+        parts = [np.asarray(p, dtype=np.int64) for p in meta["parts"]]
         try:
-            tensors = load_file(str(path), device=str(current().device))  # where the math runs
-            forget = [tensors[f"seed{s}.forget"] for s in meta["seeds"]]
-            retain = [tensors[f"seed{s}.retain"] for s in meta["seeds"]]
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            tensors = {k: v.numpy() for k, v in load_file(str(path)).items()}
+            draws = []
+            for k, d in enumerate(meta["draws"]):
+                sides = {side: [_side(tensors, f"draw{k}.{side}.{p}", len(cols)) for p, cols in enumerate(parts)]
+                         for side in ("forget", "retain")}
+                presence = None if d["presence"] is None else Presence.from_dict(d["presence"])
+                draws.append(Draw(d["kind"], d["seed"], sides["forget"], sides["retain"], presence))
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise CacheError(f"{path}: cannot read node scores ({exc})") from exc
-        if any(t.shape[1] != len(meta["names"]) for t in forget + retain):
+        if sum(len(p) for p in parts) != len(meta["names"]):
             raise CacheError(f"{path}: node scores do not match the node list")
-        return cls(meta["names"], meta["kinds"], meta["titles"], np.array(meta["families"]), meta["seeds"],
-                   forget, retain, thresholds)
+        return cls(meta["names"], meta["kinds"], meta["titles"], np.array(meta["families"]), parts, draws, thresholds)
+
+
+def _side(tensors: dict, at: str, width: int) -> SideScores:
+    users, counts = tensors[f"{at}.users"], tensors[f"{at}.counts"]
+    u, c = tensors[f"{at}.at"]
+    abs_sums, sums = np.zeros((len(users), width)), np.zeros((len(users), width))
+    abs_sums[u, c], sums[u, c] = tensors[f"{at}.abs"], tensors[f"{at}.sum"]
+    return SideScores(users, counts, abs_sums, sums)

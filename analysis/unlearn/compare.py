@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..cache import build_or_load, config_key, read_json, write_json_atomic
-from ..circuits.discover import model_identity, retain_samples
+from ..circuits.discover import model_identity
+from ..circuits.sampling import retain_samples
 from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..data.samples import TEST, VALID

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..circuits.adapter_ownership import adapter_table
-from ..circuits.discover import CircuitSettings, retain_samples
+from ..circuits.discover import CircuitSettings
+from ..circuits.sampling import retain_samples
 from ..circuits.groups import Group, GroupThresholds
 from ..data.forget import ForgetSet
 from ..errors import SettingsError, TrainingError
