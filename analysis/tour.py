@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .circuits.describe import describe
 from .circuits.discover import CircuitSettings, cached_circuits
 from .circuits.groups import GroupThresholds
 from .progress import TIMINGS, typical_seconds
@@ -45,6 +46,7 @@ class TourFacts:
     n_studies: int = 0
     circuits_seconds: float = 0.0  # a first discovery, measured on this machine when it has been
     cure_seconds: float = 0.0
+    group_sentences: tuple[str, ...] = ()  # per group, what it holds (analysis.circuits.describe)
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,8 @@ def _trace(f: TourFacts) -> TourStep:
 
 def _circuits(f: TourFacts) -> TourStep:
     text = (f"For '{f.request}', every embedding role, head, MLP and item-embedding row is scored on forget and on "
-            f"retain prompts; a node is forget-specific only when the 95% interval of its importance ratio clears "
-            f"tau. ")
+            f"retain prompts; a node is forget-specific only when its importance ratio is significantly above tau "
+            f"(false discoveries controlled over every node tested). ")
     claims: dict = {"computed": f.groups is not None}
     if f.groups is None:
         text += (f"This request's circuits are not computed yet: the first discovery takes "
@@ -101,6 +103,11 @@ def _circuits(f: TourFacts) -> TourStep:
     claims.update(g)
     text += (f"On this request: {g['forget-specific']} forget-specific ({f.forget_item_rows} of them item rows), "
              f"{g['retain-specific']} retain-specific, {g['task-shared']} task-shared, {g['inactive']} inactive.")
+    # what the forget-specific group is (or why it is empty), not only how many: read off the data
+    forget_sentence = next((s for s in f.group_sentences if s.startswith("forget-specific:")), None)
+    if forget_sentence:
+        text += f" In detail, {forget_sentence}"
+        claims["summary"] = forget_sentence
     empty = [name for name, n in g.items() if n == 0]
     if empty:
         text += f" Empty here: {', '.join(empty)}; CURE has nothing to apply those groups' rules to."
@@ -170,14 +177,16 @@ def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds
     result = cached_circuits(ws, original, forget, settings, thresholds)
     groups = stability = None
     rows = 0
+    sentences: tuple[str, ...] = ()
     if result is not None:
         groups = result.node_groups.sizes()
         s = result.node_groups.stability()
         stability = s["jaccard"] if s else None
         rows = result.node_groups.sizes_by_kind().get("item-row", {}).get("forget-specific", 0)
+        sentences = tuple(g.sentence for g in describe(result.node_groups))
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(forget.spec) and r["method"] == "cure"]
     costs = Path(ws.root) / TIMINGS
     return TourFacts(request, m["test"]["auc"], baseline["test"]["auc"], m["ranking"]["hr@10"],
                      baseline["ranking"]["hr@10"], groups, stability, rows, tuple(picked),
                      run_facts(runs[0]) if runs else None, len(list_reports(ws.root)),
-                     typical_seconds("circuits", costs), typical_seconds("unlearn", costs))
+                     typical_seconds("circuits", costs), typical_seconds("unlearn", costs), sentences)

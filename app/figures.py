@@ -8,58 +8,181 @@ GROUP_COLOURS = {"forget-specific": "#d62728", "retain-specific": "#1f77b4", "ta
                  "inactive": "#c7c7c7", None: "#2ca02c"}  # None: input and logits
 
 
+ROUTE_MARGIN = 0.5  # how far (in column gaps) a routed edge passes above or below a column's extreme node
+ROUTE_LANE = 0.06  # extra height per column spanned: a longer edge runs above a shorter one instead of on it
+
+
 def circuit_layout(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Layers left to right (heads of a layer stacked, its MLP just after them); input and logits centred."""
+    """Layers left to right, one column per `layer` value (heads of a layer stacked, its MLP just after them),
+    each column's nodes top to bottom in insertion order, centred on y = 0. x and y share one unit (a column
+    gap equals a node spacing), scaled into [-1, 1], so distances mean the same along both axes."""
+    columns = column_index(graph)
+    stacks: dict[int, list[str]] = {}
+    for n in graph.nodes:
+        stacks.setdefault(columns[n], []).append(n)
+    mid = (len(stacks) - 1) / 2
+    raw = {n: (c - mid, (len(names) - 1) / 2 - i) for c, names in stacks.items() for i, n in enumerate(names)}
+    scale = max((max(abs(x), abs(y)) for x, y in raw.values()), default=1.0) or 1.0
+    return {n: (x / scale, y / scale) for n, (x, y) in raw.items()}
+
+
+def column_index(graph: nx.DiGraph) -> dict[str, int]:
+    """Each node's column: the rank of its `layer` among the graph's layers."""
     ordered = sorted({d["layer"] for _, d in graph.nodes(data=True)})
-    column = {layer: i for i, layer in enumerate(ordered)}
-    for n, d in graph.nodes(data=True):
-        d["column"] = column[d["layer"]]
-    pos = nx.multipartite_layout(graph, subset_key="column", align="vertical", scale=1.0)
-    return {n: (float(x), float(y)) for n, (x, y) in pos.items()}
+    rank = {layer: i for i, layer in enumerate(ordered)}
+    return {n: rank[d["layer"]] for n, d in graph.nodes(data=True)}
+
+
+def column_extents(pos: dict, column_of: dict[str, int]) -> dict[int, tuple[float, float, float]]:
+    """Per column: its x, and the y of its lowest and of its highest node."""
+    out: dict[int, tuple[float, float, float]] = {}
+    for n, c in column_of.items():
+        x, y = pos[n]
+        _, lo, hi = out.get(c, (x, y, y))
+        out[c] = (x, min(lo, y), max(hi, y))
+    return out
+
+
+def route_edge(pos: dict, column_of: dict[str, int], u: str, v: str, sign: float,
+               extents: dict | None = None) -> list[tuple[float, float]]:
+    """The polyline an edge u -> v is drawn along.
+
+    Adjacent columns: a straight line (no node lies between them). Further apart: a straight line would cross
+    the stacks in between (m0 -> logits runs through every later MLP), so the edge leaves u horizontally, climbs
+    within the gap after u's column to a level above (sign >= 0) or below (sign < 0) the extreme node of every
+    column it passes, runs there, and comes down within the gap before v's column. Every bend sits in a gap,
+    a quarter gap or more from any column, so the line passes no node it does not end at.
+    """
+    (x0, y0), (x1, y1) = pos[u], pos[v]
+    cu, cv = column_of[u], column_of[v]
+    if abs(cv - cu) <= 1:
+        return [(x0, y0), (x1, y1)]
+    ext = extents if extents is not None else column_extents(pos, column_of)
+    step = 1 if cv > cu else -1
+    between = [ext[c] for c in range(cu + step, cv, step)]
+    gap_u, gap_v = abs(ext[cu + step][0] - x0), abs(x1 - ext[cv - step][0])
+    rise = min(gap_u, gap_v) * (ROUTE_MARGIN + ROUTE_LANE * (len(between) - 1))
+    level = (max(hi for _, _, hi in between) + rise) if sign >= 0 else (min(lo for _, lo, _ in between) - rise)
+    return [(x0, y0), (x0 + step * gap_u / 4, y0), (x0 + step * 3 * gap_u / 4, level),
+            (x1 - step * 3 * gap_v / 4, level), (x1 - step * gap_v / 4, y1), (x1, y1)]
+
+
+def _polyline_xy(paths: list[list[tuple[float, float]]]) -> tuple[list, list]:
+    xs: list = []
+    ys: list = []
+    for path in paths:
+        xs += [p[0] for p in path] + [None]
+        ys += [p[1] for p in path] + [None]
+    return xs, ys
+
+
+def _hover_point(path: list[tuple[float, float]], k: int, n: int) -> tuple[float, float]:
+    """Where an edge's hover marker sits: the middle of a straight edge; on a routed edge, a point of its
+    horizontal run, spread (k of n) so edges sharing the run keep separate markers."""
+    if len(path) == 2:
+        return (path[0][0] + path[1][0]) / 2, (path[0][1] + path[1][1]) / 2
+    (a, y), (b, _) = path[2], path[3]
+    t = (k + 1) / (n + 1)
+    return a + t * (b - a), y
 
 
 def circuit_figure(graph: nx.DiGraph, nodes: dict[str, dict], top_n: int, selected: set[str],
                    score_key: str = "score") -> go.Figure:
-    """Nodes coloured by group, sized by importance; the top_n edges by |score|, width by |score|."""
+    """Nodes coloured by group, sized by importance; the top_n edges by |score|, width by |score|, routed
+    around the columns they pass. Edges marked kind="row" (item rows into layer 0) are drawn apart: thin, in
+    their row's group colour, never counted in top_n. A node's `nodes` entry may set text, size and symbol."""
     pos = circuit_layout(graph)
-    edges = sorted(graph.edges(data=True), key=lambda e: -abs(e[2][score_key]))[:top_n]
+    column_of = column_index(graph)
+    ext = column_extents(pos, column_of)
+    ranked = [e for e in graph.edges(data=True) if e[2].get("kind") != "row"]
+    edges = sorted(ranked, key=lambda e: -abs(e[2][score_key]))[:top_n]
+    paths = {(u, v): route_edge(pos, column_of, u, v, d[score_key], ext) for u, v, d in edges}
     top = max((abs(e[2][score_key]) for e in edges), default=1.0) or 1.0
     fig = go.Figure()
     for sign, colour in ((1, "rgba(31,119,180,{a})"), (-1, "rgba(214,39,40,{a})")):
         for lo, hi in ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):  # width bins keep traces few
-            xs, ys = [], []
-            for u, v, d in edges:
-                s = d[score_key]
-                if (s >= 0) == (sign > 0) and lo <= abs(s) / top < hi:
-                    xs += [pos[u][0], pos[v][0], None]
-                    ys += [pos[u][1], pos[v][1], None]
-            if xs:
+            chosen = [paths[u, v] for u, v, d in edges
+                      if (d[score_key] >= 0) == (sign > 0) and lo <= abs(d[score_key]) / top < hi]
+            if chosen:
+                xs, ys = _polyline_xy(chosen)
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                          line={"width": 1 + 7 * hi, "color": colour.format(a=0.25 + 0.6 * hi)}))
-    mids = [((pos[u][0] + pos[v][0]) / 2, (pos[u][1] + pos[v][1]) / 2, f"{u} → {v}: {d[score_key]:+.4f}")
-            for u, v, d in edges]
+    bundles: dict[tuple, list] = {}  # edges sharing a horizontal run: same columns, same side
+    for u, v, d in edges:
+        bundles.setdefault((column_of[u], column_of[v], d[score_key] >= 0), []).append((u, v, d))
+    mids = [(*_hover_point(paths[u, v], k, len(b)), f"{u} → {v}: {d[score_key]:+.4f}")
+            for b in bundles.values() for k, (u, v, d) in enumerate(b)]
     if mids:
         fig.add_trace(go.Scatter(x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", showlegend=False,
                                  marker={"size": 6, "opacity": 0.15, "color": "#555"},
                                  hovertext=[m[2] for m in mids], hoverinfo="text", name="edges"))
-    peak = max((abs(n.get("importance", 0.0)) for n in nodes.values()), default=1.0) or 1.0
-    for group in ("forget-specific", "retain-specific", "task-shared", "inactive", None):
+    _row_edges(fig, graph, nodes, pos, column_of, ext, score_key)
+    peak = max((abs(n.get("importance", 0.0)) for n in nodes.values() if "size" not in n), default=1.0) or 1.0
+    for group in ("forget-specific", "retain-specific", "task-shared", "inactive", None, "more"):
         names = [n for n in graph.nodes if nodes.get(n, {}).get("group") == group]
         if not names:
             continue
+        info = [nodes[n] for n in names]
+        left = [i.get("symbol") == "diamond" or group == "more" for i in info]  # the row column: titles to its left
         fig.add_trace(go.Scatter(
             x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
-            name=group or "input / logits", text=names, textposition="top center", customdata=names,
-            marker={"size": [12 + 28 * abs(nodes[n].get("importance", 0.0)) / peak for n in names],
-                    "color": GROUP_COLOURS[group],
+            name={None: "input / logits", "more": "more item rows (table below)"}.get(group, group),
+            text=[i.get("text", n) for n, i in zip(names, info)], customdata=names,
+            textposition=["middle left" if lft else "top center" for lft in left],
+            marker={"size": [i.get("size", 12 + 28 * abs(i.get("importance", 0.0)) / peak) for i in info],
+                    "symbol": [i.get("symbol", "circle") for i in info],
+                    "color": GROUP_COLOURS.get(group, "#f2f2f2"),
                     "line": {"width": [4 if n in selected else 1 for n in names],
-                             "color": ["black" if n in selected else "white" for n in names]}},
-            hovertext=[nodes[n].get("hover", n) for n in names], hoverinfo="text"))
+                             "color": ["black" if n in selected else ("#777" if group == "more" else "white")
+                                       for n in names]}},
+            hovertext=[i.get("hover", n) for n, i in zip(names, info)], hoverinfo="text"))
+    xs = [x for x, _ in pos.values()]
+    tallest = max(sum(1 for c in column_of.values() if c == k) for k in set(column_of.values()))
     # Drag pans by default: in lasso or box mode plotly.js drops a single click on a point (checked in
     # Chromium: the selection stays empty), while in pan mode a click selects; lasso is one modebar click away.
-    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="pan",
-                      xaxis={"visible": False}, yaxis={"visible": False}, legend={"title": "module group"},
+    fig.update_layout(height=max(520, 38 * tallest + 160), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      dragmode="pan", yaxis={"visible": False}, legend={"title": "module group"},
+                      # room on the left for the row titles, which sit left of their column
+                      xaxis={"visible": False, "range": [min(xs) - (0.45 if any(
+                          nodes.get(n, {}).get("symbol") == "diamond" for n in graph) else 0.08), max(xs) + 0.08]},
                       clickmode="event+select")
+    return fig
+
+
+def _row_edges(fig: go.Figure, graph: nx.DiGraph, nodes: dict[str, dict], pos: dict, column_of: dict, ext: dict,
+               score_key: str) -> None:
+    """Item rows into layer 0: one thin trace per group, one hover marker per row where its edges leave it."""
+    rows: dict[str, list] = {}
+    for u, v, d in graph.edges(data=True):
+        if d.get("kind") == "row":
+            rows.setdefault(u, []).append(route_edge(pos, column_of, u, v, d[score_key], ext))
+    for group in ("forget-specific", "retain-specific", "task-shared", "inactive"):
+        names = [n for n in rows if nodes.get(n, {}).get("group") == group]
+        if not names:
+            continue
+        xs, ys = _polyline_xy([p for n in names for p in rows[n]])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False, opacity=0.35,
+                                 line={"width": 1, "color": GROUP_COLOURS[group]}))
+        fig.add_trace(go.Scatter(
+            x=[rows[n][0][1][0] for n in names], y=[rows[n][0][1][1] for n in names], mode="markers",
+            showlegend=False, marker={"size": 6, "opacity": 0.15, "color": GROUP_COLOURS[group]}, name="row edges",
+            hovertext=[nodes[n].get("edge_hover", n) for n in names], hoverinfo="text"))
+
+
+def stability_figure(by_draw: dict[str, dict]) -> go.Figure:
+    """Jaccard per group, one bar group per kind of draw (prompt seeds, retain samples); the bar text gives
+    the group's size on each draw, and a group empty on every draw says so instead of showing a 0."""
+    fig = go.Figure()
+    for kind, s in by_draw.items():
+        groups = list(s["jaccard"])
+        values = [s["jaccard"][g] for g in groups]
+        fig.add_trace(go.Bar(
+            x=groups, y=[v if v is not None else 0.0 for v in values], name=f"{kind}s {s['seeds']}",
+            text=["empty on every draw" if v is None else f"{v:.2f} (sizes {'/'.join(map(str, s['sizes'][g]))})"
+                  for g, v in zip(groups, values)], textposition="outside", cliponaxis=False))
+    fig.update_layout(height=320, barmode="group", title="Group stability: Jaccard over draws",
+                      yaxis={"range": [0, 1.15], "title": "mean pairwise Jaccard"}, margin={"t": 40},
+                      legend={"orientation": "h", "y": -0.15})
     return fig
 
 

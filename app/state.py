@@ -262,7 +262,8 @@ def circuit_settings():
     if "circuit_settings" not in st.session_state:
         st.session_state["circuit_settings"] = (
             CircuitSettings(n_prompts=int(os.environ.get("CURE_N_PROMPTS", CircuitSettings.n_prompts)),
-                            stability_seeds=int(os.environ.get("CURE_STABILITY_SEEDS", CircuitSettings.stability_seeds))),
+                            stability_seeds=int(os.environ.get("CURE_STABILITY_SEEDS", CircuitSettings.stability_seeds)),
+                            retain_samples=int(os.environ.get("CURE_RETAIN_SAMPLES", CircuitSettings.retain_samples))),
             GroupThresholds())
     return st.session_state["circuit_settings"]
 
@@ -298,19 +299,33 @@ def selected_modules() -> list[str]:
     return st.session_state.setdefault("selected_modules", [])
 
 
-def sync_graph_selection(session, chart_key: str, picker_key: str) -> list[str] | None:
-    """A new selection on the circuit graph replaces the module picker's value.
-
-    Runs before the picker is drawn (Streamlit forbids changing a drawn widget's state).
-    Points carry their node name as customdata; input and logits are not modules.
-    """
+def graph_selection(session, chart_key: str) -> set[str]:
+    """The node names (customdata) of the points selected on the circuit graph now."""
     event = session.get(chart_key) or {}
     points = event.get("selection", {}).get("points", []) if isinstance(event, dict) else []
-    picked = sorted({p["customdata"] for p in points if isinstance(p.get("customdata"), str)} - {"input", "logits"})
+    return {p["customdata"] for p in points if isinstance(p.get("customdata"), str)}
+
+
+def sync_graph_selection(session, chart_key: str, picker_key: str, row_key: str | None = None,
+                         ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """A new selection on the circuit graph replaces the module picker's value; with `row_key`, the item
+    rows in it (names "row:<id>") are added to that picker instead (rows are mostly picked by title from
+    hundreds, so a click on the graph must not drop them).
+
+    Runs before the pickers are drawn (Streamlit forbids changing a drawn widget's state).
+    Points carry their node name as customdata; input, logits and `ignore` are not modules.
+    """
+    picked = sorted(graph_selection(session, chart_key) - {"input", "logits", *ignore})
     if not picked or picked == session.get("_last_graph_pick"):
         return None
     session["_last_graph_pick"] = picked
-    session[picker_key] = picked
+    rows = [n for n in picked if row_key and n.startswith("row:")]
+    modules = [n for n in picked if n not in rows]
+    if modules:
+        session[picker_key] = modules
+    if rows:
+        kept = list(session.get(row_key) or [])
+        session[row_key] = kept + [n for n in rows if n not in kept]
     return picked
 
 

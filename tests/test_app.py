@@ -17,7 +17,8 @@ def app_files(tiny_data, tmp_path_factory) -> dict[str, str]:
     """One tiny dataset folder and one cache for every app test: the default model trains once."""
     root = tmp_path_factory.mktemp("app")
     return {"CURE_DATA": str(write_ml100k_folder(tiny_data, root / "ml-100k-tiny")), "CURE_HISTORY": "5",
-            "CURE_CACHE": str(root / "cache"), "CURE_N_PROMPTS": "8", "CURE_STABILITY_SEEDS": "2"}
+            "CURE_CACHE": str(root / "cache"), "CURE_N_PROMPTS": "8", "CURE_STABILITY_SEEDS": "2",
+            "CURE_RETAIN_SAMPLES": "2"}
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(a
     assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Agreement with exact patching (Spearman)"}
     # graph, specificity scatter, intervals, faithfulness, stability
     assert len(at.get("plotly_chart")) == 5 and len(at.get("download_button")) == 2
-    assert any("Groups on this request" in m.value for m in at.markdown)
+    _circuits_page_states_its_groups_and_draws_its_rows(at)
     at.multiselect(key="module_picker").set_value(["a1.h0", "m1"]).run()
     assert at.session_state["selected_modules"] == ["a1.h0", "m1"]
     at.switch_page("app/pages/lab.py").run()
@@ -79,6 +80,29 @@ def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(a
     assert at.selectbox(key="compare_pick").value == at.session_state["compare_run"]
     assert len(at.get("plotly_chart")) == 4  # conflict before / after / difference, and the Pareto view
     assert [s.value for s in at.subheader][:2] == ["A forgotten user", "A retained user"]
+
+
+def _circuits_page_states_its_groups_and_draws_its_rows(at: AppTest) -> None:
+    """The sentences above the graph are the result's own, the rule line names the test, and the graph draws
+    the most specific rows of each specific group on its input side (the rest behind "+N more rows")."""
+    from analysis.circuits.describe import describe
+    from analysis.circuits.discover import cached_circuits
+    from app import circuit_view, state
+
+    ws = state.workspace()
+    settings, thresholds = at.session_state["circuit_settings"]
+    result = cached_circuits(ws, state.original(), ws.forget_set(at.session_state["request"]), settings, thresholds)
+    text = "\n".join(m.value for m in at.markdown)
+    for summary in describe(result.node_groups):
+        assert summary.sentence in text, (summary.sentence, text)
+    assert "Benjamini-Hochberg over" in text and f"at least {thresholds.min_users} users" in text
+    shown, rest = circuit_view.top_rows(result.to_json()["nodes"])
+    spec = at.get("plotly_chart")[0].proto.spec  # the circuit graph
+    drawn = {n for n in result.node_groups.names if n.startswith("row:") and f'"{n}"' in spec}
+    assert drawn == {n["name"] for n in shown}  # exactly the top rows: none when no row is specific
+    assert (f"+{rest} more rows" in spec) == (rest > 0) and (circuit_view.MORE_ROWS in spec) == (rest > 0)
+    expander = next(e for e in at.expander if e.label.startswith("Item rows by group and specificity"))
+    assert expander.proto.expanded is False  # opened only by selecting "+N more rows"
 
 
 def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):

@@ -212,7 +212,8 @@ def _walk_the_tour(page) -> None:
                         root=os.environ["CURE_CACHE"])
     result = cached_circuits(ws, train_recommender(ws), ws.forget_set("users:0.1"),
                              CircuitSettings(n_prompts=int(os.environ["CURE_N_PROMPTS"]),
-                                             stability_seeds=int(os.environ["CURE_STABILITY_SEEDS"])), GroupThresholds())
+                                             stability_seeds=int(os.environ["CURE_STABILITY_SEEDS"]),
+                                             retain_samples=int(os.environ["CURE_RETAIN_SAMPLES"])), GroupThresholds())
     assert result is not None  # the Circuits page cached them
     page.get_by_role("link", name="Guided tour", exact=True).click()
     titles = ["1. The recommender", "2. One recommendation, opened up", "3. Circuits of a deletion request",
@@ -250,7 +251,9 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
             if name == "circuits":
                 expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT)
                 expect(page.get_by_text("module group")).to_be_visible(timeout=WAIT)  # the graph's legend
-                expect(page.get_by_text("Groups on this request")).to_be_visible(timeout=WAIT)
+                # the rule line above the graph, and the groups' sentences (one starts with each group's name)
+                expect(page.get_by_text("Benjamini-Hochberg over").first).to_be_visible(timeout=WAIT)
+                expect(page.get_by_text("forget-specific: ").first).to_be_visible(timeout=WAIT)
                 expect(page.get_by_role("heading", name="Specificity: forget importance vs retain importance")
                        ).to_be_visible(timeout=WAIT)
                 expect(page.get_by_text("Selected item rows")).to_be_visible(timeout=WAIT)

@@ -40,6 +40,21 @@ def test_circuits_step_states_the_group_sizes_and_never_calls_empty_groups_stabl
     assert "stable" not in step.text.lower()
 
 
+def test_circuits_step_states_what_the_forget_group_holds_in_words():
+    groups = {"forget-specific": 62, "retain-specific": 0, "task-shared": 460, "inactive": 1222}
+    sentences = ("forget-specific: 62 movie rows (62 forget-only by presence: no retained user's prompt holds them), "
+                 "each in the prompts of 12% of the forget side's users and 0% of the retain side's (medians); no "
+                 "head, MLP (heads: largest |log ratio| 0.18, the data would detect one above 0.74).",
+                 "retain-specific: empty.", "task-shared: 4 heads.")
+    step = _step(TourFacts(**BASE, groups=groups, stability=None, forget_item_rows=62, group_sentences=sentences),
+                 "circuits.py")
+    assert sentences[0] in step.text and step.claims["summary"] == sentences[0]
+    assert "62 forget-specific (62 of them item rows)" in step.text and step.claims["forget-specific"] == 62
+    assert "retain-specific: empty." not in step.text  # the step states the forget group's sentence only
+    bare = _step(TourFacts(**BASE, groups=groups, stability=None), "circuits.py")
+    assert "summary" not in bare.claims
+
+
 def test_circuits_step_before_discovery_says_how_long_the_first_one_takes():
     step = _step(TourFacts(**BASE, groups=None, stability=None, circuits_seconds=95.0), "circuits.py")
     assert "not computed yet" in step.text and "about 2 min" in step.text and not step.claims["computed"]

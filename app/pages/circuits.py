@@ -1,20 +1,22 @@
 """Circuits: the graph of a deletion request coloured by node group, the specificity view, and node picking."""
 import json
+from dataclasses import replace
 
 import streamlit as st
 
 from analysis.circuits.discover import CircuitSettings, discover_circuits
 from analysis.circuits.groups import GroupThresholds
 from analysis.watched import run_watched
-from app import figures, state
+from app import circuit_view, figures, state
 
 st.title("Circuits of a deletion request")
 st.write("Every embedding role (items, ratings, attributes, prompt words, positions), head, MLP and item-embedding "
          "row is scored on forget prompts and on retain prompts (attribution against counterfactual histories). "
-         "A node is **forget-specific** when the 95% bootstrap interval of log(importance on forget / importance "
-         "on retain) lies above log(tau), **retain-specific** when it lies below -log(tau), **task-shared** when "
-         "it matters on both sides and neither is specific, **inactive** otherwise. Select nodes on the graph or "
-         "in the lists: the Unlearning lab's `selective` method updates only those.")
+         "A node is **forget-specific** when log(importance on forget / importance on retain) is significantly "
+         "above log(tau) (a bootstrap over users, false discoveries controlled over every node tested), "
+         "**retain-specific** when it is significantly below -log(tau), **task-shared** when it matters on both "
+         "sides and neither is specific, **inactive** otherwise. Select nodes on the graph (item rows on its left) "
+         "or in the lists: the Unlearning lab's `selective` method updates only those.")
 
 
 def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
@@ -34,33 +36,27 @@ def circuit_settings() -> tuple[CircuitSettings, GroupThresholds]:
                                key="circ_grain", help="neurons: every MLP hidden unit becomes a node (EAP / EAP-IG)")
         rule = st.radio("Group rule", rules, index=rules.index(thresholds.rule.value), key="circ_rule", horizontal=True)
         if rule == "specificity":
-            tau = st.slider("tau (ratio the interval must clear)", 1.0, 8.0, float(thresholds.tau), 0.25, key="circ_tau")
+            tau = st.slider("tau (ratio a specific node must clear)", 1.0, 8.0, float(thresholds.tau), 0.25,
+                            key="circ_tau")
             floor = st.slider("Importance floor (x a uniform share)", 0.0, 3.0, float(thresholds.floor), 0.1,
                               key="circ_floor")
+            fdr = st.slider("False-discovery level (Benjamini-Hochberg)", 0.01, 0.20, float(thresholds.fdr), 0.01,
+                            key="circ_fdr", help="Expected share of false calls among the nodes called specific, "
+                                                 "controlled over every node and side tested")
+            min_users = st.number_input("Min users per side for an item row", 1, 50, int(thresholds.min_users),
+                                        key="circ_min_users", help="A row is tested on a side only when the "
+                                        "prompts of this many of that side's users contain it")
             f, r = thresholds.forget, thresholds.retain
         else:
             f = st.slider("Forget threshold (x mean node)", 0.0, 3.0, float(thresholds.forget), 0.1, key="circ_ft")
             r = st.slider("Retain threshold (x mean node)", 0.0, 3.0, float(thresholds.retain), 0.1, key="circ_rt")
-            tau, floor = thresholds.tau, thresholds.floor
+            tau, floor, fdr, min_users = thresholds.tau, thresholds.floor, thresholds.fdr, thresholds.min_users
     st.session_state["circuit_settings"] = (
-        CircuitSettings(method=method, n_prompts=int(n_prompts), stability_seeds=int(seeds), granularity=granularity),
-        GroupThresholds(f, r, rule=rule, tau=tau, floor=floor))
+        # replace, not rebuild: settings without a control here (retain samples, targets) keep their values
+        replace(settings, method=method, n_prompts=int(n_prompts), stability_seeds=int(seeds), granularity=granularity),
+        # the rule relabels the cached scores: none of these is part of a cache key
+        GroupThresholds(f, r, rule=rule, tau=tau, floor=floor, fdr=float(fdr), min_users=int(min_users)))
     return st.session_state["circuit_settings"]
-
-
-def group_caption(j: dict) -> str:
-    sizes = j["groups"]
-    by_kind = j["groups_by_kind"]
-    parts = [f"{g}: {n}" for g, n in sizes.items()]
-    text = "Groups on this request: " + ", ".join(parts) + "."
-    if sizes["forget-specific"] == 0:
-        text += (" **No node is forget-specific**: no interval clears log(tau) with importance above the floor. "
-                 "The forget prompts use the model like the retain prompts do; CURE then moves only task-shared "
-                 "nodes (projected forget gradient + retain gradient).")
-    rows = by_kind.get("item-row")
-    if rows:
-        text += f" Item rows: {rows['forget-specific']} forget-specific, {rows['task-shared']} task-shared."
-    return text
 
 
 with state.readable_errors():
@@ -82,36 +78,16 @@ with state.readable_errors():
     box.empty()
     j = result.to_json()
     by_name = {n["name"]: n for n in j["nodes"]}
-    graph = result.graph.to_networkx()
-    for e in j["edges"]:
-        graph.edges[e["from"], e["to"]].update(forget_score=e["forget_score"], retain_score=e["retain_score"])
+    graph, nodes = circuit_view.build_graph(result.graph.to_networkx(), j)
     roles = [n for n in j["nodes"] if n["kind"] == "embedding"]
-    for n in roles:  # the input node split by token role, drawn on the input side
-        mean = (n["forget_score"] + n["retain_score"]) / 2
-        graph.add_node(n["name"], layer=-2.0)
-        graph.add_edge(n["name"], "input", score=mean, forget_score=n["forget_score"],
-                       retain_score=n["retain_score"], in_circuit=False)
-
-    def hover(n: dict) -> str:
-        spec = n.get("specificity")
-        interval = (f"<br>specificity {spec['estimate']:+.2f} [{spec['low']:+.2f}, {spec['high']:+.2f}]"
-                    if spec else "")
-        exact = ""
-        if n.get("forget_patching") is not None:
-            exact = f"<br>exact patching: forget {n['forget_patching']:+.4f} · retain {n['retain_patching']:+.4f}"
-        return (f"<b>{n['name']}</b> ({n['group'] or 'endpoint'})<br>forget {n['forget_score']:+.4f} · retain "
-                f"{n['retain_score']:+.4f}{interval}{exact}")
-
-    drawn = {name for name in graph.nodes}
-    nodes = {name: {"group": by_name[name]["group"],
-                    "importance": (abs(by_name[name]["forget_score"]) + abs(by_name[name]["retain_score"])) / 2,
-                    "hover": hover(by_name[name])} for name in drawn if name in by_name}
-    nodes["logits"] = {"group": None, "importance": 0.0, "hover": "logits"}
 
     graph_nodes = [n["name"] for n in j["nodes"] if n["kind"] in ("embedding", "head", "mlp")]
-    item_rows = [n["name"] for n in j["nodes"] if n["kind"] == "item-row"]
+    # group members first in the picker's list too
+    item_rows = [n["name"] for n in circuit_view.sort_rows([n for n in j["nodes"] if n["kind"] == "item-row"])]
     neurons = [n for n in j["nodes"] if n["kind"] == "neuron"]
-    state.sync_graph_selection(st.session_state, "circuit_graph", "module_picker")
+    state.sync_graph_selection(st.session_state, "circuit_graph", "module_picker", "row_picker",
+                               ignore=(circuit_view.MORE_ROWS,))
+    rows_open = circuit_view.MORE_ROWS in state.graph_selection(st.session_state, "circuit_graph")
     st.session_state.setdefault("module_picker", [m for m in state.selected_modules() if m in graph_nodes])
     st.session_state.setdefault("row_picker", [m for m in state.selected_modules() if m in item_rows])
     p1, p2 = st.columns([3, 2])
@@ -133,7 +109,8 @@ with state.readable_errors():
                        "low": round(n["specificity"]["low"], 3), "high": round(n["specificity"]["high"], 3)}
                       for n in units[:50]], width="stretch", hide_index=True, key="circ_units", height=200)
     st.session_state["selected_modules"] = list(picked) + list(picked_rows) + list(picked_units)
-    st.markdown(group_caption(j))
+    st.markdown(circuit_view.summary_markdown(j))
+    st.markdown(circuit_view.rule_line(j))
 
     c1, c2 = st.columns([1, 1])
     top_n = c1.slider("Edges shown (top by |score|)", 0, j["shape"]["n_edges"],
@@ -141,7 +118,8 @@ with state.readable_errors():
     view = c2.radio("Edge scores from", ["all prompts", "forget prompts", "retain prompts"], horizontal=True,
                     key="circ_view")
     score_key = {"all prompts": "score", "forget prompts": "forget_score", "retain prompts": "retain_score"}[view]
-    fig = figures.circuit_figure(graph, nodes, top_n + len(roles), set(picked), score_key)
+    # role -> input edges rank with the rest; row -> layer 0 edges are drawn apart, outside top_n
+    fig = figures.circuit_figure(graph, nodes, top_n + len(roles), set(picked) | set(picked_rows), score_key)
     st.plotly_chart(fig, width="stretch", key="circuit_graph", on_select="rerun",
                     selection_mode=("points", "box", "lasso"))
 
@@ -163,29 +141,22 @@ with state.readable_errors():
                     key=lambda n: -abs(n["specificity"]["estimate"]))[:25]
     s2.plotly_chart(figures.interval_figure(active, thresholds.tau, "95% intervals of the most specific active nodes"),
                     width="stretch", key="circ_intervals")
-    with st.expander(f"Item rows by specificity ({len(item_rows)} items)"):
-        rows = sorted((by_name[n] for n in item_rows), key=lambda n: -n["specificity"]["estimate"])
-        st.dataframe([{"item": n["label"], "node": n["name"], "group": n["group"],
-                       "specificity": round(n["specificity"]["estimate"], 3), "low": round(n["specificity"]["low"], 3),
-                       "high": round(n["specificity"]["high"], 3),
-                       "forget importance": round(n["forget_importance"], 5),
-                       "retain importance": round(n["retain_importance"], 5)} for n in rows],
-                     width="stretch", hide_index=True, key="circ_rows")
+    # opened by selecting the graph's "+N more rows" node
+    with st.expander(f"Item rows by group and specificity ({len(item_rows)} items)", expanded=rows_open):
+        st.dataframe(circuit_view.rows_table([by_name[n] for n in item_rows]), width="stretch", hide_index=True,
+                     key="circ_rows")
 
     c1, c2 = st.columns(2)
     c1.plotly_chart(figures.faithfulness_figure(j["faithfulness"]["curve"], at), width="stretch", key="circ_faith")
-    stability = j["stability"]["jaccard"]
-    if stability:
-        sizes = j["stability"]["sizes"]
-        values = {f"{g} ({'/'.join(map(str, sizes[g]))})": v for g, v in stability.items()}
-        c2.plotly_chart(figures.bars({k: (v if v is not None else 0.0) for k, v in values.items()},
-                                     f"Group stability: Jaccard over seeds {j['stability']['seeds']}", (0, 1)),
-                        width="stretch", key="circ_stab")
-        empty = [g for g, v in stability.items() if v is None]
-        c2.caption("Group sizes per seed in brackets. " + (f"Empty on every seed (no agreement to measure): "
-                                                            f"{', '.join(empty)}." if empty else ""))
+    by_draw = j["stability"].get("by_draw") or {}
+    if by_draw:
+        c2.plotly_chart(figures.stability_figure(by_draw), width="stretch", key="circ_stab")
+        empty = [f"{g} ({kind}s)" for kind, d in by_draw.items() for g, v in d["jaccard"].items() if v is None]
+        c2.caption("Each bar: the mean pairwise Jaccard of a group's members over the draws of that kind (draw 0 "
+                   "and the other prompt seeds, or the other retain samples), its size on each draw beside it. "
+                   + (f"Empty on every draw (no agreement to measure): {', '.join(empty)}." if empty else ""))
     else:
-        c2.info("Stability needs at least 2 seeds (sidebar).")
+        c2.info("Stability needs at least 2 prompt seeds or retain samples (sidebar: stability seeds).")
     cov = j["coverage"]
     if cov.get("forget_grad_share") is not None:
         st.caption(f"Owned parameters hold {cov['forget_grad_share']:.1%} of the forget gradient's squared norm; "
