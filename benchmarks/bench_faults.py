@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("models", "circuits", "groups", "runs", "scores")
-TINY = ["--n-prompts", "8", "--stability-seeds", "1", "--ig-steps", "2"]
+TINY = ["--n-prompts", "8", "--stability-seeds", "1", "--retain-samples", "1", "--ig-steps", "2"]
 
 
 def job_argv(job: str, variant: int) -> list[str]:

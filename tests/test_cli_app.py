@@ -81,7 +81,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 
 def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_folder, tmp_path, capsys):
     common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--epochs", "1"]
-    small = ["--n-prompts", "8", "--stability-seeds", "2", "--ig-steps", "2"]
+    small = ["--n-prompts", "8", "--stability-seeds", "2", "--retain-samples", "2", "--ig-steps", "2"]
     out = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small)
     names = {n["name"] for n in out["nodes"]}
     assert {"input", "a0.h0", "m0"} <= names and len(out["edges"]) == out["shape"]["n_edges"]
@@ -99,6 +99,13 @@ def test_circuits_cli_reports_groups_faithfulness_agreement_and_stability(tiny_f
     assert spec["low"] <= spec["estimate"] <= spec["high"]
     assert out["coverage"]["forget_grad_share"] == pytest.approx(1.0)
     assert sum(out["groups"].values()) == len(out["nodes"]) - 1
+    # issue 23: stability over prompt seeds and retain samples, presence, the tests' adjusted p-values, the null
+    assert set(out["stability"]["by_draw"]) == {"prompt seed", "retain sample"}
+    row = next(n for n in out["nodes"] if n["kind"] == "item-row")
+    assert set(row["presence"]) == {"forget", "retain"} and "q_forget" in row["specificity"]
+    assert out["thresholds"]["fdr"] == 0.05 and out["tested"] >= 1 and out["summary"][0]["group"] == "forget-specific"
+    null = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--null")
+    assert null["path"] == out["path"] and set(null["null"]["groups_by_kind"]) >= {"head", "item-row"}
     # a floor above every importance: the cached scores relabel everything inactive
     again = run_json(capsys, "circuits", *common, "--forget", "users:3,5", *small, "--floor", "1e9")
     assert {n["group"] for n in again["nodes"] if n["name"] != "input"} == {"inactive"}

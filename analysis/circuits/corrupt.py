@@ -270,10 +270,13 @@ def build_prompt_set(builder: PromptBuilder, rows: pd.DataFrame, corruption: Cor
             else:
                 cand, weights = catalog, np.ones(len(catalog))
             weights = np.where(np.isin(cand, list(exclude)), 0.0, weights)
-            drawn = _fill_slots(np.append(items, target) if replace_target else items,
-                                _weighted_order(cand, weights, rng), item_len)
-            new_items = drawn[: len(items)]
-            new_target = drawn[-1] if replace_target else int(target)
+            order = _weighted_order(cand, weights, rng)
+            new_items = _fill_slots(items, order, item_len)
+            new_target = int(target)
+            if replace_target:  # the next unused item of the target's token length; none (titles): kept
+                taken = set(new_items)
+                new_target = next((int(c) for c in order if c not in taken and item_len(c) == item_len(target)),
+                                  int(target))
             if corruption is Corruption.PPR:  # same token count as the rating it replaces, else keep it
                 ratings = np.array([_or(sampler.rating(donor, i, rng, lambda x, r=r: rating_len(x) == rating_len(r)), r)
                                     for i, r in zip(new_items, ratings)])
