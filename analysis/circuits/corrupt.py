@@ -187,14 +187,15 @@ def _weighted_order(items: np.ndarray, weights: np.ndarray, rng: np.random.Gener
 
 
 def _fill_slots(history: np.ndarray, order: np.ndarray, length) -> list[int]:
-    """Give each history slot the first unused item in `order` with the same token length."""
+    """Give each history slot the first unused item in `order` with the same token length; a slot with
+    none (a title longer than any other the donor reaches) keeps its item, so its row scores 0 on that
+    prompt, as a kept target does. Scoring the whole request met such a prompt (a 40-token title in a
+    tiny title vocabulary) where a 256-prompt sample had not."""
     used: set[int] = set()
     out = []
     for item in history:
         want = length(item)
-        choice = next((int(c) for c in order if c not in used and length(c) == want), None)
-        if choice is None:
-            raise ValueError(f"no replacement item of token length {want} for item {item}")
+        choice = next((int(c) for c in order if c not in used and length(c) == want), int(item))
         used.add(choice)
         out.append(choice)
     return out
