@@ -122,7 +122,11 @@ class NodeGroups:
         return self._bootstrap(draw, self.thresholds)
 
     def decisions(self, draw: int = 0) -> Decisions:
-        return decide(self.specificity(draw), self.thresholds, *self.presence(draw))
+        """BH over every tested node: cached, since `node_view` asks for it once per node."""
+        key = ("decisions", draw, self.thresholds)
+        if key not in self._cache:
+            self._cache[key] = decide(self.specificity(draw), self.thresholds, *self.presence(draw))
+        return self._cache[key]
 
     def label(self, thresholds: GroupThresholds | None = None, draw: int = 0) -> dict[str, Group]:
         thresholds = thresholds or self.thresholds
