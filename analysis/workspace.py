@@ -48,5 +48,6 @@ def open_workspace(config: DataConfig | None = None, root: str | Path | None = N
     config = config or DataConfig()
     path = cache_root(root)
     data = load_dataset(config.source, root=path, progress=progress)
-    interactions = build_interactions(data, history=config.history, fraction=config.split_fraction)
+    interactions = build_interactions(data, history=config.history, fraction=config.split_fraction,
+                                      never_seen=config.never_seen)
     return Workspace(data, interactions, config, path)

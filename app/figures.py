@@ -279,3 +279,17 @@ def interval_figure(nodes: list[dict], tau: float, title: str) -> go.Figure:
     fig.update_layout(height=380, title=title, yaxis={"title": "log(I_forget / I_retain)"}, margin={"t": 40},
                       xaxis={"tickangle": -45})
     return fig
+
+
+def recognisability(per_user: list[dict]) -> go.Figure:
+    """Per forgotten user, the share of never-seen users they out-score on the matched attack: before (do
+    nothing), after (this run) and under the retrain; 0.5 = a typical never-seen user."""
+    fig = go.Figure()
+    for key, name in (("before", "do nothing"), ("after", "this run"), ("retrain", "retrain (gold)")):
+        fig.add_trace(go.Histogram(x=[r[key] for r in per_user], name=name, opacity=0.6,
+                                   xbins={"start": 0, "end": 1.0001, "size": 0.1}))
+    fig.add_vline(x=0.5, line_dash="dash", annotation_text="typical never-seen user")
+    fig.update_layout(barmode="overlay", height=320, margin={"t": 30},
+                      xaxis={"title": "share of never-seen users out-scored", "range": [0, 1], "tickformat": ".0%"},
+                      yaxis={"title": "forgotten users"})
+    return fig

@@ -78,8 +78,12 @@ def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(a
     at.switch_page("app/pages/compare.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="compare_pick").value == at.session_state["compare_run"]
-    assert len(at.get("plotly_chart")) == 4  # conflict before / after / difference, and the Pareto view
+    # per-user recognisability, conflict before / after / difference, and the Pareto view
+    assert len(at.get("plotly_chart")) == 5
     assert [s.value for s in at.subheader][:2] == ["A forgotten user", "A retained user"]
+    assert "How recognisable is each forgotten user?" in [s.value for s in at.subheader]
+    assert {m.label for m in at.metric} >= {"Distance to retrain", "Forget-AUC gap closed (signed)",
+                                            "Matched attack (0.5 = never seen)"}
 
 
 def _circuits_page_states_its_groups_and_draws_its_rows(at: AppTest) -> None:

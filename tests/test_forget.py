@@ -52,14 +52,15 @@ def test_users_fraction(ml100k_interactions):
     inter = ml100k_interactions
     fs = select_forget_set(inter, "users:0.1", seed=0)
     check_forget_set(fs)
-    assert len(fs.users) == round(0.1 * 943) == 94
+    assert len(fs.users) == round(0.1 * 896) == 90  # of the 896 seen users: never-seen ones cannot be named
+    assert not set(fs.users) & inter.never_seen_user_ids
     f = inter.frame
     expected = training_mask(inter) & f["user_id"].isin(fs.users).to_numpy()
     assert (fs.mask == expected).all(), "all training interactions of the chosen users, nothing else"
     # the chosen users keep their valid/test rows (they are never part of a forget set)
     assert (f[f["user_id"].isin(fs.users)]["split"].isin((VALID, TEST))).sum() > 0
     check_retained(inter, fs)
-    assert fs.summary()["users_touched"] == 94
+    assert fs.summary()["users_touched"] == 90
     assert fs.key == {"spec": "users:0.1", "seed": 0}
 
 
@@ -69,7 +70,7 @@ def test_users_fraction_is_seeded(ml100k_interactions):
     c = select_forget_set(ml100k_interactions, "users:0.1", seed=1)
     assert a.users == b.users and (a.mask == b.mask).all()
     assert c.users != a.users
-    assert len(c.users) == 94
+    assert len(c.users) == 90
 
 
 def test_users_explicit(ml100k_interactions):
@@ -196,6 +197,15 @@ def test_unknown_user(ml100k_interactions):
         select_forget_set(ml100k_interactions, "users:12,99999")
     with pytest.raises(ForgetSpecError, match="99999"):
         select_forget_set(ml100k_interactions, "genre:Horror@users:99999")
+
+
+def test_a_never_seen_user_cannot_be_forgotten(ml100k_interactions):
+    held = min(ml100k_interactions.never_seen_user_ids)
+    with pytest.raises(ForgetSpecError, match="never seen"):
+        select_forget_set(ml100k_interactions, f"users:{held}")
+    # a genre request never reaches their rows either: they are in no training split
+    fs = select_forget_set(ml100k_interactions, "genre:Horror")
+    assert not set(fs.users) & ml100k_interactions.never_seen_user_ids
 
 
 def test_unknown_genre_lists_known(ml100k_interactions):

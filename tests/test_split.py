@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.data.samples import HISTORY, TEST, TRAIN, VALID, build_interactions
+from analysis.data.samples import HISTORY, TEST, TRAIN, UNSEEN, VALID, build_interactions
 from analysis.errors import DataError
 
 
@@ -17,9 +17,16 @@ def expected_eval_count(n_samples: int) -> int:
 def check_split(inter, ratings: pd.DataFrame, history: int) -> None:
     """Every documented property of the split, checked independently of the implementation."""
     f = inter.frame
-    assert list(f.columns) == ["user_id", "item_id", "rating", "timestamp", "label", "pos", "split"]
+    assert list(f.columns) == ["user_id", "item_id", "rating", "timestamp", "label", "pos", "split", "phase"]
     assert isinstance(f.index, pd.RangeIndex) and f.index.start == 0 and f.index.step == 1
-    assert set(f["split"].unique()) <= {HISTORY, TRAIN, VALID, TEST}
+    assert set(f["split"].unique()) <= {HISTORY, TRAIN, VALID, TEST, UNSEEN}
+    assert set(f["phase"].unique()) <= {HISTORY, TRAIN, VALID, TEST}
+    # a never-seen user is never-seen in every row; everyone else's split is their phase
+    unseen = f["split"] == UNSEEN
+    assert (f[~unseen]["split"] == f[~unseen]["phase"]).all()
+    assert not set(f.loc[unseen, "user_id"]) & set(f.loc[~unseen, "user_id"])
+    assert inter.never_seen_user_ids == frozenset(f.loc[unseen, "user_id"].tolist())
+    assert inter.seen_user_ids | inter.never_seen_user_ids == inter.user_ids and inter.seen_user_ids
 
     # sorted by (user_id, pos); pos is 0..n-1 per user
     assert (np.diff(f["user_id"].to_numpy()) >= 0).all()
@@ -41,7 +48,7 @@ def check_split(inter, ratings: pd.DataFrame, history: int) -> None:
     assert (f["label"].to_numpy() == (f["rating"].to_numpy() >= 4)).all()
 
     # per-user counts
-    counts = f.groupby(["user_id", "split"]).size().unstack(fill_value=0)
+    counts = f.groupby(["user_id", "phase"]).size().unstack(fill_value=0)
     for s in (HISTORY, TRAIN, VALID, TEST):
         if s not in counts:
             counts[s] = 0
@@ -57,17 +64,17 @@ def check_split(inter, ratings: pd.DataFrame, history: int) -> None:
 
     # splits are contiguous blocks in time order: history < train < valid < test
     order = {HISTORY: 0, TRAIN: 1, VALID: 2, TEST: 3}
-    rank = f["split"].map(order).to_numpy()
+    rank = f["phase"].map(order).to_numpy()
     assert (np.diff(rank)[same_user] >= 0).all()
     # and chronological in timestamps (ties allowed, broken by item id as checked above)
-    ts = f.groupby(["user_id", "split"])["timestamp"].agg(["min", "max"]).unstack()
+    ts = f.groupby(["user_id", "phase"])["timestamp"].agg(["min", "max"]).unstack()
     assert (ts[("max", HISTORY)] <= ts[("min", TRAIN)]).all()
     assert (ts[("max", TRAIN)] <= ts[("min", VALID)]).all()
     assert (ts[("max", VALID)] <= ts[("min", TEST)]).all()
 
     # samples are exactly the ratings with >= H earlier ratings
     assert (inter.samples["pos"] >= history).all()
-    assert (f.loc[f["split"] == HISTORY, "pos"] < history).all()
+    assert (f.loc[f["phase"] == HISTORY, "pos"] < history).all()
 
 
 # ---------------------------------------------------------------- real MovieLens-100K
@@ -79,11 +86,14 @@ def test_real_ml100k_counts(ml100k_interactions):
     assert inter.history == 10
     assert inter.dropped_users == ()
     s = inter.summary()
-    assert s["samples"] == {"train": 72382, "valid": 9094, "test": 9094}
-    assert s["history_only"] == 9430
+    # 47 of 943 users (5%, seeded) are never seen: their 3,783 ratings are in no split a model trains on
+    assert s["samples"] == {"train": 69741, "valid": 8758, "test": 8758}
+    assert s["history_only"] == 8960
+    assert s["never_seen_users"] == 47 and s["never_seen_ratings"] == 3783
     assert s["dropped_users"] == 0
-    assert len(inter.samples) == 72382 + 2 * 9094
-    assert len(inter.training) == 72382 + 9430
+    assert len(inter.samples) == 69741 + 2 * 8758
+    assert len(inter.training) == 69741 + 8960
+    assert len(inter.seen_user_ids) == 896 and len(inter.never_seen("train")) == 2641
 
 
 def test_real_ml100k_split_properties(ml100k, ml100k_interactions):

@@ -85,7 +85,8 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
                                                         "retrain"}
     # the headline: one row per method, at the strength chosen on validation, with the relative columns
     assert {h["method"] for h in result["headline"]} == {s["method"] for s in result["pareto"]}
-    assert all({"gap_closed", "jsd_ratio", "utility_cost", "valid_drop"} <= set(h) for h in result["headline"])
+    assert all({"retrain_distance", "gap_closed", "jsd_ratio", "utility_cost", "valid_drop", "chosen_by"} <= set(h)
+               for h in result["headline"])
     assert all(s["n_seeds"] == 2 for s in result["pareto"])
     assert result["compared_methods"][0] == "cure" and len(result["compared_methods"]) == 3
     assert {s["request"] for s in result["rates"]} == set(TINY_STUDY.rates)

@@ -62,13 +62,18 @@ def test_circuits_step_before_discovery_says_how_long_the_first_one_takes():
 
 @pytest.mark.parametrize("forget_loss, word", [((0.56, 0.71), "rose"), ((0.56, 0.52), "fell")])
 def test_lab_step_describes_the_loss_curve_it_has_not_the_one_it_wishes(forget_loss, word):
-    run = RunFacts("cure", 115, 0.66, 0.0048, forget_loss, (0.50, 0.49))
+    run = RunFacts("cure", 115, 0.66, 0.0048, forget_loss, (0.50, 0.49), retrain_distance=0.34)
     step = _step(TourFacts(**BASE, groups=None, stability=None, run=run, picked=("a0.h1", "m2")), "lab.py")
     assert f"forget loss {word} from {forget_loss[0]:.3f} to {forget_loss[1]:.3f} over 115 steps" in step.text
     assert "watch the losses fall" not in step.text
     assert "2 node(s) (a0.h1, m2)" in step.text and "`selective`" in step.text
     compare = _step(TourFacts(**BASE, groups=None, stability=None, run=run), "compare.py").text
-    assert "closed 0.66 of the forget-AUC gap" in compare and "0.0048" in compare
+    assert "distance 0.34 from the retrain" in compare and "closed 0.66 of the forget-AUC gap" in compare
+    assert "0.0048" in compare and "over-forgetting" not in compare
+    # a run past the retrain is called over-forgetting, next to its distance
+    over = RunFacts("cure", 115, 1.33, 0.0115, forget_loss, (0.50, 0.49), retrain_distance=0.33)
+    step = _step(TourFacts(**BASE, groups=None, stability=None, run=over), "compare.py")
+    assert "distance 0.33" in step.text and "over-forgetting" in step.text and step.claims["over_forgetting"]
 
 
 def test_the_tour_includes_selective_and_evidence():

@@ -167,7 +167,7 @@ def select_forget_set(interactions: Interactions, spec: str | ForgetSpec, seed: 
     frame = interactions.frame
     training = frame["split"].isin(("history", TRAIN)).to_numpy()
     rng = np.random.default_rng(seed)
-    all_users = np.array(sorted(interactions.user_ids))
+    all_users = np.array(sorted(interactions.seen_user_ids))  # never-seen users were never trained on
 
     if parsed.level == "users":
         if parsed.fraction is not None:
@@ -215,6 +215,10 @@ def _check_users(interactions: Interactions, spec: ForgetSpec) -> None:
     if unknown:
         shown = ", ".join(map(str, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
         raise ForgetSpecError(f"{spec}: unknown user id(s) {shown} ({len(unknown)} in all)")
+    held = sorted(set(spec.user_ids) & interactions.never_seen_user_ids)
+    if held:
+        raise ForgetSpecError(f"{spec}: user(s) {', '.join(map(str, held[:5]))} are held out as never seen: no model "
+                              "is trained on them, so there is nothing to forget")
 
 
 def _resolve_genre(interactions: Interactions, spec: ForgetSpec) -> str:

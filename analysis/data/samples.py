@@ -5,6 +5,14 @@ ratings of a user only ever serve as history. Each user's samples, in time order
 (ties by item id), are split: the last 10% test, the 10% before validation, the rest
 train. The split is computed once on the full data and never depends on a deletion
 request, so every run is scored on exactly the same test prompts.
+
+A seeded share of users (5% by default: 45 of ML-100K's 943) is *never seen*: none of their
+ratings is trained on, by the original or any retrain, and no deletion request can name
+them. Their rows carry split `unseen`, so every filter on history/train/valid/test leaves
+them out; `phase` says where each row would fall in the split rule (for every user), so a
+forgotten user's training samples can be matched with never-seen users' samples at the same
+place in their time lines. They are what a model that never saw a user looks like: the
+yardstick for membership (analysis/unlearn/attack.py).
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from .schema import RatingsData, likes
 
 HISTORY = "history"  # first H ratings of a user: context only
 TRAIN, VALID, TEST = "train", "valid", "test"
+UNSEEN = "unseen"  # every row of a never-seen user (its place in the rule: the `phase` column)
+NEVER_SEEN_SEED = 104_729  # fixed: the never-seen users are one set for every model of a dataset
 TRAINING_SPLITS = (HISTORY, TRAIN)  # interactions the model is trained on (labels or context)
 
 
@@ -26,7 +36,8 @@ class Interactions:
     """All ratings with their per-user position and split.
 
     frame columns: user_id, item_id, rating, timestamp, label (rating >= 4, schema.likes), pos (0-based
-    index in the user's time order), split (history/train/valid/test). Sorted by
+    index in the user's time order), split (history/train/valid/test, or unseen for a never-seen user's
+    rows), phase (history/train/valid/test by the split rule, for every user). Sorted by
     (user_id, pos), with a RangeIndex that other modules use as interaction ids.
     """
 
@@ -37,7 +48,8 @@ class Interactions:
 
     @property
     def samples(self) -> pd.DataFrame:
-        return self.frame[self.frame["split"] != HISTORY]
+        """Seen users' samples (train, valid and test)."""
+        return self.frame[self.frame["split"].isin((TRAIN, VALID, TEST))]
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name]
@@ -59,7 +71,22 @@ class Interactions:
 
     @property
     def user_ids(self) -> frozenset[int]:
+        """Every user with samples, never-seen ones included (their prompts can be scored and traced)."""
         return frozenset(self.frame["user_id"].unique().tolist())
+
+    @property
+    def never_seen_user_ids(self) -> frozenset[int]:
+        return frozenset(self.frame.loc[self.frame["split"] == UNSEEN, "user_id"].unique().tolist())
+
+    @property
+    def seen_user_ids(self) -> frozenset[int]:
+        """Users the models train on: the only ones a deletion request can name."""
+        return self.user_ids - self.never_seen_user_ids
+
+    def never_seen(self, phase: str) -> pd.DataFrame:
+        """Never-seen users' rows that the split rule puts in `phase` (train: matched with training samples)."""
+        f = self.frame
+        return f[(f["split"] == UNSEEN) & (f["phase"] == phase)]
 
     @property
     def item_ids(self) -> frozenset[int]:
@@ -71,19 +98,26 @@ class Interactions:
             "history_length": self.history,
             "samples": {s: int(counts.get(s, 0)) for s in (TRAIN, VALID, TEST)},
             "history_only": int(counts.get(HISTORY, 0)),
+            "never_seen_users": len(self.never_seen_user_ids),
+            "never_seen_ratings": int(counts.get(UNSEEN, 0)),
             "dropped_users": len(self.dropped_users),
             "train_like_rate": round(float(self.split(TRAIN)["label"].mean()), 4),
         }
 
 
-def build_interactions(data: RatingsData, history: int = 10, fraction: float = 0.1) -> Interactions:
+def build_interactions(data: RatingsData, history: int = 10, fraction: float = 0.1,
+                       never_seen: float = 0.05) -> Interactions:
     """Order each user's ratings in time and assign splits.
 
     Users with fewer than history + 3 ratings cannot be in train, valid and test, so they
     are dropped (and counted) rather than silently breaking "every user is in train".
+    `never_seen`: the share of the remaining users held out of all training (seeded,
+    round half up: 0 on a handful of users); at least one user is always seen.
     """
     if history < 1:
         raise DataError(f"history length must be >= 1, got {history}")
+    if not 0.0 <= never_seen < 1.0:
+        raise DataError(f"the never-seen share must be in [0, 1), got {never_seen:g}")
     r = data.ratings.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort").reset_index(drop=True)
     r["pos"] = r.groupby("user_id").cumcount()
     n_by_user = r.groupby("user_id")["pos"].transform("size")
@@ -100,7 +134,11 @@ def build_interactions(data: RatingsData, history: int = 10, fraction: float = 0
     split[sample_idx < 0] = HISTORY
     split[sample_idx >= n_samples - test_n] = TEST
     split[(sample_idx >= n_samples - test_n - valid_n) & (sample_idx < n_samples - test_n)] = VALID
-    r["split"] = split
+    r["phase"] = split
+    users = np.array(sorted(r["user_id"].unique()))
+    n_unseen = min(int(np.floor(never_seen * len(users) + 0.5)), len(users) - 1)
+    unseen = np.random.default_rng(NEVER_SEEN_SEED).choice(users, size=n_unseen, replace=False)
+    r["split"] = np.where(r["user_id"].isin(unseen).to_numpy(), UNSEEN, split)
     r["label"] = likes(r["rating"]).astype(np.int8)
-    frame = r[["user_id", "item_id", "rating", "timestamp", "label", "pos", "split"]]
+    frame = r[["user_id", "item_id", "rating", "timestamp", "label", "pos", "split", "phase"]]
     return Interactions(data=data, frame=frame, history=history, dropped_users=dropped)

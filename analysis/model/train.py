@@ -56,7 +56,7 @@ def model_key(ws: Workspace, forget: ForgetSet | None, model_cfg: ModelConfig, t
               backbone: Path | None, adapter: AdapterConfig | None = None) -> str:
     key = {
         "kind": "recommender", "version": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
-        "split": ws.config.split_fraction, "forget": forget.key if forget else None,
+        "split": ws.config.split_fraction, "never_seen": ws.config.never_seen, "forget": forget.key if forget else None,
         "model": backbone_fingerprint(backbone) if backbone else asdict(model_cfg), "train": asdict(train_cfg),
     }
     if adapter is not None:  # only then: full fine-tuning keeps the keys it had before adapters existed

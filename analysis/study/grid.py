@@ -18,7 +18,10 @@ from ..circuits.groups import Group, group_stability
 from ..data.forget import parse_forget_spec
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
+from ..pareto import rank_runs
+from ..unlearn.attack import AttackResult
 from ..unlearn.lab import unlearn
+from ..unlearn.strength import StrengthPoint, choose_strength
 from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
 from .executors import CellJob, LocalExecutor
@@ -26,9 +29,10 @@ from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same
                        sizes_by_kind, transferable)
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
-METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid")
-RELATIVE = ("gap_closed", "jsd_ratio", "utility_cost")  # against doing nothing and retrain (yardstick.py)
-VALID_DROP = 0.005  # headline strength: the strongest lr whose validation-AUC drop stays below this
+METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid", "auc_forget_unseen",
+           "mia_never_seen_auc", "mia_never_seen_valid_auc")
+# against doing nothing and retrain (yardstick.py); retrain distance ranks, signed gap closed beside it
+RELATIVE = ("retrain_distance", "gap_closed", "jsd_ratio", "utility_cost")
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,14 @@ class Cell:
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress)
     relative = {"gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
+                "retrain_distance": run["metrics"].get("retrain_distance"),
                 "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}
-    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"][m] for m in METRICS},
+    valid_attack = run["metrics"].get("mia_never_seen_valid") or {}
+    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"].get(m) for m in METRICS},
+           "mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("run", [None, None])[0],
            **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
-           **{f"retrain_{m}": run["retrain"][m] for m in METRICS},
-           **{f"original_{m}": run["original"][m] for m in METRICS},  # "do nothing", the bar to clear
+           **{f"retrain_{m}": run["retrain"].get(m) for m in METRICS},
+           **{f"original_{m}": run["original"].get(m) for m in METRICS},  # "do nothing", the bar to clear
            "seconds": run["seconds"], "retrain_seconds": run["retrain_seconds"],
            "applied_conflict": (run["conflict"] or {}).get("applied", {}).get("negative_share"),
            "run_dir": run["run_dir"]}
@@ -104,6 +111,7 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
         entry = dict(zip(by, key))
         entry["n_seeds"] = len(members)
         for m in (*METRICS, *RELATIVE, "valid_drop", "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
+                  "mia_never_seen_valid_low", "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
                   "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
             values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
             entry[m] = float(values.mean()) if len(values) else None
@@ -123,20 +131,29 @@ def _cure_summary(rows: list[dict]) -> dict | None:
 
 
 def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
-    """The baselines that close the most of the forget gap (mean) at the given lr."""
+    """The baselines nearest the retrain at the given lr: ranked by retrain distance and utility cost (means),
+    so a baseline that overshoots the retrain does not outrank one that lands on it."""
     at = [s for s in summary if s["method"] in BASELINES and s["lr"] == lr]
-    return [s["method"] for s in sorted(at, key=lambda s: -(s["gap_closed"] if s["gap_closed"] is not None
-                                                            else float("-inf")))[:n]]
+    order = rank_runs([s["retrain_distance"] for s in at], [s["utility_cost"] or 0.0 for s in at])
+    return [at[i]["method"] for i in order[:n]]
 
 
-def chosen_on_validation(summary: list[dict]) -> list[dict]:
-    """Per method, the summary row at the strongest lr whose mean validation-AUC drop stays <= VALID_DROP
-    (the weakest lr when none does): the headline, chosen without looking at the retrain or the test set."""
+def chosen_by_attack(summary: list[dict]) -> list[dict]:
+    """Per method, the summary row at the strength the retrain-free rule picks (strength.choose_strength: the
+    weakest lr whose forgotten users are indistinguishable from never-seen users on validation-period
+    samples, mean over draws); reads neither the retrain nor the test set. Methods without the attack (an
+    interaction-level request) fall back to the weakest lr."""
     out = []
     for method in dict.fromkeys(s["method"] for s in summary):
         mine = sorted((s for s in summary if s["method"] == method), key=lambda s: s["lr"])
-        ok = [s for s in mine if s["valid_drop"] is not None and s["valid_drop"] <= VALID_DROP]
-        out.append({**(ok[-1] if ok else mine[0]), "chosen_within_valid_drop": bool(ok)})
+        usable = [s for s in mine if s.get("mia_never_seen_valid_auc") is not None]
+        if not usable or method == "retrain":
+            out.append({**mine[0], "chosen_by": "weakest (no attack)" if method != "retrain" else "retrain"})
+            continue
+        choice = choose_strength([StrengthPoint(s["lr"], AttackResult(
+            s["mia_never_seen_valid_auc"], s["mia_never_seen_valid_low"] if s.get("mia_never_seen_valid_low")
+            is not None else float("nan"), float("nan"), {})) for s in usable])
+        out.append({**next(s for s in usable if s["lr"] == choice.strength), "chosen_by": choice.reason})
     return out
 
 
@@ -231,7 +248,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
 
     return {
         "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,
-        "pareto": pareto, "headline": chosen_on_validation(pareto),
+        "pareto": pareto, "headline": chosen_by_attack(pareto),
         "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
         "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
         "reproducibility": reproducibility,

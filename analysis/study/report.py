@@ -24,7 +24,7 @@ from ..pareto import pareto_front
 from ..workspace import Workspace
 
 REPORTS = "reports"
-REPORT_VERSION = 11  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 12  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
@@ -58,41 +58,46 @@ def pareto_figure(points: list[dict], title: str = "Forgetting vs utility", orig
     return fig
 
 
-def gap_pareto_figure(points: list[dict], original_auc: float, retrain_auc: float | None,
-                      title: str = "Forgetting vs utility",
-                      retrain_band: tuple[float, float] | None = None) -> go.Figure:
-    """x: forget-AUC gap closed (0 = do nothing, 1 = retrain), y: test AUC. The original (0, its AUC) and
-    the retrain (1, its AUC) are points like the runs and take part in the front (higher is better on both).
-    `retrain_band`: the retrain's test AUC range over deletion draws, drawn as a band: a run inside it
-    costs no more utility than retraining itself does."""
+def distance_pareto_figure(points: list[dict], original_auc: float, retrain_auc: float | None,
+                           title: str = "Distance to retrain vs utility",
+                           retrain_band: tuple[float, float] | None = None) -> go.Figure:
+    """x: retrain distance (0 = the retrain, the ideal point; 1 = as far from it as doing nothing, either way),
+    y: test AUC. Signed gap closed is in the hover. The original (1, its AUC) and the retrain (0, its AUC) take
+    part in the front; a run that overshoots the retrain sits right of one that lands on it, so over-forgetting
+    never draws the front. `retrain_band`: the retrain's test AUC range over deletion draws: a run inside it
+    costs no more utility than retraining does."""
     fig = go.Figure()
     if retrain_band is not None:
         fig.add_hrect(y0=retrain_band[0], y1=retrain_band[1], fillcolor="grey", opacity=0.15, line_width=0,
                       annotation_text="retrain over deletion draws", annotation_position="top left")
-    usable = [p for p in points if p.get("gap_closed") is not None]
+    usable = [p for p in points if p.get("retrain_distance") is not None]
     for method in sorted({p["method"] for p in usable}):
         mine = [p for p in usable if p["method"] == method]
+        signed = ["n/a" if p.get("gap_closed") is None else f"{p['gap_closed']:.2f}" for p in mine]
         fig.add_trace(go.Scatter(
-            x=[p["gap_closed"] for p in mine], y=[p["auc_test"] for p in mine], mode="markers", name=method,
-            marker={"size": 11}, text=[p.get("label", method) for p in mine],
-            error_x={"array": [p.get("gap_closed_std", 0) for p in mine]},
+            x=[p["retrain_distance"] for p in mine], y=[p["auc_test"] for p in mine], mode="markers", name=method,
+            marker={"size": 11}, customdata=[[p.get("label", method), g] for p, g in zip(mine, signed)],
+            error_x={"array": [p.get("retrain_distance_std", 0) for p in mine]},
             error_y={"array": [p.get("auc_test_std", 0) for p in mine]},
-            hovertemplate="%{text}<br>gap closed %{x:.2f}<br>test AUC %{y:.4f}<extra></extra>"))
-    anchors = [{"method": "original (do nothing)", "gap_closed": 0.0, "auc_test": original_auc}]
+            hovertemplate="%{customdata[0]}<br>retrain distance %{x:.2f}<br>gap closed (signed) %{customdata[1]}"
+                          "<br>test AUC %{y:.4f}<extra></extra>"))
+    anchors = [{"method": "original (do nothing)", "retrain_distance": 1.0, "auc_test": original_auc}]
     if retrain_auc is not None:
-        anchors.append({"method": "retrain (gold)", "gap_closed": 1.0, "auc_test": retrain_auc})
+        anchors.append({"method": "retrain (gold, the ideal point)", "retrain_distance": 0.0, "auc_test": retrain_auc})
     for a, symbol in zip(anchors, ("star", "diamond")):
-        fig.add_trace(go.Scatter(x=[a["gap_closed"]], y=[a["auc_test"]], mode="markers", name=a["method"],
+        fig.add_trace(go.Scatter(x=[a["retrain_distance"]], y=[a["auc_test"]], mode="markers", name=a["method"],
                                  marker={"symbol": symbol, "size": 16, "color": "black"},
                                  hovertemplate=f"{a['method']}<br>test AUC %{{y:.4f}}<extra></extra>"))
     every = usable + anchors
-    front = sorted((every[i] for i in pareto_front([(-p["gap_closed"], p["auc_test"]) for p in every])),
-                   key=lambda p: p["gap_closed"])
-    fig.add_trace(go.Scatter(x=[p["gap_closed"] for p in front], y=[p["auc_test"] for p in front], mode="lines",
-                             name="Pareto front", line={"dash": "dash", "color": "black"}))
+    front = sorted((every[i] for i in pareto_front([(p["retrain_distance"], p["auc_test"]) for p in every])),
+                   key=lambda p: p["retrain_distance"])
+    fig.add_trace(go.Scatter(x=[p["retrain_distance"] for p in front], y=[p["auc_test"] for p in front],
+                             mode="lines", name="Pareto front", line={"dash": "dash", "color": "black"}))
     ys = [p["auc_test"] for p in every] + (list(retrain_band) if retrain_band else [])
     mid, half = (max(ys) + min(ys)) / 2, max((max(ys) - min(ys)) / 2 * 1.2, 0.01)  # never narrower than ±0.01
-    fig.update_layout(title=title, height=420, xaxis={"title": "forget-AUC gap closed (0 = do nothing, 1 = retrain)"},
+    fig.update_layout(title=title, height=420,
+                      xaxis={"title": "distance to retrain (0 = retrain, 1 = as far as doing nothing, either way)",
+                             "rangemode": "tozero"},
                       yaxis={"title": "test AUC", "range": [mid - half, mid + half]})
     return fig
 
@@ -140,17 +145,17 @@ def _original_point(summary: list[dict]) -> dict | None:
 
 
 def _pareto(result: dict) -> go.Figure:
-    """Gap closed vs test AUC (do nothing and retrain drawn as points); older reports: JSD vs test AUC."""
+    """Retrain distance vs test AUC (do nothing and retrain drawn as points); older reports: JSD vs test AUC."""
     summary = result["pareto"]
     title = f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}"
     runs = [{**s, "label": f"{s['method']} lr {s['lr']}"} for s in summary if s["method"] != "retrain"]
     retrain = next((s for s in summary if s["method"] == "retrain"), None)
     original = _original_point(summary)
-    if original is not None and any(s.get("gap_closed") is not None for s in runs):
+    if original is not None and any(s.get("retrain_distance") is not None for s in runs):
         band = None
         if retrain and retrain.get("auc_test_std"):  # the retrain's spread over the deletion draws, +- 1 std
             band = (retrain["auc_test"] - retrain["auc_test_std"], retrain["auc_test"] + retrain["auc_test_std"])
-        return gap_pareto_figure(runs, original["auc_test"], retrain["auc_test"] if retrain else None, title, band)
+        return distance_pareto_figure(runs, original["auc_test"], retrain["auc_test"] if retrain else None, title, band)
     return pareto_figure(runs, title, original)
 
 
@@ -274,16 +279,19 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
                                                 "jsd_forget_std", "auc_test", "auc_forget", "mia_auc", "n_seeds"]))
     parts.append(_split_by_kind(result))
-    relative = ["gap_closed", "gap_closed_std", "jsd_ratio", "jsd_ratio_std", "utility_cost", "utility_cost_std",
-                "valid_drop"]
+    relative = ["retrain_distance", "retrain_distance_std", "gap_closed", "gap_closed_std", "jsd_ratio",
+                "jsd_ratio_std", "utility_cost", "utility_cost_std", "valid_drop"]
     if result.get("headline"):
-        parts.append("<h2>Headline: each method at the strength chosen on validation</h2><p>The strongest lr whose "
-                     "validation-AUC drop stays &le; 0.005 (mean over draws); gap closed: 0 = do nothing, 1 = "
-                     "retrain, &gt; 1 = over-forgetting; JSD ratio &lt; 1: closer to retrain than doing nothing; "
-                     "utility cost: test AUC lost.</p>"
-                     + _table(result["headline"], ["method", "lr", "n_seeds", *relative, "mia_auc",
-                                                   "retrain_mia_auc", "auc_test", "original_auc_test", "seconds",
-                                                   "chosen_within_valid_drop"]))
+        parts.append("<h2>Headline: each method at the strength the retrain-free rule chose</h2><p>The weakest lr "
+                     "whose forgotten users are indistinguishable from never-seen users on validation-period samples "
+                     "(matched attack; neither the retrain nor the test set is read). Retrain distance: 0 = the "
+                     "retrain, 1 = as far from it as doing nothing, in either direction (the ranking); gap closed, "
+                     "signed: &gt; 1 = over-forgetting; utility cost: test AUC lost; matched attack: forgotten vs "
+                     "never-seen users' training-period samples (0.5 = never seen).</p>"
+                     + _table(result["headline"], ["method", "lr", "n_seeds", *relative, "mia_never_seen_auc",
+                                                   "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
+                                                   "mia_never_seen_valid_auc", "auc_forget_unseen", "auc_test",
+                                                   "original_auc_test", "seconds", "chosen_by"]))
     keys = ["method", "lr", "n_seeds", *relative, "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
             "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "retrain_auc_test", "original_jsd_forget",
             "original_auc_forget", "original_mia_auc", "original_auc_test", "seconds"]

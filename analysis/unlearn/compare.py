@@ -24,8 +24,9 @@ from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..recommend import top_k
 from ..workspace import Workspace
+from .attack import PHASES, AttackResult, attack_rows, forget_unseen_rows, matched_attack
 from .mia import ATTACK_SAMPLES, features, mia_auc
-from .yardstick import yardstick
+from .yardstick import retrain_distance, yardstick
 
 RANK_USERS = 20  # per side (forget users, retained users)
 RANK_K = 10
@@ -37,15 +38,23 @@ SCORES = "scores"  # cache kind: a reference model's scores and top-10 lists for
 def sample_sets(ws: Workspace, forget: ForgetSet) -> dict[str, pd.DataFrame]:
     """The fixed rows every model is scored on (seeded, so runs compare on the same samples)."""
     cap = lambda rows: rows if len(rows) <= ATTACK_SAMPLES else rows.sample(ATTACK_SAMPLES, random_state=SEED)  # noqa: E731
-    return {"forget": forget.forget_samples, "test": ws.interactions.split(TEST),
+    sets = {"forget": forget.forget_samples, "test": ws.interactions.split(TEST),
             "members": cap(retain_samples(ws, forget)), "non_members": cap(ws.interactions.split(VALID))}
+    unseen = forget_unseen_rows(forget)
+    if unseen is not None:
+        sets["forget_unseen"] = unseen
+    for phase in PHASES:
+        rows = attack_rows(forget, phase)
+        if rows is not None:
+            sets.update(rows.sets())
+    return sets
 
 
 def ranking_users(ws: Workspace, forget: ForgetSet) -> dict[str, list[int]]:
     """Seeded forget users and retained users whose top-10 lists are compared before/after."""
     rng = np.random.default_rng(SEED)
     forgotten = sorted(forget.users)
-    kept = sorted(set(ws.interactions.user_ids) - set(forgotten))
+    kept = sorted(set(ws.interactions.seen_user_ids) - set(forgotten))  # never-seen users have nothing to keep
     return {side: [int(u) for u in rng.choice(users, size=min(RANK_USERS, len(users)), replace=False)] if users else []
             for side, users in (("forget_users", forgotten), ("retain_users", kept))}
 
@@ -86,11 +95,28 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
     test = classification(label["test"], scores["test"])
     fg = classification(label["forget"], scores["forget"])
     valid = classification(label["non_members"], scores["non_members"])  # validation samples: strength selection
-    feats = {k: features(scores[k], label[k]) for k in sets}
+    unseen = (classification(label["forget_unseen"], scores["forget_unseen"]) if "forget_unseen" in sets
+              else {"auc": None, "logloss": None})
+    feats = {k: features(scores[k], label[k]) for k in ("members", "non_members", "forget", "test")}
     return {"auc_test": test["auc"], "acc_test": test["acc"], "logloss_test": test["logloss"],
             "auc_valid": valid["auc"], "logloss_valid": valid["logloss"],
             "auc_forget": fg["auc"], "acc_forget": fg["acc"], "logloss_forget": fg["logloss"],
+            "auc_forget_unseen": unseen["auc"], "logloss_forget_unseen": unseen["logloss"],
             "mia_auc": mia_auc(feats["members"], feats["non_members"], feats["forget"], feats["test"])}
+
+
+def _attack_view(results: dict[str, AttackResult]) -> dict:
+    """One phase of the matched attack for run / original / retrain, intervals beside."""
+    return {**{name: r.auc for name, r in results.items()},
+            "interval": {name: [r.low, r.high] for name, r in results.items()},
+            "indistinguishable": {name: r.indistinguishable for name, r in results.items()},
+            "resamples": "users (scipy.stats.bootstrap, percentile, 1000)"}
+
+
+def _unseen_view(metrics: dict[str, dict], n: int) -> dict:
+    out = {m: {name: metrics[name][f"{m}_forget_unseen"] for name in metrics} for m in ("auc", "logloss")}
+    auc = out["auc"]
+    return {**out, "n": n, "retrain_distance": retrain_distance(auc["original"], auc["run"], auc["retrain"])}
 
 
 def _overlap(a: list[int], b: list[int]) -> float:
@@ -115,5 +141,20 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
                                          for u in users])) if users else None
     relative = yardstick({name: view["scores"]["forget"] for name, view in views.items()},
                          sets["forget"]["label"].to_numpy(), metrics)
-    metrics["run"].update({k: relative[k] for k in ("gap_closed", "jsd_ratio", "utility_cost")})
-    return {"metrics": metrics, "ranking_agreement": agreement, "yardstick": relative}
+    metrics["run"].update({k: relative[k] for k in ("gap_closed", "retrain_distance", "jsd_ratio", "utility_cost")})
+    per_user = []
+    for phase in PHASES:
+        rows = attack_rows(forget, phase)
+        if rows is None:
+            continue
+        results = {name: matched_attack(rows, view["scores"]) for name, view in views.items()}
+        suffix = "" if phase == "train" else f"_{phase}"
+        for name, r in results.items():
+            metrics[name][f"mia_never_seen{suffix}_auc"] = r.auc
+        metrics["run"][f"mia_never_seen{suffix}"] = _attack_view(results)
+        if phase == "train":  # how recognisable each forgotten user is, before (original) and after (run)
+            per_user = [{"user": u, "before": results["original"].per_user[u], "after": results["run"].per_user[u],
+                         "retrain": results["retrain"].per_user[u]} for u in sorted(results["run"].per_user)]
+    if "forget_unseen" in sets:
+        metrics["run"]["forget_unseen"] = _unseen_view(metrics, len(sets["forget_unseen"]))
+    return {"metrics": metrics, "ranking_agreement": agreement, "yardstick": relative, "per_user": per_user}

@@ -23,6 +23,7 @@ from ..model.recommender import Recommender, load_recommender
 from ..model.train import MODELS, model_key, train_recommender, training_recipe
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
+from .ablation import random_groups
 from .compare import compare_to_retrain
 from .methods import Method
 from .run import MODEL, RUN, UnlearnConfig, unlearn_steps
@@ -63,10 +64,12 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             start = time.perf_counter()
             result = discover_groups(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
             groups = result.labels
+            if cfg.random_groups is not None:  # the ablation: same sizes per node kind, nodes drawn at random
+                groups = random_groups(groups, result.table, cfg.random_groups)
             circuits = {"path": str(result.path), "seconds_this_call": time.perf_counter() - start,
                         "compute_seconds": result.seconds["total"], "from_full_result": result.from_full,
                         "sizes": result.node_groups.sizes(), "coverage": result.coverage_view(),
-                        "groups": {m: g.value for m, g in result.labels.items()}}
+                        "groups": {m: g.value for m, g in groups.items()}, "random_groups": cfg.random_groups}
         if cfg.method is Method.RETRAIN:
             model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
                                          "rules": {}, "conflict": None, "stopped": None, "steps_run": 0,
@@ -90,7 +93,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             "steps_run": steps["steps_run"], "steps_budget": steps["steps_budget"],
             "metrics": comparison["metrics"]["run"], "retrain": comparison["metrics"]["retrain"],
             "original": comparison["metrics"]["original"], "ranking_agreement": comparison["ranking_agreement"],
-            "yardstick": comparison["yardstick"],
+            "yardstick": comparison["yardstick"], "per_user": comparison["per_user"],
             "model_dir": str(retrain.path) if cfg.method is Method.RETRAIN else None,
             "original_dir": str(original.path), "retrain_dir": str(retrain.path),
         })

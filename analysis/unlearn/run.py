@@ -82,6 +82,8 @@ class UnlearnConfig:
     # CURE and selective use them instead of discovering circuits on this request
     groups: tuple[tuple[str, str], ...] = ()
     adapter: AdapterConfig | None = None  # a LoRA adapter trained over the original, instead of all its weights
+    # CURE's groups shuffled within each node kind with this seed (ablation.py): does the circuit matter?
+    random_groups: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter, dict):  # as stored in a key
@@ -94,6 +96,8 @@ class UnlearnConfig:
             object.__setattr__(self, "groups", tuple(sorted((str(m), Group(g).value) for m, g in pairs)))
         except ValueError as e:
             raise SettingsError(f"unknown circuit group in given groups: {e}; use {[g.value for g in Group]}") from e
+        if self.random_groups is not None and self.method is not Method.CURE:
+            raise SettingsError(f"random groups are an ablation of cure, not of {self.method.value}")
         if self.groups and not self.uses_circuits:
             raise SettingsError(f"given circuit groups only apply to cure and selective, not {self.method.value}")
         if (self.steps is not None and self.steps < 1) or self.batch_size < 1:
@@ -135,8 +139,11 @@ class UnlearnConfig:
         return {m: Group(g) for m, g in self.groups}
 
     def key(self) -> dict:
-        # `groups` and `adapter` enter the key only when given, so runs stored before them keep their keys
-        d = {k: v for k, v in asdict(self).items() if k not in ("circuits", "thresholds", "groups", "adapter")}
+        # `groups`, `adapter` and `random_groups` enter the key only when given, so runs stored before them keep their keys
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("circuits", "thresholds", "groups", "adapter", "random_groups")}
+        if self.random_groups is not None:
+            d["random_groups"] = self.random_groups
         if self.adapter is not None:
             d["adapter"] = self.adapter.key()
         if self.method is not Method.SALUN:

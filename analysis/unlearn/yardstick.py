@@ -3,10 +3,15 @@
 JSD to retrain alone rewards a no-op whenever the original already sits close to the
 retrain (0.006 on the default model and users:0.1), so the headline is relative:
 
+* retrain_distance = |AUC_forget(run) - AUC_forget(retrain)| / |AUC_forget(original) -
+  AUC_forget(retrain)|: 0 = like the retrain, 1 = as far from it as doing nothing, *in
+  either direction*. The headline and every ranking: the lab's default CURE run closed 1.33
+  of the gap (over-forgetting) and signed gap closed ranked it above a run at 0.95;
+  in distance it is 0.33 against 0.05;
 * gap_closed[m] = (m(original) - m(run)) / (m(original) - m(retrain)) for forget AUC,
-  forget log-loss and MIA AUC: 0 = did nothing, 1 = like retrain, > 1 = over-forgetting
-  (forgotten samples that look *less* familiar than never-seen ones are themselves a
-  membership signal, so it is flagged, not rewarded);
+  forget log-loss and MIA AUC, signed, beside it: 0 = did nothing, 1 = like retrain,
+  > 1 = over-forgetting (forgotten samples that look *less* familiar than never-seen ones
+  are themselves a membership signal, so it is flagged, not rewarded);
 * jsd_ratio = JSD(run, retrain) / JSD(original, retrain) on forget samples (< 1: closer to
   retrain than doing nothing);
 * utility_cost = test AUC(original) - test AUC(run).
@@ -53,6 +58,14 @@ def _closed(original: float, run: float, retrain: float) -> float | None:
     return None if gap == 0 or not np.isfinite(gap) else float((original - run) / gap)
 
 
+def retrain_distance(original: float | None, run: float | None, retrain: float | None) -> float | None:
+    """|run - retrain| / |original - retrain|: 0 = the retrain, 1 = as far as doing nothing; None without a gap."""
+    if original is None or run is None or retrain is None:
+        return None
+    gap = abs(original - retrain)
+    return None if gap == 0 or not np.isfinite(gap) else float(abs(run - retrain) / gap)
+
+
 def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, metrics: dict[str, dict],
               seed: int = 0) -> dict:
     """forget_scores and metrics for "run", "retrain", "original" -> the relative headline numbers."""
@@ -77,6 +90,7 @@ def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, m
     ratio = jsd(f["run"], f["retrain"]) / base if base > 0 else None
     over = closed["auc_forget"] is not None and closed["auc_forget"] > 1.0
     return {
+        "retrain_distance": (retrain_distance(auc["original"], auc["run"], auc["retrain"]) if measurable else None),
         "gap_closed": closed,
         "gap": {"auc_forget": auc["original"] - auc["retrain"], "low": float(lo), "high": float(hi),
                 "resamples": RESAMPLES, "level": LEVEL},

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.recommend import rank_changes
-from analysis.study.report import gap_pareto_figure
+from analysis.study.report import distance_pareto_figure
 from analysis.unlearn.conflict import ConflictMap
 from analysis.unlearn.lab import list_runs
 from app import figures, state
@@ -44,7 +44,7 @@ with state.readable_errors():
     retrain = state.saved_model(run["retrain_dir"])
 
     forgotten = sorted(forget.users)
-    kept = sorted(set(ws.interactions.user_ids) - set(forgotten))[:200]
+    kept = sorted(set(ws.interactions.seen_user_ids) - set(forgotten))[:200]
     c1, c2 = st.columns(2)
     for col, title, users, key in ((c1, "A forgotten user", forgotten, "cmp_fu"), (c2, "A retained user", kept, "cmp_ru")):
         with col:
@@ -64,22 +64,48 @@ with state.readable_errors():
     if y:
         closed = y["gap_closed"]
         fmt = lambda v, f="{:.2f}": "n/a" if v is None else f.format(v)  # noqa: E731
-        k1, k2, k3, k4 = st.columns(4)
-        k1.metric("Forget-AUC gap closed", fmt(closed["auc_forget"]), help="0 = did nothing, 1 = like retrain, "
-                  "> 1 = over-forgetting")
-        k2.metric("JSD ratio to doing nothing", fmt(y["jsd_ratio"]), help="JSD(run, retrain) / JSD(original, "
-                  "retrain) on forget samples; < 1 is closer to retrain than doing nothing")
+        k1, k2, k3, k4, k5 = st.columns(5)
+        k1.metric("Distance to retrain", fmt(y.get("retrain_distance")), help="|forget AUC(run) - forget AUC(retrain)| "
+                  "/ |forget AUC(original) - forget AUC(retrain)|: 0 = like the retrain, 1 = as far from it as doing "
+                  "nothing, in either direction. Every ranking here uses it with the utility cost.")
+        k2.metric("Forget-AUC gap closed (signed)", fmt(closed["auc_forget"]), help="0 = did nothing, 1 = like "
+                  "retrain, > 1 = over-forgetting (past the retrain: itself a membership signal)")
         k3.metric("Utility cost (test AUC lost)", fmt(y["utility_cost"], "{:.4f}"))
-        k4.metric("MIA gap closed", fmt(closed["mia_auc"]))
+        k4.metric("JSD ratio to doing nothing", fmt(y["jsd_ratio"]), help="JSD(run, retrain) / JSD(original, "
+                  "retrain) on forget samples; < 1 is closer to retrain than doing nothing")
+        attack = run["metrics"].get("mia_never_seen")
+        k5.metric("Matched attack (0.5 = never seen)", fmt(attack["run"] if attack else None, "{:.3f}"),
+                  help="AUC of an attacker telling the forgotten users' training samples from never-seen users' "
+                       "samples at the same place in their time lines; the retrain scores about 0.5 by construction"
+                       + (f". Do nothing {attack['original']:.3f}, retrain {attack['retrain']:.3f}; run's 95% "
+                          f"interval over users {attack['interval']['run'][0]:.3f} to "
+                          f"{attack['interval']['run'][1]:.3f}" if attack else ""))
         st.caption(f"Original-retrain forget-AUC gap {y['gap']['auc_forget']:.4f} (95% interval "
                    f"{y['gap']['low']:.4f} to {y['gap']['high']:.4f}). {y['note']}")
-    names = ["auc_forget", "logloss_forget", "jsd_forget", "auc_test", "auc_valid", "jsd_test", "acc_test", "mia_auc"]
+    names = ["auc_forget", "auc_forget_unseen", "logloss_forget", "logloss_forget_unseen", "jsd_forget", "auc_test",
+             "auc_valid", "jsd_test", "acc_test", "mia_never_seen_auc", "mia_never_seen_valid_auc", "mia_auc"]
     table = pd.DataFrame({"this run": run["metrics"], "original (do nothing)": run["original"],
                           "retrain (gold)": run["retrain"]})
     st.dataframe(table.loc[[n for n in names if n in table.index]].astype(float).style.format("{:.4f}"),
                  width="stretch", key="cmp_metrics")
+    st.caption("auc_forget: the forget samples the objectives push on (trained); auc_forget_unseen: the forgotten "
+               "users' (or genre's) validation and test samples, never trained on: does forgetting reach beyond the "
+               "trained samples? mia_never_seen: the matched attack (0.5 = like a user no model saw); mia_auc: the "
+               "older attack (forget vs test samples), confounded by time.")
+    per_user = run.get("per_user") or []
+    if per_user:
+        st.subheader("How recognisable is each forgotten user?")
+        st.plotly_chart(figures.recognisability(per_user), width="stretch", key="cmp_per_user")
+        top = sorted(per_user, key=lambda r: -r["after"])[:10]
+        st.dataframe(pd.DataFrame([{"user": r["user"], "after": r["after"], "before (do nothing)": r["before"],
+                                    "retrain": r["retrain"]} for r in top]).style.format(
+                         {"after": "{:.0%}", "before (do nothing)": "{:.0%}", "retrain": "{:.0%}"}),
+                     hide_index=True, width="stretch", key="cmp_top_users")
+        st.caption("Per forgotten user: the share of never-seen users whose mean attack score they exceed (50% = a "
+                   "typical never-seen user). The table: the 10 most recognisable after this run.")
     full = {k: run.get(k) for k in ("method", "config", "forget", "metrics", "original", "retrain", "yardstick",
-                                    "ranking_agreement", "seconds", "retrain_seconds", "steps_run", "stopped")}
+                                    "ranking_agreement", "seconds", "retrain_seconds", "steps_run", "stopped",
+                                    "per_user")}
     st.download_button("Download this run's numbers (full precision, JSON)", json.dumps(full, indent=1, default=str),
                        file_name=f"run-{run['run_dir'].split('/')[-1]}.json", mime="application/json",
                        key="cmp_download")
@@ -114,12 +140,14 @@ with state.readable_errors():
     st.subheader(f"Forgetting vs utility: every run for {run['forget']['spec']}")
     same = [r for r in runs if r["forget"]["spec"] == run["forget"]["spec"]]
     points = [{"method": r["method"], "gap_closed": (r["metrics"].get("gap_closed") or {}).get("auc_forget"),
+               "retrain_distance": r["metrics"].get("retrain_distance"),
                "auc_test": r["metrics"]["auc_test"], "label": label(r)} for r in same if r["method"] != "retrain"]
     # the retrain's spread over the deletion draws of this request kind, where more than one draw was run
     draws = {r["forget"]["seed"]: r["retrain"]["auc_test"] for r in runs
              if r["forget"]["spec"] == run["forget"]["spec"]}
     band = (min(draws.values()), max(draws.values())) if len(draws) > 1 else None
-    st.plotly_chart(gap_pareto_figure(points, run["original"]["auc_test"], run["retrain"]["auc_test"],
-                                      "Every run so far; dashed: the Pareto front; star: do nothing; diamond: retrain"
+    st.plotly_chart(distance_pareto_figure(points, run["original"]["auc_test"], run["retrain"]["auc_test"],
+                                           "Every run so far; dashed: the Pareto front; star: do nothing; diamond: "
+                                           "retrain (the ideal point)"
                                       + ("; band: retrain over deletion draws" if band else ""), band),
                     width="stretch", key="cmp_pareto")

@@ -4,6 +4,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from analysis.pareto import rank_runs
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method
 from analysis.progress import unlearn_plan
@@ -23,15 +24,20 @@ LIVE_REDRAW_S = 2.0
 def finish_message(run: dict) -> str:
     """Relative numbers first (0 = do nothing, 1 = retrain), the absolute ones with do nothing and retrain beside."""
     m, o, r, y = run["metrics"], run["original"], run["retrain"], run["yardstick"]
-    closed = y["gap_closed"]["auc_forget"]
-    gap = "no measurable memorisation to remove" if closed is None else f"forget-AUC gap closed {closed:.2f}"
+    closed, distance = y["gap_closed"]["auc_forget"], y.get("retrain_distance")
+    gap = ("no measurable memorisation to remove" if closed is None or distance is None else
+           f"distance to retrain {distance:.2f} (0 = like the retrain, 1 = as far as doing nothing; forget-AUC gap "
+           f"closed {closed:.2f}, signed" + ("; past the retrain: over-forgetting" if closed > 1 else "") + ")")
+    attack = m.get("mia_never_seen")
+    seen = ("" if not attack else f" Matched attack (forgotten vs never-seen users, 0.5 = never seen): "
+            f"{attack['run']:.3f} (do nothing {attack['original']:.3f}, retrain {attack['retrain']:.3f}).")
     ratio = "n/a" if y["jsd_ratio"] is None else f"{y['jsd_ratio']:.2f}"
     stopped = (run.get("stopped") or {}).get("reason") or "budget"
     return (f"{run['method']} finished in {run['seconds']:.1f} s, {run.get('steps_run', 0)} steps ({stopped}); "
-            f"retrain {run['retrain_seconds']:.0f} s. {gap} (0 = do nothing, 1 = retrain), JSD ratio {ratio}, "
-            f"utility cost {y['utility_cost']:+.4f} test AUC. Forget AUC {m['auc_forget']:.4f} (do nothing "
+            f"retrain {run['retrain_seconds']:.0f} s. {gap[0].upper() + gap[1:]}; utility cost "
+            f"{y['utility_cost']:+.4f} test AUC; JSD ratio {ratio}. Forget AUC {m['auc_forget']:.4f} (do nothing "
             f"{o['auc_forget']:.4f}, retrain {r['auc_forget']:.4f}); test AUC {m['auc_test']:.4f} (do nothing "
-            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}). {y['note']} See Compare.")
+            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}).{seen} {y['note']} See Compare.")
 
 
 with state.readable_errors():
@@ -90,8 +96,12 @@ with state.readable_errors():
     st.subheader(f"Runs for {request} ({len(runs)})")
     if runs:
         closed = lambda r: (r["metrics"].get("gap_closed") or {}).get("auc_forget")  # noqa: E731
+        # best first: by retrain distance and utility cost (an over-forgetting run does not rank above one on target)
+        runs = [runs[i] for i in rank_runs([r["metrics"].get("retrain_distance") for r in runs],
+                                           [r["metrics"].get("utility_cost") or 0.0 for r in runs])]
         table = pd.DataFrame([{"method": r["method"], "steps": r.get("steps_run"), "lr": r["config"].get("lr"),
-                               "gap closed": closed(r), "JSD ratio": r["metrics"].get("jsd_ratio"),
+                               "distance to retrain": r["metrics"].get("retrain_distance"),
+                               "gap closed (signed)": closed(r), "JSD ratio": r["metrics"].get("jsd_ratio"),
                                "utility cost": r["metrics"].get("utility_cost"),
                                "JSD forget": r["metrics"]["jsd_forget"], "JSD test": r["metrics"]["jsd_test"],
                                "AUC test": r["metrics"]["auc_test"], "AUC forget": r["metrics"]["auc_forget"],

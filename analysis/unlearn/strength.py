@@ -1,0 +1,94 @@
+"""How hard to unlearn, chosen without the retrain or the test set.
+
+The rule: the *weakest* strength at which the forgotten users become indistinguishable from
+users no model ever saw, on the matched attack of their validation-period samples
+(attack.py, phase `valid`: never a training label, and neither the retrain nor the test set
+is read). "Indistinguishable" is the attack's 95% interval over users reaching 0.5; the
+weakest such strength because every step past it costs utility for nothing the attack can
+see. When no strength gets there, the one whose attack lands nearest 0.5.
+
+Before this rule, strength was chosen on validation AUC drop alone (the strongest lr that
+lost < 0.005), which says nothing about whether the forgotten users still stand out, and
+the lab's defaults were chosen on test-set numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..circuits.lean import discover_groups
+from ..data.forget import ForgetSet
+from ..data.samples import VALID
+from ..errors import SettingsError
+from ..model.recommender import Recommender
+from ..model.sequences import PromptBuilder
+from ..progress import ProgressFn, or_silent
+from ..workspace import Workspace
+from .ablation import random_groups
+from .attack import AttackResult, attack_rows, matched_attack
+from .run import UnlearnConfig, unlearn_steps
+
+NOT_DEFINED = ("the retrain-free rule reads forgotten *users* (or a genre's samples) against never-seen users; "
+               "an interaction-level request has neither")
+
+
+@dataclass(frozen=True)
+class StrengthPoint:
+    strength: float  # the Adam learning rate (the budget is the same for every strength)
+    attack: AttackResult  # matched attack on the validation period
+
+    def to_json(self) -> dict:
+        a = self.attack
+        return {"strength": self.strength, "attack_valid": a.auc, "low": a.low, "high": a.high,
+                "indistinguishable": a.indistinguishable}
+
+
+@dataclass(frozen=True)
+class StrengthChoice:
+    strength: float
+    reason: str
+    points: tuple[StrengthPoint, ...]
+
+    def to_json(self) -> dict:
+        return {"strength": self.strength, "reason": self.reason, "points": [p.to_json() for p in self.points]}
+
+
+def choose_strength(points: list[StrengthPoint]) -> StrengthChoice:
+    """The weakest strength whose validation-period attack is indistinguishable from never-seen users; else
+    the one nearest 0.5 (ties: the weaker)."""
+    if not points:
+        raise SettingsError("no strength to choose from")
+    ordered = sorted(points, key=lambda p: p.strength)
+    ok = [p for p in ordered if p.attack.indistinguishable]
+    if ok:
+        return StrengthChoice(ok[0].strength, "weakest strength whose forgotten users are indistinguishable from "
+                                              "never-seen ones (validation period)", tuple(ordered))
+    near = min(ordered, key=lambda p: abs(p.attack.auc - 0.5))
+    return StrengthChoice(near.strength, "no strength made the forgotten users indistinguishable; the nearest to 0.5",
+                          tuple(ordered))
+
+
+def strength_sweep(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
+                   strengths: tuple[float, ...], progress: ProgressFn | None = None) -> StrengthChoice:
+    """Run the method at each strength (nothing stored) and choose by the rule. Reads the original, the forget
+    set, retained and never-seen users' validation-period samples: never the retrain or the test set."""
+    progress = or_silent(progress)
+    rows = attack_rows(forget, VALID)
+    if rows is None:
+        raise SettingsError(NOT_DEFINED)
+    groups = None
+    if cfg.uses_circuits and not cfg.groups:
+        groups = discover_groups(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
+        labels = groups.labels if cfg.random_groups is None else random_groups(groups.labels, groups.table,
+                                                                                 cfg.random_groups)
+    else:
+        labels = cfg.given_groups if cfg.groups else None
+    builder = PromptBuilder(original.fmt, ws.interactions)
+    points, ordered = [], sorted(strengths)
+    for i, lr in enumerate(ordered):
+        # each run's steps advance one "strength" bar over all the runs: it never goes back between runs
+        inner = lambda stage, k, n, i=i: progress("strength", i * n + k, len(ordered) * n)  # noqa: E731
+        steps = unlearn_steps(ws, original, forget, replace(cfg, lr=lr), labels, inner)
+        model = Recommender(steps["model"].eval(), original.tokenizer, original.fmt, original.meta)
+        scores = {name: model.score_prompts(builder.prompts(part)) for name, part in rows.sets().items()}
+        points.append(StrengthPoint(lr, matched_attack(rows, scores)))
+    return choose_strength(points)
