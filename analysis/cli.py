@@ -157,8 +157,10 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="an explicit step count instead of --unlearn-epochs")
     p.add_argument("--lr", type=float, default=U.lr)
     p.add_argument("--optimizer", default=U.optimizer, choices=["adam", "sgd"])
-    p.add_argument("--stop", default=U.stop, choices=["budget", "auto"],
-                   help="auto: stop when the forget samples' loss reaches the original's held-out loss")
+    p.add_argument("--stop", default=U.stop, choices=["budget", "auto", "loss"],
+                   help="auto: stop once the forgotten users are indistinguishable from never-seen users on the "
+                        "validation-period attack (checked every 10 steps); loss: once the forget samples' loss "
+                        "reaches the original's held-out loss")
     p.add_argument("--saliency", type=float, default=U.saliency, help="salun: share of parameter elements updated")
     p.add_argument("--objective", default=None, choices=["ascent", "npo"],
                    help="the forget objective (default: the method's own; cure and selective: npo)")

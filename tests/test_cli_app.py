@@ -130,6 +130,21 @@ def test_conflict_and_unlearn_cli(tiny_folder, tmp_path, capsys):
     for when in ("before", "after", "applied"):
         assert 0 <= run["conflict"][when]["negative_share"] <= 1
     assert run["seconds"] > 0 and run["retrain_seconds"] > 0
+    # the verdict: retrain distance beside signed gap closed, the matched attack with intervals, unseen samples
+    m = run["metrics"]
+    assert "retrain_distance" in m and set(m["gap_closed"]) == {"auc_forget", "logloss_forget", "mia_auc"}
+    assert {"run", "original", "retrain", "interval"} <= set(m["mia_never_seen"])
+    assert set(m["forget_unseen"]["auc"]) == {"run", "original", "retrain"} and m["forget_unseen"]["n"] > 0
+    assert {u["user"] for u in run["per_user"]} == {3, 5}
+    assert all(0 <= u[k] <= 1 for u in run["per_user"] for k in ("before", "after", "retrain"))
+    auto = run_json(capsys, "unlearn", *common, "--forget", "users:3,5", "--method", "cure", *small,
+                    "--strength", "auto", "--strengths", "1e-4,1e-3", "--random-groups", "0")
+    assert auto["strength_choice"]["strength"] in (1e-4, 1e-3) and len(auto["strength_choice"]["points"]) == 2
+    assert auto["config"]["lr"] == auto["strength_choice"]["strength"] and auto["config"]["random_groups"] == 0
+    assert auto["circuits"]["random_groups"] == 0
+    assert main(["unlearn", *common, "--forget", "users:3,5", "--method", "npo", "--strength", "auto",
+                 "--strengths", "fast", "--json"]) == 2
+    assert "--strengths 'fast'" in capsys.readouterr().err
     assert main(["unlearn", *common, "--forget", "users:3,5", "--method", "selective", "--modules", "a9.h9",
                  *small, "--json"]) == 2
     assert "unknown modules" in capsys.readouterr().err

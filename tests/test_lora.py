@@ -164,12 +164,13 @@ def test_default_keys_are_unchanged_and_an_adapter_enters_them_only_when_used():
     from analysis.unlearn.run import UnlearnConfig
 
     ws = SimpleNamespace(fingerprint="fixed-fingerprint", config=DataConfig())
-    # pinned: the values computed before adapters existed (commit 76129be)
-    assert model_key(ws, None, ModelConfig(), TrainConfig(), None) == "1d3b258c20868c70"
-    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, None) == "1d3b258c20868c70"
-    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, AdapterConfig()) != "1d3b258c20868c70"
-    # cure's key holds its circuit settings, which gained the whole-request fields in issue 23 (was 13b82f92c08b3a33)
-    for method, pinned in (("cure", "582a95fdd6f55cbc"), ("ga", "c8a03289735667d0"), ("salun", "89bd5acd1c0c905e")):
+    # pinned: the values computed without adapters (issue 24 moved them on purpose: code version 2 and the
+    # never-seen share in the model key, was 1d3b258c20868c70; the default lr 1e-4, was cure 582a95fdd6f55cbc,
+    # ga c8a03289735667d0, salun 89bd5acd1c0c905e)
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None) == "8cdaaba8c8546d6a"
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, None) == "8cdaaba8c8546d6a"
+    assert model_key(ws, None, ModelConfig(), TrainConfig(), None, AdapterConfig()) != "8cdaaba8c8546d6a"
+    for method, pinned in (("cure", "c78238ecb5df7fb5"), ("ga", "baa6d41daa60e45d"), ("salun", "560a60ce92c1d681")):
         assert "adapter" not in UnlearnConfig(method=method).key()
         assert config_key(UnlearnConfig(method=method).key()) == pinned
         assert UnlearnConfig(method=method, adapter=AdapterConfig(rank=2)).key()["adapter"]["rank"] == 2

@@ -131,6 +131,12 @@ def test_the_rule_picks_the_weakest_indistinguishable_strength():
     summary = [{"method": "npo", "lr": lr, "mia_never_seen_valid_auc": a, "mia_never_seen_valid_low": lo}
                for lr, a, lo in ((1e-4, 0.6, 0.55), (3e-4, 0.51, 0.47), (1e-3, 0.45, 0.40))]
     assert chosen_by_attack(summary)[0]["lr"] == 3e-4
+    # do nothing already looks never-seen: the rule has nothing to read, keeps the weakest and says so
+    idle = choose_strength([_point(1e-3, 0.49, 0.45), _point(3e-4, 0.52, 0.48)], AttackResult(0.52, 0.43, 0.6, {}))
+    assert idle.strength == 3e-4 and not idle.informative and "already indistinguishable" in idle.reason
+    summary = [{**s, "original_mia_never_seen_valid_auc": 0.52, "original_mia_never_seen_valid_low": 0.43}
+               for s in summary]
+    assert chosen_by_attack(summary)[0]["lr"] == 1e-4 and "nothing for the rule" in chosen_by_attack(summary)[0]["chosen_by"]
 
 
 def test_the_rule_never_reads_the_retrain_or_the_test_set(tiny_ws, monkeypatch):
@@ -151,6 +157,22 @@ def test_the_rule_never_reads_the_retrain_or_the_test_set(tiny_ws, monkeypatch):
     forget = tiny_ws.forget_set("users:0.2")
     choice = strength_sweep(tiny_ws, original, forget, UnlearnConfig(method="npo", steps=2), (1e-4, 1e-3))
     assert choice.strength in (1e-4, 1e-3) and len(choice.points) == 2
+
+
+def test_the_auto_stop_ends_once_forgotten_users_look_never_seen(wide_data, tmp_path, monkeypatch):
+    from analysis.unlearn.run import unlearn_steps
+
+    ws = _ws(wide_data, tmp_path)
+    original = train_recommender(ws, None, TINY_MODEL, TINY_TRAIN)
+    monkeypatch.setattr("analysis.unlearn.lab.retrain_for", lambda *a, **k: pytest.fail("the run read the retrain"))
+    forget = ws.forget_set("users:0.2")
+    out = unlearn_steps(ws, original, forget, UnlearnConfig(method="ga", epochs=3, lr=3e-3, stop="auto"), None)
+    checks = [c for c in out["curves"] if c["stop_attack"] is not None]
+    assert checks and all(c["step"] % 10 == 0 for c in checks)
+    assert out["stopped"]["reason"].startswith("forgotten users indistinguishable")
+    assert out["stopped"]["low"] <= 0.5 and out["steps_run"] == checks[-1]["step"] < out["steps_budget"]
+    with pytest.raises(Exception, match="interaction-level"):  # no forgotten users to compare
+        unlearn_steps(ws, original, ws.forget_set("interactions:0.1"), UnlearnConfig(method="ga", stop="auto"), None)
 
 
 # --------------------------------------------------------------- CURE with random groups

@@ -80,7 +80,7 @@ def tiny_rec(tiny_ws):
     return train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
 
 
-def test_the_auto_stop_ends_when_forget_loss_reaches_held_out_loss_without_a_retrain(tiny_ws, tiny_rec, monkeypatch):
+def test_the_loss_stop_ends_when_forget_loss_reaches_held_out_loss_without_a_retrain(tiny_ws, tiny_rec, monkeypatch):
     import analysis.unlearn.lab as lab
     import analysis.model.train as train
 
@@ -89,7 +89,7 @@ def test_the_auto_stop_ends_when_forget_loss_reaches_held_out_loss_without_a_ret
     real = train.train_recommender
     monkeypatch.setattr(train, "train_recommender", lambda *a, **k: calls.append(a) or real(*a, **k))
     forget = tiny_ws.forget_set("users:0.2")
-    cfg = UnlearnConfig(method="ga", epochs=20, lr=3e-3, batch_size=16, stop="auto")
+    cfg = UnlearnConfig(method="ga", epochs=20, lr=3e-3, batch_size=16, stop="loss")
     out = unlearn_steps(tiny_ws, tiny_rec, forget, cfg, None)
     assert out["stopped"]["reason"].startswith("forget loss reached")
     assert out["steps_run"] < out["steps_budget"]

@@ -92,6 +92,7 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
     valid_attack = run["metrics"].get("mia_never_seen_valid") or {}
     row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"].get(m) for m in METRICS},
            "mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("run", [None, None])[0],
+           "original_mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("original", [None, None])[0],
            **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
            **{f"retrain_{m}": run["retrain"].get(m) for m in METRICS},
            **{f"original_{m}": run["original"].get(m) for m in METRICS},  # "do nothing", the bar to clear
@@ -112,6 +113,7 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
         entry["n_seeds"] = len(members)
         for m in (*METRICS, *RELATIVE, "valid_drop", "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
                   "mia_never_seen_valid_low", "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
+                  "original_mia_never_seen_valid_auc", "original_mia_never_seen_valid_low",
                   "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
             values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
             entry[m] = float(values.mean()) if len(values) else None
@@ -150,9 +152,13 @@ def chosen_by_attack(summary: list[dict]) -> list[dict]:
         if not usable or method == "retrain":
             out.append({**mine[0], "chosen_by": "weakest (no attack)" if method != "retrain" else "retrain"})
             continue
+        low = lambda s, k: s[k] if s.get(k) is not None else float("nan")  # noqa: E731
+        before = (AttackResult(usable[0]["original_mia_never_seen_valid_auc"],
+                               low(usable[0], "original_mia_never_seen_valid_low"), float("nan"), {})
+                  if usable[0].get("original_mia_never_seen_valid_auc") is not None else None)
         choice = choose_strength([StrengthPoint(s["lr"], AttackResult(
-            s["mia_never_seen_valid_auc"], s["mia_never_seen_valid_low"] if s.get("mia_never_seen_valid_low")
-            is not None else float("nan"), float("nan"), {})) for s in usable])
+            s["mia_never_seen_valid_auc"], low(s, "mia_never_seen_valid_low"), float("nan"), {})) for s in usable],
+            before)
         out.append({**next(s for s in usable if s["lr"] == choice.strength), "chosen_by": choice.reason})
     return out
 

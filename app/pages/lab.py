@@ -54,8 +54,10 @@ with state.readable_errors():
     retain_specific = c4.selectbox("Retain-specific nodes", ["freeze", "retain"], key="lab_rs")
     d1, d2, d3 = st.columns(3)
     optimizer = d1.selectbox("Optimiser", ["adam", "sgd"], key="lab_opt")
-    stop = d2.selectbox("Stop", ["budget", "auto"], key="lab_stop",
-                        help="auto: when the forget samples' loss reaches the original's loss on held-out samples")
+    stop = d2.selectbox("Stop", ["budget", "auto", "loss"], key="lab_stop",
+                        help="auto: once the forgotten users are indistinguishable from never-seen users on the "
+                             "validation-period attack (checked every 10 steps; never reads the retrain); loss: "
+                             "when the forget samples' loss reaches the original's loss on held-out samples")
     steps = d3.number_input("Max steps (0: the epochs decide)", 0, state.LIMITS.steps, 0, key="lab_steps",
                             help=state.LIMITS.note(f"{state.LIMITS.steps} steps"))
     modules = tuple(state.selected_modules())
