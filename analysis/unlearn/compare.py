@@ -106,9 +106,11 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
 
 
 def _attack_view(results: dict[str, AttackResult]) -> dict:
-    """One phase of the matched attack for run / original / retrain, intervals beside."""
+    """One phase of the matched attack for run / original / retrain, intervals beside (None where a half has one
+    user: nothing to resample; NaN would also break strict JSON and equality between stored records)."""
+    bound = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
     return {**{name: r.auc for name, r in results.items()},
-            "interval": {name: [r.low, r.high] for name, r in results.items()},
+            "interval": {name: [bound(r.low), bound(r.high)] for name, r in results.items()},
             "indistinguishable": {name: r.indistinguishable for name, r in results.items()},
             "resamples": "users (scipy.stats.bootstrap, percentile, 1000)"}
 
