@@ -97,6 +97,12 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert len(rep["prompt_seeds"]) == 2 and set(rep["deletion_draws"]) == {
         "forget-specific", "retain-specific", "task-shared", "inactive"}
     assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
+    # the ablation: CURE with random groups of the same sizes, and uniform NPO, paired with CURE by draw
+    ab = result["ablation"]
+    assert ab["cure_random_groups"]["n_seeds"] == 2 and ab["npo"]["method"] == "npo"
+    assert all(ab[k]["retrain_distance"]["n_draws"] in (0, 2) for k in ("cure_minus_random", "cure_minus_npo"))
+    random_runs = [r for r in result["rows"] if r["section"] == "ablation"]
+    assert len(random_runs) == 2 and len({r["run_dir"] for r in random_runs}) == 2
     assert all(r["mia_auc"] is not None for r in result["rows"])
     star = next(t for t in figures(result)["pareto"].data if t.name == "original (do nothing)")
     cure = next(s for s in result["pareto"] if s["method"] == "cure")

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+from scipy.stats import bootstrap
 
 from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group, group_stability
@@ -77,11 +78,13 @@ class Cell:
     circuit_seed: int = 0
     groups_from: str = ""  # transfer: where the given groups were found ("" = discovered on this request)
     groups: dict[str, Group] = field(default_factory=dict, repr=False)
+    random_groups: int | None = None  # ablation: CURE's groups shuffled within each node kind
 
     def config(self, study: StudyConfig) -> UnlearnConfig:
         circuits = replace(study.circuits, seed=self.circuit_seed)
         return UnlearnConfig(method=self.method, lr=self.lr, epochs=study.epochs, steps=study.steps, circuits=circuits,
-                             groups=tuple((m, g.value) for m, g in self.groups.items()))
+                             groups=tuple((m, g.value) for m, g in self.groups.items()),
+                             random_groups=self.random_groups)
 
 
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
@@ -130,6 +133,33 @@ def _draws(spec: str, study: StudyConfig) -> tuple[int, ...]:
 def _cure_summary(rows: list[dict]) -> dict | None:
     found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
     return found[0] if found else None
+
+
+def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
+    """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on."""
+    other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
+    diffs = [r[key] - other[r["seed"]] for r in a if r.get(key) is not None and r["seed"] in other]
+    out = {"mean": float(np.mean(diffs)) if diffs else None, "n_draws": len(diffs), "low": None, "high": None}
+    if len(diffs) >= 3 and np.ptp(diffs) > 0:
+        ci = bootstrap((np.array(diffs),), np.mean, n_resamples=2000, method="percentile",
+                       rng=np.random.default_rng(0)).confidence_interval
+        out.update(low=float(ci.low), high=float(ci.high))
+    return out
+
+
+ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
+
+
+def ablation(rows: list[dict], lr: float) -> dict:
+    """CURE against CURE with random groups (same sizes per node kind) and against uniform NPO, at one lr, paired
+    by deletion draw: does the circuit matter, and does the rule beat the plain objective?"""
+    pick = lambda section, method: [r for r in rows if r["section"] == section and r["method"] == method  # noqa: E731
+                                    and r["lr"] == lr]
+    cure, npo, rand = pick("pareto", "cure"), pick("pareto", "npo"), pick("ablation", "cure")
+    return {"lr": lr, "cure": _cure_summary(cure), "cure_random_groups": _cure_summary(rand),
+            "npo": (summarise(npo, ("method",)) or [None])[0],
+            "cure_minus_random": {k: paired_difference(cure, rand, k) for k in ABLATION_KEYS},
+            "cure_minus_npo": {k: paired_difference(cure, npo, k) for k in ABLATION_KEYS}}
 
 
 def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
@@ -189,7 +219,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         return executor.run([CellJob(data, model, cell, study) for cell in cells], _run_cell, progress, one_done)
 
     # the grid's size is known only after the Pareto section picks the two strongest baselines
-    estimate = len(pareto_cells) + planned(seeds, transfer) + len(seeds) + 3 * sum(
+    estimate = len(pareto_cells) + planned(seeds, transfer) + 2 * len(seeds) + 3 * sum(
         len(_draws(spec, study)) for spec in (*study.rates, *study.levels))
     rows += run_all(pareto_cells, estimate)
     pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
@@ -199,6 +229,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
               for s in _draws(spec, study)]
     later += [Cell("reproducibility", study.request, "cure", default_lr, s, study.other_circuit_seed)
               for s in seeds]
+    later += [Cell("ablation", study.request, "cure", default_lr, s, random_groups=0) for s in seeds]
     total = len(pareto_cells) + len(later)
     rows += run_all(later, total)
 
@@ -258,6 +289,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
         "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
         "reproducibility": reproducibility,
+        "ablation": ablation(rows, default_lr),
         "transfer": {"across_draws": transferred("draws", ONE_DRAW),
                      "across_datasets": transferred("datasets", NO_SECOND_DATASET)},
         "transfer_dataset": None if transfer is None else {"name": transfer.data.name,

@@ -274,6 +274,16 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append("<h3>Groups from another circuit seed</h3><pre>"
                  + html.escape(json.dumps({"group sizes": rep["group_sizes"], "deletion draws": rep["deletion_draws"],
                                            **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
+    ab = result.get("ablation")
+    if ab:
+        diff = lambda d: "n/a" if d["mean"] is None else (f"{d['mean']:+.4f}" + (  # noqa: E731
+            f" [{d['low']:+.4f}, {d['high']:+.4f}]" if d["low"] is not None else f" (n = {d['n_draws']})"))
+        parts.append(f"<h2>Ablation: does the circuit matter?</h2><p>At lr {ab['lr']}, paired by deletion draw (95% "
+                     "bootstrap interval from 3 draws on). CURE with random groups: its groups shuffled within each "
+                     "node kind, same sizes. Negative distance: CURE nearer the retrain.</p>"
+                     + _table([{"comparison": name.replace("_", " "), **{k: diff(v) for k, v in ab[name].items()}}
+                               for name in ("cure_minus_random", "cure_minus_npo")],
+                              ["comparison", "retrain_distance", "utility_cost", "mia_never_seen_auc"]))
     parts.append("<h2>Transfer</h2><p>CURE on each deletion draw with groups found elsewhere: on the next draw, "
                  "and on a same-recipe model of a second dataset when one was given.</p>")
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",
