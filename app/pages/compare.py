@@ -74,12 +74,13 @@ with state.readable_errors():
         k4.metric("JSD ratio to doing nothing", fmt(y["jsd_ratio"]), help="JSD(run, retrain) / JSD(original, "
                   "retrain) on forget samples; < 1 is closer to retrain than doing nothing")
         attack = run["metrics"].get("mia_never_seen")
+        span = lambda b: ("none (a never-seen half has one user)" if None in b  # noqa: E731
+                          else f"{b[0]:.3f} to {b[1]:.3f}")
         k5.metric("Matched attack (0.5 = never seen)", fmt(attack["run"] if attack else None, "{:.3f}"),
                   help="AUC of an attacker telling the forgotten users' training samples from never-seen users' "
                        "samples at the same place in their time lines; the retrain scores about 0.5 by construction"
                        + (f". Do nothing {attack['original']:.3f}, retrain {attack['retrain']:.3f}; run's 95% "
-                          f"interval over users {attack['interval']['run'][0]:.3f} to "
-                          f"{attack['interval']['run'][1]:.3f}" if attack else ""))
+                          f"interval over users: {span(attack['interval']['run'])}" if attack else ""))
         st.caption(f"Original-retrain forget-AUC gap {y['gap']['auc_forget']:.4f} (95% interval "
                    f"{y['gap']['low']:.4f} to {y['gap']['high']:.4f}). {y['note']}")
     names = ["auc_forget", "auc_forget_unseen", "logloss_forget", "logloss_forget_unseen", "jsd_forget", "auc_test",
