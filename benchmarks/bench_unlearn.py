@@ -83,9 +83,9 @@ def select(rows: list[dict], request: str, method: str) -> float:
     at = [r for r in sweep if r["draw"] == first and r.get("mia_never_seen_valid_auc") is not None]
     if not at:
         return min(r["lr"] for r in sweep)
-    low = lambda r: r["mia_never_seen_valid_low"] if r["mia_never_seen_valid_low"] is not None else float("nan")  # noqa: E731
-    return choose_strength([StrengthPoint(r["lr"], AttackResult(r["mia_never_seen_valid_auc"], low(r),
-                                                                float("nan"), {})) for r in at]).strength
+    return choose_strength([StrengthPoint(r["lr"], AttackResult.from_record(r["mia_never_seen_valid_auc"],
+                                                                            r["mia_never_seen_valid_low"]))
+                            for r in at]).strength
 
 
 def headline(rows: list[dict], request: str, methods) -> list[dict]:

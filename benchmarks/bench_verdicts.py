@@ -105,9 +105,8 @@ def main() -> None:
                           UnlearnConfig(lr=lr, **ARMS[arm]), progress=bars)
             at.append(row(run, arm, *first))
         sweep += at
-        points = [StrengthPoint(r["lr"], AttackResult(r["attack_valid"], r["attack_valid_low"]
-                                                      if r["attack_valid_low"] is not None else float("nan"),
-                                                      float("nan"), {})) for r in at if r["attack_valid"] is not None]
+        points = [StrengthPoint(r["lr"], AttackResult.from_record(r["attack_valid"], r["attack_valid_low"]))
+                  for r in at if r["attack_valid"] is not None]
         choice = choose_strength(points) if points else None
         chosen[arm] = {"lr": choice.strength if choice else min(args.lrs), "reason": choice.reason if choice else
                        "no attack"}

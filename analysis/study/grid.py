@@ -182,13 +182,12 @@ def chosen_by_attack(summary: list[dict]) -> list[dict]:
         if not usable or method == "retrain":
             out.append({**mine[0], "chosen_by": "weakest (no attack)" if method != "retrain" else "retrain"})
             continue
-        low = lambda s, k: s[k] if s.get(k) is not None else float("nan")  # noqa: E731
-        before = (AttackResult(usable[0]["original_mia_never_seen_valid_auc"],
-                               low(usable[0], "original_mia_never_seen_valid_low"), float("nan"), {})
-                  if usable[0].get("original_mia_never_seen_valid_auc") is not None else None)
-        choice = choose_strength([StrengthPoint(s["lr"], AttackResult(
-            s["mia_never_seen_valid_auc"], low(s, "mia_never_seen_valid_low"), float("nan"), {})) for s in usable],
-            before)
+        first = usable[0]
+        before = (AttackResult.from_record(first["original_mia_never_seen_valid_auc"],
+                                           first.get("original_mia_never_seen_valid_low"))
+                  if first.get("original_mia_never_seen_valid_auc") is not None else None)
+        choice = choose_strength([StrengthPoint(s["lr"], AttackResult.from_record(
+            s["mia_never_seen_valid_auc"], s.get("mia_never_seen_valid_low"))) for s in usable], before)
         out.append({**next(s for s in usable if s["lr"] == choice.strength), "chosen_by": choice.reason})
     return out
 

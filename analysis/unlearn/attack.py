@@ -69,6 +69,11 @@ class AttackResult:
     high: float
     per_user: dict[int, float]  # forgotten user -> share of never-seen users they out-score (0.5: typical)
 
+    @classmethod
+    def from_record(cls, auc: float, low: float | None) -> "AttackResult":
+        """An attack read back from a stored run (its AUC and interval's low end; None: no interval)."""
+        return cls(auc, float("nan") if low is None else low, float("nan"), {})
+
     @property
     def indistinguishable(self) -> bool:
         """The interval reaches 0.5 (or lies below it: nothing left that looks seen)."""
@@ -159,10 +164,11 @@ class AttackStop:
 
     EVERY = 10
 
-    def __init__(self, interactions: Interactions, original: Recommender, forget: ForgetSet) -> None:
+    def __init__(self, interactions: Interactions, original: Recommender, forget: ForgetSet,
+                 asked_by: str = "--stop auto") -> None:
         rows = attack_rows(forget, VALID)
         if rows is None:
-            raise SettingsError(f"--stop auto: {NOT_DEFINED}")
+            raise SettingsError(f"{asked_by}: {NOT_DEFINED}")
         builder = PromptBuilder(original.fmt, interactions)
         self.rows, self.original = rows, original
         self.prompts = {name: builder.prompts(part) for name, part in rows.sets().items()}

@@ -22,14 +22,12 @@ from dataclasses import dataclass, replace
 
 from ..circuits.lean import discover_groups
 from ..data.forget import ForgetSet
-from ..data.samples import VALID
 from ..errors import SettingsError
 from ..model.recommender import Recommender
-from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .ablation import random_groups
-from .attack import NOT_DEFINED, AttackResult, attack_rows, matched_attack
+from .attack import AttackResult, AttackStop
 from .run import UnlearnConfig, unlearn_steps
 
 @dataclass(frozen=True)
@@ -83,25 +81,18 @@ def strength_sweep(ws: Workspace, original: Recommender, forget: ForgetSet, cfg:
     """Run the method at each strength (nothing stored) and choose by the rule. Reads the original, the forget
     set, retained and never-seen users' validation-period samples: never the retrain or the test set."""
     progress = or_silent(progress)
-    rows = attack_rows(forget, VALID)
-    if rows is None:
-        raise SettingsError(NOT_DEFINED)
-    groups = None
+    attack = AttackStop(ws.interactions, original, forget, asked_by="--strength auto")  # prompts built once
     if cfg.uses_circuits and not cfg.groups:
-        groups = discover_groups(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
-        labels = groups.labels if cfg.random_groups is None else random_groups(groups.labels, groups.table,
-                                                                                 cfg.random_groups)
+        found = discover_groups(ws, original, forget, cfg.circuits, cfg.thresholds, progress)
+        labels = found.labels if cfg.random_groups is None else random_groups(found.labels, found.table,
+                                                                                cfg.random_groups)
     else:
         labels = cfg.given_groups if cfg.groups else None
-    builder = PromptBuilder(original.fmt, ws.interactions)
-    before = matched_attack(rows, {name: original.score_prompts(builder.prompts(part))
-                                   for name, part in rows.sets().items()})
+    before = attack.check(original.model)
     points, ordered = [], sorted(strengths)
     for i, lr in enumerate(ordered):
         # each run's steps advance one "strength" bar over all the runs: it never goes back between runs
         inner = lambda stage, k, n, i=i: progress("strength", i * n + k, len(ordered) * n)  # noqa: E731
         steps = unlearn_steps(ws, original, forget, replace(cfg, lr=lr), labels, inner)
-        model = Recommender(steps["model"].eval(), original.tokenizer, original.fmt, original.meta)
-        scores = {name: model.score_prompts(builder.prompts(part)) for name, part in rows.sets().items()}
-        points.append(StrengthPoint(lr, matched_attack(rows, scores)))
+        points.append(StrengthPoint(lr, attack.check(steps["model"].eval())))
     return choose_strength(points, before)
