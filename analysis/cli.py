@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quick", action="store_true", help="1 seed and fewer cells (~15 min on 2 cores)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws (default 0 1 2)")
+    p.add_argument("--training-seeds", type=int, default=None, help="train the original and each retrain under "
+                   "this many seeds: intervals carry training noise (default 2; --quick: 1)")
     p.add_argument("--transfer-data", default=None, help="a second dataset (latest-small, or a folder): groups "
                    "found on a same-recipe model trained there drive CURE here")
     p.add_argument("--model", default=None, help="saved model folder (default: the default trained model)")
@@ -119,6 +121,10 @@ def _study(args, ws, progress) -> dict:
     config = StudyConfig.quick() if args.quick else StudyConfig()
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
+    if args.training_seeds is not None:
+        if args.training_seeds < 1:
+            raise SettingsError("--training-seeds must be at least 1")
+        config = replace(config, training_seeds=args.training_seeds)
     transfer = None
     if args.transfer_data:
         from .workspace import open_workspace
@@ -132,6 +138,7 @@ def _study(args, ws, progress) -> dict:
                                   config, progress, transfer, executor)
     return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
             "compared_methods": result["compared_methods"], "headline": result.get("headline"),
+            "training_noise": result.get("training_noise"), "ablation": result.get("ablation"),
             "pareto": result["pareto"],
             "reproducibility": result["reproducibility"], "transfer": result["transfer"]}
 

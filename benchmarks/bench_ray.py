@@ -35,7 +35,7 @@ from analysis.study.grid import StudyConfig  # noqa: E402
 from analysis.workspace import Workspace  # noqa: E402
 
 STUDY = StudyConfig(seeds=(0,), request="users:0.2", lrs=(0.003,), rates=("users:0.2",), levels=("users:0.2",),
-                    steps=2, circuits=CircuitSettings(n_prompts=8, stability_seeds=1, batch_size=8, ig_steps=2))
+                    training_seeds=1, steps=2, circuits=CircuitSettings(n_prompts=8, stability_seeds=1, batch_size=8, ig_steps=2))
 MODEL = ModelConfig(n_layer=2, n_head=2, d_model=32, d_mlp=64, dropout=0.0)
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=3e-3, targets_per_sequence=5)
 

@@ -206,15 +206,19 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     from analysis.study.grid import StudyConfig
 
     tiny = StudyConfig(seeds=(0,), lrs=(0.003,), rates=("users:0.1",), levels=("users:0.1", "genre:Drama"), steps=2,
-                       circuits=CircuitSettings(n_prompts=8, stability_seeds=2))
+                       circuits=CircuitSettings(n_prompts=8, stability_seeds=2), training_seeds=1)  # as quick
     monkeypatch.setattr(StudyConfig, "quick", classmethod(lambda cls: tiny))  # the real quick grid takes minutes
     at = open_page("evidence")
     at.button(key="ev_run").click().run()
     assert not at.exception, at.exception
     assert "report.html" in at.success[0].value
     assert len(at.get("plotly_chart")) == 5  # Pareto, rates, levels, reproducibility, privacy
-    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 1
-    transfer = at.dataframe[1].value  # one draw and no second dataset: both transfer kinds say why they are skipped
+    # Pareto table, the ablation's arms and CURE's differences, transfer; one training seed: noise not measured
+    assert len(at.dataframe) == 4 and len(at.get("download_button")) == 1
+    arms = at.dataframe[1].value
+    assert list(arms["arm"]) == ["npo", "npo+pcgrad", "npo+salun", "cure", "cure (random groups)"]
+    assert any("Not measured: this study trained one seed" in c.value for c in at.caption)
+    transfer = at.dataframe[3].value  # one draw and no second dataset: both transfer kinds say why they are skipped
     assert set(transfer["cure with"]) == {"skipped: needs at least two deletion draws (seeds)",
                                            "skipped: no second dataset given (cure study --transfer-data "
                                            "latest-small, or a local dataset folder)"}

@@ -24,6 +24,7 @@ from analysis.workspace import Workspace
 from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 RAY_STUDY = StudyConfig(seeds=(0,), request="users:0.2", lrs=(0.003,), rates=("users:0.2",), levels=("users:0.2",),
+                        training_seeds=1,
                         steps=2, circuits=CircuitSettings(n_prompts=8, stability_seeds=1, batch_size=8, ig_steps=2))
 TIMING = ("seconds", "retrain_seconds", "run_dir")  # where and how fast, not what
 

@@ -14,6 +14,7 @@ from analysis.data.samples import build_interactions
 from analysis.model.train import train_recommender
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig, summarise
+from analysis.study.noise import study_noise
 from analysis.study.report import figures, list_reports
 from analysis.workspace import Workspace
 from tests.conftest import TINY_MODEL, TINY_TRAIN, subset
@@ -25,8 +26,9 @@ TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=
 
 def tiny_rec_auc(result: dict) -> float:
     """The original's test AUC as each stored run recorded it (one model, so one value; the reverse transfer's
-    runs are made against the other dataset's model)."""
-    values = {round(r["original_auc_test"], 12) for r in result["rows"] if r["section"] != "transfer_back"}
+    runs are made against the other dataset's model, the training-noise runs against a reseeded one)."""
+    values = {round(r["original_auc_test"], 12) for r in result["rows"]
+              if r["section"] not in ("transfer_back", "training_seeds")}
     assert len(values) == 1
     return values.pop()
 
@@ -97,12 +99,47 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert len(rep["prompt_seeds"]) == 2 and set(rep["deletion_draws"]) == {
         "forget-specific", "retain-specific", "task-shared", "inactive"}
     assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
-    # the ablation: CURE with random groups of the same sizes, and uniform NPO, paired with CURE by draw
+    # the ablation: every arm on NPO (uniform, PCGrad, SalUn, CURE, CURE with random groups of the same sizes),
+    # each at the rule's strength, paired with CURE by draw
     ab = result["ablation"]
-    assert ab["cure_random_groups"]["n_seeds"] == 2 and ab["npo"]["method"] == "npo"
-    assert all(ab[k]["retrain_distance"]["n_draws"] in (0, 2) for k in ("cure_minus_random", "cure_minus_npo"))
-    random_runs = [r for r in result["rows"] if r["section"] == "ablation"]
-    assert len(random_runs) == 2 and len({r["run_dir"] for r in random_runs}) == 2
+    assert [a["arm"] for a in ab["arms"]] == ["npo", "npo+pcgrad", "npo+salun", "cure", "cure (random groups)"]
+    assert all(a["n_seeds"] == 2 for a in ab["arms"]) and set(ab["cure_minus"]) == {
+        "npo", "npo+pcgrad", "npo+salun", "cure (random groups)"}
+    assert all(d["retrain_distance"]["n_draws"] in (0, 2) for d in ab["cure_minus"].values())
+    ablation_runs = [r for r in result["rows"] if r["section"] == "ablation"]
+    assert len(ablation_runs) == 6 and len({r["run_dir"] for r in ablation_runs}) == 6
+    for r in ablation_runs:  # each ran what its arm says: NPO under PCGrad and SalUn, CURE's groups shuffled
+        stored = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
+        assert stored["config"]["objective"] == "npo" and stored["method"] == r["method"]
+        assert (stored["circuits"] or {}).get("random_groups") == (0 if r["method"] == "cure" else None)
+    # training noise: the original and each draw's retrain under a second training seed
+    noise = result["training_noise"]
+    own = TINY_TRAIN.seed
+    assert list(noise["seeds"]) == [own, own + 1] and len(noise["draws"]) == 2
+    seeded = [r for r in result["rows"] if r["section"] == "training_seeds"]
+    assert {(r["method"], r["seed"], r["training_seed"]) for r in seeded} == {
+        (m, s, own + 1) for m in ("retrain", *result["compared_methods"]) for s in (0, 1)}
+    for r in seeded:  # made against the reseeded original, never the study's own
+        stored = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
+        assert stored["original_dir"] != str(tiny_rec.path)
+    retrain_auc = {(r["seed"], r["training_seed"]): r["auc_forget"] for r in result["rows"]
+                   if r["method"] == "retrain" and r["section"] in ("pareto", "training_seeds")}
+    for d in noise["draws"]:
+        assert len(d["pairs"]) == 4  # every original seed against every retrain seed
+        if d["low"] is not None:  # the envelope holds every pair's interval
+            assert all(d["low"] <= p["low"] and p["high"] <= d["high"] for p in d["pairs"]
+                       if p["low"] == p["low"])
+        original = next(r["original_auc_forget"] for r in result["rows"]
+                        if r["section"] == "pareto" and r["method"] == "retrain" and r["seed"] == d["draw"])
+        own_retrain, other = retrain_auc[(d["draw"], None)], retrain_auc[(d["draw"], own + 1)]
+        expected = abs(other - own_retrain) / abs(original - own_retrain)  # from the stored runs' own metrics
+        assert d["retrain_seed_distance"] == pytest.approx(expected, rel=1e-6)
+        assert d["retrain_spread"] == pytest.approx(abs(other - own_retrain), abs=1e-9)
+    assert [h["pairs"] for h in result["headline_with_training_noise"]] == [4, 4, 4]
+    quoted = study_noise(tiny_ws, tiny_rec, noise["request"])  # what the lab says beside its one retrain
+    assert quoted is not None and quoted.retrain_seed_distance == pytest.approx(noise["retrain_seed_distance"])
+    assert f"{noise['retrain_seed_distance']:.2f}" in quoted.quote()
+    assert study_noise(tiny_ws, tiny_rec, "users:0.5") is None
     assert all(r["mia_auc"] is not None for r in result["rows"])
     star = next(t for t in figures(result)["pareto"].data if t.name == "original (do nothing)")
     cure = next(s for s in result["pareto"] if s["method"] == "cure")
@@ -139,7 +176,8 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     html = (path / "report.html").read_text()
     assert "The same request on both datasets, per node kind" in html and "not transferred" in html
     assert "reverse, on latest-small users 1-40" in html
-    for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce"):
+    for section in ("Pareto", "Rates", "Levels", "Reproducibility", "Privacy", "Transfer", "Reproduce",
+                    "Training-seed noise", "does the circuit?"):
         assert section in html
     assert "plotly" in html.lower() and "wall_seconds" in html
     stored = json.loads((path / "study.json").read_text())

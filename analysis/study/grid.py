@@ -11,29 +11,21 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
-from scipy.stats import bootstrap
-
 from ..circuits.discover import CircuitSettings, discover_circuits
 from ..circuits.groups import Group, group_stability
 from ..data.forget import parse_forget_spec
+from ..errors import SettingsError
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
-from ..pareto import rank_runs
-from ..unlearn.attack import AttackResult
-from ..unlearn.lab import unlearn
-from ..unlearn.strength import StrengthPoint, choose_strength
+from ..unlearn.lab import retrain_for, unlearn
 from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
 from .executors import CellJob, LocalExecutor
+from .noise import TrainingNoise, draw_noise, noise_identity, reseeded, training_seeds
+from .summary import (BASELINES, METRICS, RELATIVE, ablation, arm_of, chosen_by_attack, cure_summary,  # noqa: F401
+                      mean_interval, paired_difference, strongest_baselines, summarise)
 from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, same_recipe_model,
                        sizes_by_kind, transferable)
-
-BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
-METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid", "auc_forget_unseen",
-           "mia_never_seen_auc", "mia_never_seen_valid_auc")
-# against doing nothing and retrain (yardstick.py); retrain distance ranks, signed gap closed beside it
-RELATIVE = ("retrain_distance", "gap_closed", "jsd_ratio", "utility_cost")
 
 
 @dataclass(frozen=True)
@@ -47,6 +39,9 @@ class StudyConfig:
     steps: int | None = None  # or an explicit step count (tests)
     circuits: CircuitSettings = field(default_factory=CircuitSettings)
     other_circuit_seed: int = 1  # CURE with groups found on other prompts/corruption draws
+    # the original and every draw's retrain are trained under this many training seeds (noise.py); the
+    # headline methods run on each, so their intervals carry training noise as well as deletion draws
+    training_seeds: int = 2
 
     @classmethod
     def quick(cls) -> "StudyConfig":
@@ -58,9 +53,13 @@ class StudyConfig:
         half an epoch per run (issue 12) it took 15 min 46 s, 24 cells; the rates section's
         users:0.05 (its own retrain and 3 runs) is left to the full study.
         """
-        return cls(seeds=(0,), lrs=(3e-4,), rates=("users:0.1",),
+        return cls(seeds=(0,), lrs=(UnlearnConfig.lr,), rates=("users:0.1",),
                    levels=("users:0.1", "interactions:0.05", "genre:Horror"), epochs=0.5,
-                   circuits=CircuitSettings(n_prompts=64, stability_seeds=2))
+                   circuits=CircuitSettings(n_prompts=64, stability_seeds=2), training_seeds=1)
+
+    def __post_init__(self) -> None:
+        if self.training_seeds < 1 or not self.seeds or not self.lrs:
+            raise SettingsError("a study needs at least one deletion draw, one strength and one training seed")
 
     def key(self) -> dict:
         d = asdict(self)
@@ -79,12 +78,18 @@ class Cell:
     groups_from: str = ""  # transfer: where the given groups were found ("" = discovered on this request)
     groups: dict[str, Group] = field(default_factory=dict, repr=False)
     random_groups: int | None = None  # ablation: CURE's groups shuffled within each node kind
+    objective: str | None = None  # ablation: a forget objective other than the method's own (npo for pcgrad)
+    training_seed: int | None = None  # the original's training seed (None: the study's original itself)
+
+    @property
+    def arm(self) -> str:
+        return arm_of(self.method, self.objective, self.random_groups)
 
     def config(self, study: StudyConfig) -> UnlearnConfig:
         circuits = replace(study.circuits, seed=self.circuit_seed)
         return UnlearnConfig(method=self.method, lr=self.lr, epochs=study.epochs, steps=study.steps, circuits=circuits,
                              groups=tuple((m, g.value) for m, g in self.groups.items()),
-                             random_groups=self.random_groups)
+                             random_groups=self.random_groups, objective=self.objective)
 
 
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
@@ -93,7 +98,7 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
                 "retrain_distance": run["metrics"].get("retrain_distance"),
                 "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}
     valid_attack = run["metrics"].get("mia_never_seen_valid") or {}
-    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, **{m: run["metrics"].get(m) for m in METRICS},
+    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, "arm": cell.arm, **{m: run["metrics"].get(m) for m in METRICS},
            "mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("run", [None, None])[0],
            "original_mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("original", [None, None])[0],
            **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
@@ -105,90 +110,28 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
     return row
 
 
-def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
-    """Mean and standard deviation over seeds of every metric, per group of `by`."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in by), []).append(r)
-    out = []
-    for key, members in groups.items():
-        entry = dict(zip(by, key))
-        entry["n_seeds"] = len(members)
-        for m in (*METRICS, *RELATIVE, "valid_drop", "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
-                  "mia_never_seen_valid_low", "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
-                  "original_mia_never_seen_valid_auc", "original_mia_never_seen_valid_low",
-                  "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
-            values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
-            entry[m] = float(values.mean()) if len(values) else None
-            entry[f"{m}_std"] = float(values.std()) if len(values) > 1 else 0.0
-        out.append(entry)
-    return out
-
-
 def _draws(spec: str, study: StudyConfig) -> tuple[int, ...]:
     """The deletion draws of a request: one for a deterministic one (a genre), whose spread is then 0 over n=1."""
     return study.seeds if parse_forget_spec(spec).is_random else study.seeds[:1]
 
 
-def _cure_summary(rows: list[dict]) -> dict | None:
-    found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
-    return found[0] if found else None
-
-
-def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
-    """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on."""
-    other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
-    diffs = [r[key] - other[r["seed"]] for r in a if r.get(key) is not None and r["seed"] in other]
-    out = {"mean": float(np.mean(diffs)) if diffs else None, "n_draws": len(diffs), "low": None, "high": None}
-    if len(diffs) >= 3 and np.ptp(diffs) > 0:
-        ci = bootstrap((np.array(diffs),), np.mean, n_resamples=2000, method="percentile",
-                       rng=np.random.default_rng(0)).confidence_interval
-        out.update(low=float(ci.low), high=float(ci.high))
-    return out
-
-
-ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
-
-
-def ablation(rows: list[dict], lr: float) -> dict:
-    """CURE against CURE with random groups (same sizes per node kind) and against uniform NPO, at one lr, paired
-    by deletion draw: does the circuit matter, and does the rule beat the plain objective?"""
-    pick = lambda section, method: [r for r in rows if r["section"] == section and r["method"] == method  # noqa: E731
-                                    and r["lr"] == lr]
-    cure, npo, rand = pick("pareto", "cure"), pick("pareto", "npo"), pick("ablation", "cure")
-    return {"lr": lr, "cure": _cure_summary(cure), "cure_random_groups": _cure_summary(rand),
-            "npo": (summarise(npo, ("method",)) or [None])[0],
-            "cure_minus_random": {k: paired_difference(cure, rand, k) for k in ABLATION_KEYS},
-            "cure_minus_npo": {k: paired_difference(cure, npo, k) for k in ABLATION_KEYS}}
-
-
-def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
-    """The baselines nearest the retrain at the given lr: ranked by retrain distance and utility cost (means),
-    so a baseline that overshoots the retrain does not outrank one that lands on it."""
-    at = [s for s in summary if s["method"] in BASELINES and s["lr"] == lr]
-    order = rank_runs([s["retrain_distance"] for s in at], [s["utility_cost"] or 0.0 for s in at])
-    return [at[i]["method"] for i in order[:n]]
-
-
-def chosen_by_attack(summary: list[dict]) -> list[dict]:
-    """Per method, the summary row at the strength the retrain-free rule picks (strength.choose_strength: the
-    weakest lr whose forgotten users are indistinguishable from never-seen users on validation-period
-    samples, mean over draws); reads neither the retrain nor the test set. Methods without the attack (an
-    interaction-level request) fall back to the weakest lr."""
+def with_training_noise(rows: list[dict], headline: list[dict], methods: list[str],
+                        noise: TrainingNoise | None) -> list[dict]:
+    """The compared methods at the rule's strengths over every (deletion draw, training seed) pair: retrain
+    distance and utility cost with a bootstrap interval over pairs (scipy, from 3 pairs on), next to the noise
+    floor (a retrain with another seed, as a run). Empty with one training seed: nothing to add to the headline."""
+    if noise is None:
+        return []
     out = []
-    for method in dict.fromkeys(s["method"] for s in summary):
-        mine = sorted((s for s in summary if s["method"] == method), key=lambda s: s["lr"])
-        usable = [s for s in mine if s.get("mia_never_seen_valid_auc") is not None]
-        if not usable or method == "retrain":
-            out.append({**mine[0], "chosen_by": "weakest (no attack)" if method != "retrain" else "retrain"})
+    for h in headline:
+        if h["method"] not in methods:
             continue
-        first = usable[0]
-        before = (AttackResult.from_record(first["original_mia_never_seen_valid_auc"],
-                                           first.get("original_mia_never_seen_valid_low"))
-                  if first.get("original_mia_never_seen_valid_auc") is not None else None)
-        choice = choose_strength([StrengthPoint(s["lr"], AttackResult.from_record(
-            s["mia_never_seen_valid_auc"], s.get("mia_never_seen_valid_low"))) for s in usable], before)
-        out.append({**next(s for s in usable if s["lr"] == choice.strength), "chosen_by": choice.reason})
+        mine = [r for r in rows if r["method"] == h["method"] and r["lr"] == h["lr"]
+                and (r["section"] == "pareto" or r["section"] == "training_seeds")]
+        out.append({"method": h["method"], "lr": h["lr"], "pairs": len(mine),
+                    **{k: mean_interval([r[k] for r in mine if r.get(k) is not None])
+                       for k in ("retrain_distance", "gap_closed", "utility_cost", "mia_never_seen_auc")},
+                    "noise_floor": noise.retrain_seed_distance, "gap_measurable": noise.measurable})
     return out
 
 
@@ -223,14 +166,35 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     rows += run_all(pareto_cells, estimate)
     pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
     chosen = ["cure", *strongest_baselines(pareto, default_lr)]
+    seed_list = training_seeds(original, study.training_seeds)
+    noise_methods = ("retrain", *chosen)
     later = [Cell("rates", spec, m, default_lr, s) for spec in study.rates for m in chosen for s in _draws(spec, study)]
     later += [Cell("levels", spec, m, default_lr, s) for spec in study.levels for m in chosen
               for s in _draws(spec, study)]
     later += [Cell("reproducibility", study.request, "cure", default_lr, s, study.other_circuit_seed)
               for s in seeds]
-    later += [Cell("ablation", study.request, "cure", default_lr, s, random_groups=0) for s in seeds]
-    total = len(pareto_cells) + len(later)
+    # the ablation arms at every strength, so the rule picks each one's own (summary.ablation)
+    later += [Cell("ablation", study.request, m, lr, s, objective="npo") for s in seeds for lr in study.lrs
+              for m in ("pcgrad", "salun")]
+    later += [Cell("ablation", study.request, "cure", lr, s, random_groups=0) for s in seeds for lr in study.lrs]
+    total = len(pareto_cells) + len(later) + len(noise_methods) * len(seeds) * (study.training_seeds - 1)
     rows += run_all(later, total)
+
+    # training noise: the original retrained under the other seeds, each with its own retrains and the headline
+    # methods at the strengths the rule chose on the own seed
+    headline = chosen_by_attack(pareto)
+    lr_of = {h["method"]: h["lr"] for h in headline}
+    models = {t: reseeded(ws, original, t, progress) for t in seed_list}
+    for t in seed_list[1:]:
+        rows += run_all([Cell("training_seeds", study.request, m, lr_of.get(m, default_lr), s, training_seed=t)
+                         for s in seeds for m in noise_methods], total, (ws, models[t]))
+    noise = None
+    if len(seed_list) > 1:
+        retrains = {s: {t: retrain_for(ws, m, ws.forget_set(study.request, seed=s), progress)[0]
+                        for t, m in models.items()} for s in seeds}
+        noise = TrainingNoise(str(ws.forget_set(study.request, seed=seeds[0]).spec), *noise_identity(ws, original), seed_list, tuple(
+            draw_noise(ws, s, ws.forget_set(study.request, seed=s), models, retrains[s], seed_list[0], progress)
+            for s in seeds))
 
     circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
                 for s in seeds]
@@ -250,7 +214,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
 
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
-    own_cure = _cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
+    own_cure = cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
     reproducibility = {
         "prompt_seeds": [(c.stability() or {}).get("jaccard") for c in circuits],
         "prompt_seed_sizes": [(c.stability() or {}).get("sizes") for c in circuits],
@@ -259,7 +223,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         "groups_from_other_circuit_seed": {
             "same_groups": same_label_share(labelings, other),
             "cure_with_own_groups": own_cure,
-            "cure_with_other_groups": _cure_summary([r for r in rows if r["section"] == "reproducibility"])},
+            "cure_with_other_groups": cure_summary([r for r in rows if r["section"] == "reproducibility"])},
     }
 
     def transferred(kind: str, why_skipped: str) -> dict:
@@ -270,7 +234,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
                "same_groups": same_label_share(labelings, [transferable(src.groups, original)
                                                             if kind == "datasets" else src.groups for src in used]),
                "cure_with_own_groups": own_cure,
-               "cure_with_transferred_groups": _cure_summary(
+               "cure_with_transferred_groups": cure_summary(
                    [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}
         if kind == "datasets":  # the same request's split on both datasets, per node kind (item rows: per
             out["sizes_here"] = [sizes_by_kind(lab, original) for lab in labelings]  # dataset, not transferred)
@@ -278,17 +242,19 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
             out["item_rows"] = "not transferred: they name each dataset's own items"
             back = [r for r in rows if r["section"] == "transfer_back"]
             out["back"] = {"on": transfer.data.name, "groups_from": ws.data.name,
-                           "cure_with_own_groups": _cure_summary([r for r in back if not r["groups_from"]]),
-                           "cure_with_transferred_groups": _cure_summary([r for r in back if r["groups_from"]])}
+                           "cure_with_own_groups": cure_summary([r for r in back if not r["groups_from"]]),
+                           "cure_with_transferred_groups": cure_summary([r for r in back if r["groups_from"]])}
         return out
 
     return {
         "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,
-        "pareto": pareto, "headline": chosen_by_attack(pareto),
+        "pareto": pareto, "headline": headline,
+        "training_noise": None if noise is None else noise.to_json(),
+        "headline_with_training_noise": with_training_noise(rows, headline, chosen, noise),
         "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
         "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
         "reproducibility": reproducibility,
-        "ablation": ablation(rows, default_lr),
+        "ablation": ablation(rows),
         "transfer": {"across_draws": transferred("draws", ONE_DRAW),
                      "across_datasets": transferred("datasets", NO_SECOND_DATASET)},
         "transfer_dataset": None if transfer is None else {"name": transfer.data.name,

@@ -22,9 +22,10 @@ from ..config import CODE_VERSION
 from ..model.recommender import Recommender
 from ..pareto import pareto_front
 from ..workspace import Workspace
+from .tables import ABLATION_COLUMNS, ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows  # noqa: F401
 
 REPORTS = "reports"
-REPORT_VERSION = 12  # bump when the report's content changes (its cells stay cached)
+REPORT_VERSION = 13  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
 
@@ -250,6 +251,26 @@ def _utility_spread(pareto: list[dict]) -> str:
             "so a utility gap smaller than that is not evidence.")
 
 
+def _ablation_html(result: dict) -> str:
+    arms, diffs = ablation_rows(result)
+    if not arms:
+        return ""
+    return (f"<h2>Ablation: does the rule matter, and does the circuit?</h2><p>{ABLATION_NOTE}</p>"
+            + _table(arms, ABLATION_COLUMNS)
+            + _table(diffs, ["comparison", "retrain_distance", "utility_cost", "mia_never_seen_auc"]))
+
+
+def _noise_html(result: dict) -> str:
+    draws, methods = noise_rows(result)
+    if not draws:
+        return f"<h2>Training-seed noise</h2><p>{NO_NOISE}</p>"
+    return (f"<h2>Training-seed noise</h2><p>{NOISE_NOTE} Seeds: "
+            f"{', '.join(map(str, result['training_noise']['seeds']))}.</p>" + _table(draws, list(draws[0]))
+            + "<p>The compared methods at the rule's strengths over every (deletion draw, training seed) pair:</p>"
+            + _table(methods, ["method", "lr", "pairs", "retrain_distance", "gap_closed", "utility_cost",
+                               "matched attack"]))
+
+
 def render_html(result: dict, meta: dict) -> str:
     figs = figures(result)
     parts = [f"<h1>CURE Explorer study</h1><p>{html.escape(meta['title'])}</p>",
@@ -274,16 +295,8 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append("<h3>Groups from another circuit seed</h3><pre>"
                  + html.escape(json.dumps({"group sizes": rep["group_sizes"], "deletion draws": rep["deletion_draws"],
                                            **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
-    ab = result.get("ablation")
-    if ab:
-        diff = lambda d: "n/a" if d["mean"] is None else (f"{d['mean']:+.4f}" + (  # noqa: E731
-            f" [{d['low']:+.4f}, {d['high']:+.4f}]" if d["low"] is not None else f" (n = {d['n_draws']})"))
-        parts.append(f"<h2>Ablation: does the circuit matter?</h2><p>At lr {ab['lr']}, paired by deletion draw (95% "
-                     "bootstrap interval from 3 draws on). CURE with random groups: its groups shuffled within each "
-                     "node kind, same sizes. Negative distance: CURE nearer the retrain.</p>"
-                     + _table([{"comparison": name.replace("_", " "), **{k: diff(v) for k, v in ab[name].items()}}
-                               for name in ("cure_minus_random", "cure_minus_npo")],
-                              ["comparison", "retrain_distance", "utility_cost", "mia_never_seen_auc"]))
+    parts.append(_ablation_html(result))
+    parts.append(_noise_html(result))
     parts.append("<h2>Transfer</h2><p>CURE on each deletion draw with groups found elsewhere: on the next draw, "
                  "and on a same-recipe model of a second dataset when one was given.</p>")
     parts.append(_table(transfer_rows(result), ["groups from", "same groups", "cure with", "jsd_forget",

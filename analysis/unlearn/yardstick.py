@@ -22,6 +22,8 @@ None with that note, instead of a ratio of noise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..metrics import jsd
@@ -47,6 +49,11 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
 
 
+def forget_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The rank AUC the yardstick uses (ties averaged), for callers comparing models outside one run."""
+    return _auc(np.asarray(scores, dtype=np.float64), np.asarray(labels))
+
+
 def _logloss(scores: np.ndarray, labels: np.ndarray) -> float:
     # -log sigmoid(s) for positives, -log sigmoid(-s) for negatives, computed stably
     signed = np.where(labels == 1, scores, -scores)
@@ -66,17 +73,37 @@ def retrain_distance(original: float | None, run: float | None, retrain: float |
     return None if gap == 0 or not np.isfinite(gap) else float(abs(run - retrain) / gap)
 
 
+@dataclass(frozen=True)
+class GapInterval:
+    """The original-retrain forget-AUC gap with its forget-sample bootstrap interval (sample noise only)."""
+    gap: float
+    low: float
+    high: float
+
+    @property
+    def measurable(self) -> bool:
+        """The interval excludes 0: there is memorisation to remove."""
+        return bool(np.isfinite(self.low) and np.isfinite(self.high)) and (self.low > 0 or self.high < 0)
+
+
+def gap_interval(original: np.ndarray, retrain: np.ndarray, labels: np.ndarray, seed: int = 0) -> GapInterval:
+    """AUC(original) - AUC(retrain) on the same forget samples, resampled together (RESAMPLES, LEVEL)."""
+    o, r = np.asarray(original, dtype=np.float64), np.asarray(retrain, dtype=np.float64)
+    y = np.asarray(labels)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(RESAMPLES, len(y)))
+    gaps = np.array([_auc(o[i], y[i]) - _auc(r[i], y[i]) for i in idx])
+    gaps = gaps[np.isfinite(gaps)]
+    lo, hi = (np.quantile(gaps, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(gaps) else (np.nan, np.nan))
+    return GapInterval(_auc(o, y) - _auc(r, y), float(lo), float(hi))
+
+
 def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, metrics: dict[str, dict],
               seed: int = 0) -> dict:
     """forget_scores and metrics for "run", "retrain", "original" -> the relative headline numbers."""
     f = {k: np.asarray(v, dtype=np.float64) for k, v in forget_scores.items()}
     y = np.asarray(forget_labels)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(RESAMPLES, len(y)))
-    gaps = np.array([_auc(f["original"][i], y[i]) - _auc(f["retrain"][i], y[i]) for i in idx])
-    gaps = gaps[np.isfinite(gaps)]
-    lo, hi = (np.quantile(gaps, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(gaps) else (np.nan, np.nan))
-    measurable = bool(len(gaps)) and (lo > 0 or hi < 0)
+    interval = gap_interval(f["original"], f["retrain"], y, seed)
+    lo, hi, measurable = interval.low, interval.high, interval.measurable
     auc = {k: _auc(f[k], y) for k in f}
     loss = {k: _logloss(f[k], y) for k in f}
     mia = {k: metrics[k]["mia_auc"] for k in ("run", "retrain", "original")}

@@ -7,7 +7,8 @@ import streamlit as st
 from analysis.study import run_and_report
 from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
-from analysis.study.report import figures, list_reports, transfer_rows
+from analysis.study.report import (ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, figures, list_reports,
+                                   noise_rows, transfer_rows)
 from analysis.watched import run_watched
 from app import state
 
@@ -50,6 +51,18 @@ with state.readable_errors():
     st.caption("original_*: the model before unlearning, i.e. what doing nothing scores.")
     table = pd.DataFrame(result["pareto"])
     st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch", key="ev_table")
+    arms, diffs = ablation_rows(result)
+    if arms:
+        st.subheader("Ablation: does the rule matter, and does the circuit?")
+        st.caption(ABLATION_NOTE)
+        st.dataframe(pd.DataFrame(arms), hide_index=True, width="stretch", key="ev_ablation")
+        st.dataframe(pd.DataFrame(diffs), hide_index=True, width="stretch", key="ev_ablation_diffs")
+    st.subheader("Training-seed noise")
+    draws, methods = noise_rows(result)
+    st.caption(NOISE_NOTE if draws else NO_NOISE)
+    if draws:
+        st.dataframe(pd.DataFrame(draws), hide_index=True, width="stretch", key="ev_noise")
+        st.dataframe(pd.DataFrame(methods), hide_index=True, width="stretch", key="ev_noise_methods")
     st.subheader("Transfer")
     st.caption("CURE with groups found on another deletion draw, or on a same-recipe model of a second dataset "
                "(`cure study --transfer-data latest-small`).")

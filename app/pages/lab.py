@@ -8,6 +8,7 @@ from analysis.pareto import rank_runs
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method
 from analysis.progress import unlearn_plan
+from analysis.study.noise import TrainingNoise, study_noise
 from analysis.unlearn.run import UnlearnConfig
 from analysis.watched import run_watched
 from app import state
@@ -21,7 +22,7 @@ st.write("Every method starts from a copy of the original model and gets the sam
 LIVE_REDRAW_S = 2.0
 
 
-def finish_message(run: dict) -> str:
+def finish_message(run: dict, noise: TrainingNoise | None = None) -> str:
     """Relative numbers first (0 = do nothing, 1 = retrain), the absolute ones with do nothing and retrain beside."""
     m, o, r, y = run["metrics"], run["original"], run["retrain"], run["yardstick"]
     closed, distance = y["gap_closed"]["auc_forget"], y.get("retrain_distance")
@@ -37,7 +38,9 @@ def finish_message(run: dict) -> str:
             f"retrain {run['retrain_seconds']:.0f} s. {gap[0].upper() + gap[1:]}; utility cost "
             f"{y['utility_cost']:+.4f} test AUC; JSD ratio {ratio}. Forget AUC {m['auc_forget']:.4f} (do nothing "
             f"{o['auc_forget']:.4f}, retrain {r['auc_forget']:.4f}); test AUC {m['auc_test']:.4f} (do nothing "
-            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}).{seen} {y['note']} See Compare.")
+            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}).{seen} {y['note']} "
+            + (noise.quote() if noise is not None else "One retrain, one training seed: no study has measured the "
+               "training-seed noise of this request yet (cure study trains two).") + " See Compare.")
 
 
 with state.readable_errors():
@@ -92,7 +95,7 @@ with state.readable_errors():
         st.session_state["compare_run"] = run["run_dir"]
         waited = (f" Waited {progress.waited_seconds:.0f} s for another session's identical job (the shared cache "
                   f"builds each result once)." if progress.waited_seconds > 0 else "")
-        st.success(finish_message(run) + waited)
+        st.success(finish_message(run, study_noise(ws, rec, str(forget.spec))) + waited)
 
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
     st.subheader(f"Runs for {request} ({len(runs)})")

@@ -1,0 +1,122 @@
+"""The study's summaries: means over draws, paired differences with intervals, the rule's choice per method.
+
+Rows are the grid's cells as stored (grid._run_cell). An *arm* is what a row ran: the
+method, with the forget objective when it is not the method's own ("npo+pcgrad"), and
+"cure (random groups)" for the ablation, so the same method on another objective or with
+shuffled groups is never averaged with the plain one.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import bootstrap
+
+from ..pareto import rank_runs
+from ..unlearn.attack import AttackResult
+from ..unlearn.strength import StrengthPoint, choose_strength
+
+BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
+METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid", "auc_forget_unseen",
+           "mia_never_seen_auc", "mia_never_seen_valid_auc")
+# against doing nothing and retrain (yardstick.py); retrain distance ranks, signed gap closed beside it
+RELATIVE = ("retrain_distance", "gap_closed", "jsd_ratio", "utility_cost")
+RANDOM_GROUPS = "cure (random groups)"
+
+
+def arm_of(method: str, objective: str | None = None, random_groups: int | None = None) -> str:
+    """What a cell ran, as one name: the method, its objective when another was asked for, or CURE's ablation."""
+    if random_groups is not None:
+        return RANDOM_GROUPS
+    return method if objective is None else f"{objective}+{method}"
+
+
+def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
+    """Mean and standard deviation over seeds of every metric, per group of `by`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, members in groups.items():
+        entry = dict(zip(by, key))
+        entry["n_seeds"] = len(members)
+        for m in (*METRICS, *RELATIVE, "valid_drop", "seconds", "applied_conflict", "retrain_mia_auc", "retrain_auc_test",
+                  "mia_never_seen_valid_low", "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
+                  "original_mia_never_seen_valid_auc", "original_mia_never_seen_valid_low",
+                  "original_jsd_forget", "original_auc_forget", "original_mia_auc", "original_auc_test"):
+            values = np.array([r[m] for r in members if r.get(m) is not None], dtype=float)
+            entry[m] = float(values.mean()) if len(values) else None
+            entry[f"{m}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def cure_summary(rows: list[dict]) -> dict | None:
+    found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
+    return found[0] if found else None
+
+
+def mean_interval(values: list[float]) -> dict:
+    """Mean with a 95% percentile bootstrap interval (scipy) from 3 values on; no interval without spread."""
+    out = {"mean": float(np.mean(values)) if values else None, "n": len(values), "low": None, "high": None}
+    if len(values) >= 3 and np.ptp(values) > 0:
+        ci = bootstrap((np.array(values, dtype=float),), np.mean, n_resamples=2000, method="percentile",
+                       rng=np.random.default_rng(0)).confidence_interval
+        out.update(low=float(ci.low), high=float(ci.high))
+    return out
+
+
+def paired_difference(a: list[dict], b: list[dict], key: str, pair_by: tuple[str, ...] = ("seed",)) -> dict:
+    """Mean of a - b over the pairs both ran (deletion draws; with training seeds, (draw, training seed)), with a
+    95% bootstrap interval (scipy) from 3 pairs on."""
+    other = {tuple(r.get(k) for k in pair_by): r[key] for r in b if r.get(key) is not None}
+    diffs = [r[key] - other[tuple(r.get(k) for k in pair_by)] for r in a
+             if r.get(key) is not None and tuple(r.get(k) for k in pair_by) in other]
+    out = mean_interval(diffs)
+    return {"mean": out["mean"], "n_draws": out["n"], "low": out["low"], "high": out["high"]}
+
+
+def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
+    """The baselines nearest the retrain at the given lr: ranked by retrain distance and utility cost (means),
+    so a baseline that overshoots the retrain does not outrank one that lands on it."""
+    at = [s for s in summary if s["method"] in BASELINES and s["lr"] == lr]
+    order = rank_runs([s["retrain_distance"] for s in at], [s["utility_cost"] or 0.0 for s in at])
+    return [at[i]["method"] for i in order[:n]]
+
+
+def chosen_by_attack(summary: list[dict], by: str = "method") -> list[dict]:
+    """Per method (or arm), the summary row at the strength the retrain-free rule picks (strength.choose_strength:
+    the weakest lr whose forgotten users are indistinguishable from never-seen users on validation-period
+    samples, mean over draws); reads neither the retrain nor the test set. Methods without the attack (an
+    interaction-level request) fall back to the weakest lr."""
+    out = []
+    for name in dict.fromkeys(s[by] for s in summary):
+        mine = sorted((s for s in summary if s[by] == name), key=lambda s: s["lr"])
+        usable = [s for s in mine if s.get("mia_never_seen_valid_auc") is not None]
+        if not usable or name == "retrain":
+            out.append({**mine[0], "chosen_by": "weakest (no attack)" if name != "retrain" else "retrain"})
+            continue
+        first = usable[0]
+        before = (AttackResult.from_record(first["original_mia_never_seen_valid_auc"],
+                                           first.get("original_mia_never_seen_valid_low"))
+                  if first.get("original_mia_never_seen_valid_auc") is not None else None)
+        choice = choose_strength([StrengthPoint(s["lr"], AttackResult.from_record(
+            s["mia_never_seen_valid_auc"], s.get("mia_never_seen_valid_low"))) for s in usable], before)
+        out.append({**next(s for s in usable if s["lr"] == choice.strength), "chosen_by": choice.reason})
+    return out
+
+
+ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
+ABLATION_ARMS = ("npo", "npo+pcgrad", "npo+salun", "cure", RANDOM_GROUPS)
+
+
+def ablation(rows: list[dict]) -> dict:
+    """Uniform NPO, NPO + PCGrad, NPO + SalUn, CURE and CURE with random groups (same sizes per node kind), each
+    at the strength the retrain-free rule picks for it, and CURE minus each other arm paired by deletion draw:
+    does the rule beat the plain objective, and does the circuit matter? Same objective (NPO) in every arm, so
+    the comparison is of the update rule alone. Reads the Pareto section (npo, cure) and the ablation section."""
+    mine = [r for r in rows if r["section"] in ("pareto", "ablation") and r["arm"] in ABLATION_ARMS]
+    chosen = {s["arm"]: s for s in chosen_by_attack(summarise(mine, ("arm", "lr")), by="arm")}
+    at_choice = {arm: [r for r in mine if r["arm"] == arm and r["lr"] == s["lr"]] for arm, s in chosen.items()}
+    cure = at_choice.get("cure", [])
+    return {"arms": [chosen[a] for a in ABLATION_ARMS if a in chosen],
+            "cure_minus": {arm: {k: paired_difference(cure, at_choice[arm], k) for k in ABLATION_KEYS}
+                           for arm in ABLATION_ARMS if arm != "cure" and arm in at_choice}}
