@@ -5,12 +5,13 @@ utility (test AUC), membership-inference AUC and unlearning time, each as mean Â
 over the deletion draws; then the rate and level sections and transfer. Writes
 benchmarks/results/study.json (summaries, not the per-cell rows: those are in the report).
 
-    .venv/bin/python benchmarks/bench_study.py [--quick] [--transfer-data PATH]
+    .venv/bin/python benchmarks/bench_study.py [--quick] [--seeds 0 1] [--training-seeds 2] [--transfer-data PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from analysis.config import DataConfig
@@ -19,6 +20,7 @@ from analysis.progress import StderrBars
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig
 from analysis.study.report import transfer_rows
+from analysis.study.tables import NO_NOISE, ablation_rows, noise_rows
 from analysis.workspace import open_workspace
 
 OUT = Path(__file__).parent / "results" / "study.json"
@@ -35,16 +37,31 @@ def table(summaries: list[dict], by: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join([" | ".join(keys), " | ".join("---" for _ in keys),
+                      *(" | ".join(fmt(r.get(k)) for k in keys) for r in rows)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--transfer-data", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws")
+    parser.add_argument("--training-seeds", type=int, default=None, help="seeds per original and retrain")
     args = parser.parse_args()
     bars = StderrBars()
     ws = open_workspace(progress=bars)
     other = open_workspace(DataConfig(source=args.transfer_data), progress=bars) if args.transfer_data else None
     original = train_recommender(ws, progress=bars)
     config = StudyConfig.quick() if args.quick else StudyConfig()
+    if args.seeds:
+        config = replace(config, seeds=tuple(args.seeds))
+    if args.training_seeds:
+        config = replace(config, training_seeds=args.training_seeds)
     path, result = run_and_report(ws, original, config, bars, other)
     report = json.loads((path / "study.json").read_text())
     first = next(s for s in result["pareto"] if s["method"] == "cure")
@@ -57,13 +74,19 @@ def main() -> None:
     print("\n## Deletion rates\n" + table(result["rates"], ("request", "method")))
     print("\n## Levels\n" + table(result["levels"], ("request", "method")))
     print("\n## Reproducibility\n" + json.dumps(result["reproducibility"]["deletion_draws"]))
+    arms, diffs = ablation_rows(result)
+    print("\n## Ablation (every arm on NPO, each at its rule-chosen strength)\n" + markdown(arms) + "\n\n"
+          + markdown(diffs))
+    draws, methods = noise_rows(result)
+    print("\n## Training-seed noise\n" + (markdown(draws) + "\n\n" + markdown(methods) if draws else NO_NOISE))
     for row in transfer_rows(result):
         print("transfer:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                             if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({k: result[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
                                                       "rates",
-                                                      "levels", "reproducibility", "transfer")}
+                                                      "levels", "reproducibility", "transfer", "ablation",
+                                                      "training_noise", "headline_with_training_noise")}
                               | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
     print(f"\nwrote {OUT}")
 
