@@ -38,6 +38,7 @@ from analysis.unlearn.attack import AttackResult
 from analysis.unlearn.lab import unlearn
 from analysis.unlearn.run import UnlearnConfig
 from analysis.unlearn.strength import StrengthPoint, choose_strength
+from analysis.unlearn.yardstick import retrain_distance
 from analysis.workspace import open_workspace
 
 OUT = Path(__file__).parent / "results" / "verdicts.json"
@@ -123,7 +124,7 @@ def main() -> None:
     refs = {(r["draw"], r["seed"]): r for r in rows}
     table = {arm: {k: interval([r[k] for r in rows if r["arm"] == arm]) for k in KEYS} for arm in arms}
     paired = {}
-    for other in ("cure (random groups)", "npo"):
+    for other in ("cure (random groups)", "npo", "npo+pcgrad", "npo+salun"):
         if "cure" in arms and other in arms:
             diff = {k: interval([a[k] - b[k] for a in rows if a["arm"] == "cure" for b in rows
                                  if b["arm"] == other and (b["draw"], b["seed"]) == (a["draw"], a["seed"])
@@ -141,7 +142,13 @@ def main() -> None:
         "attack_valid_retrain": interval([r["attack_valid_retrain"] for r in refs.values()]),
         "noise": {"auc_forget_original": {f"{d}/{s}": r["auc_forget_original"] for (d, s), r in refs.items()},
                   "auc_forget_retrain": {f"{d}/{s}": r["auc_forget_retrain"] for (d, s), r in refs.items()},
-                  "retrain_cost": {f"{d}/{s}": r["retrain_cost"] for (d, s), r in refs.items()}},
+                  "retrain_cost": {f"{d}/{s}": r["retrain_cost"] for (d, s), r in refs.items()},
+                  # the noise floor of retrain distance (study/noise.py): each other seed's retrain scored as a
+                  # run against the first seed's, in units of the first seed's gap
+                  "retrain_seed_distance": {f"{d}/{s}": retrain_distance(
+                      refs[(d, args.seeds[0])]["auc_forget_original"], r["auc_forget_retrain"],
+                      refs[(d, args.seeds[0])]["auc_forget_retrain"]) for (d, s), r in refs.items()
+                      if s != args.seeds[0] and (d, args.seeds[0]) in refs}},
         "seconds": time.perf_counter() - start,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
@@ -164,6 +171,9 @@ def main() -> None:
           f"{fmt(out['attack_retrain'])} | {fmt(out['attack_valid_retrain'])} | 0 |")
     print("| original (do nothing) | - | 1 | 0 | 0 | " f"{fmt(out['attack_original'])} | "
           f"{fmt(out['attack_valid_original'])} | {fmt(interval([r['unseen_gap'] for r in refs.values()]), 4)} |")
+    floor = out["noise"]["retrain_seed_distance"]
+    print("noise floor (a retrain with another seed, as a run): " + ", ".join(f"draw/seed {k} {v:.3f}"
+                                                                             for k, v in floor.items()))
     for name, diff in paired.items():
         print(f"{name}: distance {fmt(diff['retrain_distance'], 3)}, cost {fmt(diff['utility_cost'], 4)}, attack "
               f"{fmt(diff['attack'], 3)}")
