@@ -16,7 +16,7 @@ import numpy as np
 from .circuits.describe import describe
 from .circuits.discover import CircuitSettings, cached_circuits
 from .circuits.groups import GroupThresholds
-from .progress import TIMINGS, typical_seconds
+from .progress import TIMINGS, measured_seconds, typical_seconds
 
 TREND_WINDOW = 5  # steps averaged at each end of a loss curve (one batch is noisy)
 
@@ -30,6 +30,7 @@ class RunFacts:
     forget_loss: tuple[float, float]  # mean of the first and last TREND_WINDOW steps
     retain_loss: tuple[float, float]
     retrain_distance: float | None = None  # 0 = the retrain, 1 = as far as doing nothing, either way
+    forget_ends: tuple[float, float] | None = None  # the first and last points the lab's chart draws
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class TourFacts:
     circuits_seconds: float = 0.0  # a first discovery, measured on this machine when it has been
     cure_seconds: float = 0.0
     group_sentences: tuple[str, ...] = ()  # per group, what it holds (analysis.circuits.describe)
+    study_seconds: float | None = None  # a quick study's measured time here (None: none has finished here)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def run_facts(run: dict) -> RunFacts:
     return RunFacts(run["method"], int(run.get("steps_run") or len(curves)),
                     (run["metrics"].get("gap_closed") or {}).get("auc_forget"), float(run["metrics"]["utility_cost"]),
                     (float(np.mean(f[:w])), float(np.mean(f[-w:]))), (float(np.mean(r[:w])), float(np.mean(r[-w:]))),
-                    run["metrics"].get("retrain_distance"))
+                    run["metrics"].get("retrain_distance"), (float(f[0]), float(f[-1])) if curves else None)
 
 
 def _overview(f: TourFacts) -> TourStep:
@@ -131,15 +133,23 @@ def _lab(f: TourFacts) -> TourStep:
               f"choose `selective` to update only those." if f.picked else
               "Nothing is picked yet: click nodes on the Circuits graph to try `selective` on them.")
     text = (f"Run CURE (each group updated by its own rule), `selective`, or a baseline that updates everything; the "
-            f"retrained model, the gold standard, is trained alongside (a first CURE run of a request takes "
-            f"{_minutes(f.cure_seconds)} here). {picked}")
+            f"retrained model, the gold standard, is trained alongside (a first CURE run of this request takes "
+            f"{_minutes(f.cure_seconds)} here, from this machine's measured costs of what is not cached yet). "
+            f"{picked}")
     claims: dict = {"picked": len(f.picked)}
     if f.run is not None:
         (f0, f1), (r0, r1) = f.run.forget_loss, f.run.retain_loss
         moved = "rose" if f1 > f0 else "fell"
-        text += (f" In the last {f.run.method} run here, the forget loss {moved} from {f0:.3f} to {f1:.3f} over "
-                 f"{f.run.steps} steps (unlearning pushes it up) while the retain loss went from {r0:.3f} to {r1:.3f}.")
-        claims.update(forget_loss=f.run.forget_loss, retain_loss=f.run.retain_loss, forget_loss_rose=f1 > f0)
+        # the chart's own end points first (what a reader sees), then the averages the trend word is read from:
+        # one batch is noisy, and end points alone once read 0.601 -> 0.575 where the averages rose
+        drawn = ("" if f.run.forget_ends is None else f" The lab's chart drew the forget loss from "
+                 f"{f.run.forget_ends[0]:.3f} at step 1 to {f.run.forget_ends[1]:.3f} at step {f.run.steps}; one "
+                 f"batch is noisy, so averaged over the first and last {TREND_WINDOW} steps")
+        text += (f" In the last {f.run.method} run here{',' if not drawn else '.'}{drawn} the forget loss {moved} "
+                 f"from {f0:.3f} to {f1:.3f} over {f.run.steps} steps (unlearning pushes it up) while the retain "
+                 f"loss went from {r0:.3f} to {r1:.3f}.")
+        claims.update(forget_loss=f.run.forget_loss, retain_loss=f.run.retain_loss, forget_loss_rose=f1 > f0,
+                      forget_ends=f.run.forget_ends)
     return TourStep("app/pages/lab.py", "4. Unlearning", text, claims)
 
 
@@ -166,12 +176,24 @@ def _evidence(f: TourFacts) -> TourStep:
             "the circuit split and measures membership inference; its headline picks each method's strength without the retrain or the "
             "test set: the weakest at which forgotten users look like users no model saw. ")
     text += (f"{f.n_studies} stored stud{'y' if f.n_studies == 1 else 'ies'} to read." if f.n_studies else
-             "No study stored yet: the quick one runs from that page (or `cure study --quick`, about 13 min here).")
+             "No study stored yet: the quick one runs from that page (or `cure study --quick`; "
+             + (f"it took {_minutes(f.study_seconds)} here last time)." if f.study_seconds else
+                f"not run here yet: budget {_minutes(typical_seconds('study', None))} on 2 cores)."))
     return TourStep("app/pages/evidence.py", "6. The evidence", text, {"n_studies": f.n_studies})
 
 
 def tour_steps(f: TourFacts) -> list[TourStep]:
     return [_overview(f), _trace(f), _circuits(f), _lab(f), _compare(f), _evidence(f)]
+
+
+def _has_retrain(ws, original, forget) -> bool:
+    from .errors import CureError
+    from .unlearn.lab import retrain_cached
+
+    try:
+        return retrain_cached(ws, original, forget)
+    except CureError:  # a model without a training recipe has no retrain at all: the tour says so elsewhere
+        return False
 
 
 def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds: GroupThresholds,
@@ -197,4 +219,9 @@ def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds
     return TourFacts(request, m["test"]["auc"], baseline["test"]["auc"], m["ranking"]["hr@10"],
                      baseline["ranking"]["hr@10"], groups, stability, rows, tuple(picked),
                      run_facts(runs[0]) if runs else None, len(list_reports(ws.root)),
-                     typical_seconds("circuits", costs), typical_seconds("unlearn", costs), sentences)
+                     typical_seconds("circuits", costs),
+                     # what a first CURE run of this request still has to do here: cached stages cost nothing
+                     typical_seconds("unlearn", costs, tuple(name for name, done in (
+                         ("retrain", _has_retrain(ws, original, forget)), ("circuits", result is not None))
+                         if done)), sentences,
+                     measured_seconds("study", costs))

@@ -206,6 +206,15 @@ def bars(values: dict[str, float], title: str, y_range: tuple[float, float] | No
     return fig
 
 
+def counts(values: dict[str, int], title: str, x_title: str, y_title: str) -> go.Figure:
+    """Horizontal bars, largest on top, both axes named."""
+    ordered = sorted(values.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in ordered], y=[k for k, _ in ordered], orientation="h"))
+    fig.update_layout(height=max(280, 18 * len(ordered)), title=title, margin={"t": 40},
+                      xaxis={"title": x_title}, yaxis={"title": y_title})
+    return fig
+
+
 def heatmap(grid: list[list[float | None]], columns: list[str], rows: list[str], title: str,
             zmin: float = -1.0, zmax: float = 1.0, colorscale: str = "RdBu") -> go.Figure:
     fig = go.Figure(go.Heatmap(z=grid, x=columns, y=rows, zmin=zmin, zmax=zmax, colorscale=colorscale,
@@ -255,29 +264,53 @@ def specificity_figure(nodes: list[dict], tau: float, floor_of: dict[str, float]
         fig.add_trace(go.Scatter(x=[tiny, hi * 2], y=[tiny * ratio, hi * 2 * ratio], mode="lines", showlegend=False,
                                  hoverinfo="skip", line={"color": "#999", "dash": dash, "width": 1}))
     fig.update_layout(height=460, title=title, legend={"title": "group"}, margin={"t": 40},
+                      # decades only, written as powers of ten (minor ticks read "5 2 5 2" and SI read "1u")
                       xaxis={"type": "log", "title": "importance on retain prompts (share of family)",
-                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)]},
+                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)], "dtick": 1,
+                             "exponentformat": "power"},
                       yaxis={"type": "log", "title": "importance on forget prompts (share of family)",
-                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)]})
+                             "range": [math.log10(tiny) - 0.1, math.log10(hi * 2)], "dtick": 1,
+                             "exponentformat": "power"})
     return fig
 
 
 def interval_figure(nodes: list[dict], tau: float, title: str) -> go.Figure:
-    """Specificity estimates with their bootstrap intervals; dotted: ±log(tau)."""
+    """Specificity estimates with their bootstrap intervals, one trace per group (a scalar colour: error bars in
+    the group's colour, where an array colour drew them black and logged 'Invalid color specifier'); every node
+    labelled on the x axis, in the given order. Dotted: ±log(tau)."""
     import math
 
-    colours = [GROUP_COLOURS[n["group"]] for n in nodes]
-    fig = go.Figure(go.Scatter(
-        x=[n["label"] for n in nodes], y=[n["specificity"]["estimate"] for n in nodes], mode="markers",
-        marker={"color": colours, "size": 9},
-        error_y={"type": "data", "symmetric": False,
-                 "array": [n["specificity"]["high"] - n["specificity"]["estimate"] for n in nodes],
-                 "arrayminus": [n["specificity"]["estimate"] - n["specificity"]["low"] for n in nodes]},
-        hovertext=[f"{n['name']}: {n['group']}" for n in nodes], hoverinfo="text+y"))
+    labels = [n["label"] for n in nodes]
+    fig = go.Figure()
+    for group in dict.fromkeys(n["group"] for n in nodes):
+        members = [n for n in nodes if n["group"] == group]
+        fig.add_trace(go.Scatter(
+            x=[n["label"] for n in members], y=[n["specificity"]["estimate"] for n in members], mode="markers",
+            name=group, marker={"color": GROUP_COLOURS[group], "size": 9},
+            error_y={"type": "data", "symmetric": False, "color": GROUP_COLOURS[group],
+                     "array": [n["specificity"]["high"] - n["specificity"]["estimate"] for n in members],
+                     "arrayminus": [n["specificity"]["estimate"] - n["specificity"]["low"] for n in members]},
+            hovertext=[f"{n['name']}: {n['group']}" for n in members], hoverinfo="text+y"))
     for y in (math.log(tau), -math.log(tau)):
         fig.add_hline(y=y, line_dash="dot", line_color="#999")
-    fig.update_layout(height=380, title=title, yaxis={"title": "log(I_forget / I_retain)"}, margin={"t": 40},
-                      xaxis={"tickangle": -45})
+    fig.update_layout(height=420, title=title, yaxis={"title": "log(I_forget / I_retain)"}, margin={"t": 40},
+                      legend={"title": "group"},
+                      xaxis={"tickangle": -45, "tickmode": "array", "tickvals": labels, "tickfont": {"size": 9},
+                             "categoryorder": "array", "categoryarray": labels, "automargin": True})
+    return fig
+
+
+def loss_curves(rows: list[dict]) -> go.Figure:
+    """The lab's live chart: forget and retain binary cross-entropy per step, with axis titles (plotly: Vega's
+    line chart logged 'Infinite extent' warnings on its first, one-point draw and printed its first tick as
+    1.000000)."""
+    steps = [r["step"] for r in rows]
+    fig = go.Figure([go.Scatter(x=steps, y=[r[key] for r in rows], mode="lines+markers" if len(rows) < 3 else "lines",
+                                name=name) for key, name in (("forget_bce", "forget samples"),
+                                                             ("retain_bce", "retained samples"))])
+    fig.update_layout(height=300, margin={"t": 30}, title="Loss per step (one batch each)",
+                      xaxis={"title": "step", "tickformat": "d", "rangemode": "tozero"},
+                      yaxis={"title": "binary cross-entropy"}, legend={"title": ""})
     return fig
 
 

@@ -18,7 +18,10 @@ TITLES = {  # file -> (title, icon); the order is the order of the tour
 
 
 def main() -> None:
-    st.set_page_config(page_title="CURE Explorer", layout="wide")
+    # the tab's icon set here: left to the pages, Streamlit makes the current page's :material/...: icon the
+    # favicon and fetches it from fonts.gstatic.com on every page (a classroom may be offline); an emoji is
+    # drawn locally as an inline SVG
+    st.set_page_config(page_title="CURE Explorer", page_icon="🧠", layout="wide")
     pages = [st.Page(PAGES / name, title=title, icon=icon, default=(name == "overview.py"))
              for name, (title, icon) in TITLES.items()]
     nav = st.navigation(pages)

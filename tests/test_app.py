@@ -1,6 +1,7 @@
 """The app's pages through Streamlit's AppTest, on a tiny slice of MovieLens with a tiny cache."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,15 @@ def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(a
     assert at.selectbox(key="compare_pick").value == at.session_state["compare_run"]
     # per-user recognisability, conflict before / after / difference, and the Pareto view
     assert len(at.get("plotly_chart")) == 5
+    titled = 0
+    for chart in at.get("plotly_chart"):  # a conflict heatmap's title counts the cells it sits on
+        spec = json.loads(chart.proto.spec)
+        title = (spec["layout"].get("title") or {}).get("text", "")
+        if title.startswith(("before: ", "after: ")):
+            cells = [v for row in spec["data"][0]["z"] for v in row if v is not None]
+            assert title.split(": ", 1)[1] == f"{sum(v < 0 for v in cells)} of {len(cells)} cells negative"
+            titled += 1
+    assert titled == 2
     assert [s.value for s in at.subheader][:2] == ["A forgotten user", "A retained user"]
     assert "How recognisable is each forgotten user?" in [s.value for s in at.subheader]
     assert {m.label for m in at.metric} >= {"Distance to retrain", "Forget-AUC gap closed (signed)",
@@ -115,7 +125,11 @@ def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
     at.button(key="lab_run").click().run()
     assert not at.exception, at.exception
     assert "cure finished" in at.success[0].value
-    assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1  # the live per-step curve
+    curve = at.get("plotly_chart")  # the live per-step curve, with its axes named
+    assert len(curve) == 1 and '"binary cross-entropy"' in curve[0].proto.spec and '"step"' in curve[0].proto.spec
+    # the message: sentences with full stops, the over-forgetting note capitalised, the noise (or its absence) said
+    assert ". See Compare." in at.success[0].value and "no study has measured the training-seed noise" in \
+        at.success[0].value
     overall = next(p.proto for p in at.get("progress") if p.proto.text.startswith("cure on"))
     assert overall.value == 100 and "stage 4 of 4: evaluation" in overall.text  # retrain, circuits, steps, evaluation
     assert "unlearning" not in overall.text.partition("from cache:")[2]  # the steps ran: not "from cache"
@@ -209,6 +223,9 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
                        circuits=CircuitSettings(n_prompts=8, stability_seeds=2), training_seeds=1)  # as quick
     monkeypatch.setattr(StudyConfig, "quick", classmethod(lambda cls: tiny))  # the real quick grid takes minutes
     at = open_page("evidence")
+    assert not at.exception, at.exception  # before any study: what the cache knows, and what a study costs here
+    assert any(s.value.startswith("What the cache already knows about") for s in at.subheader)
+    assert "No studies yet. A quick study" in at.info[0].value
     at.button(key="ev_run").click().run()
     assert not at.exception, at.exception
     assert "report.html" in at.success[0].value

@@ -49,6 +49,11 @@ if missing and os.environ.get("CURE_REQUIRE_BROWSER") == "1":
 pytestmark = pytest.mark.skipif(missing is not None, reason=missing or "")
 
 
+def _local(url: str) -> bool:
+    """Served by this machine (or inline): what a request may be."""
+    return url.startswith(("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:", "about:"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -243,6 +248,10 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
                                                        headless=True, args=FLAGS, viewport={"width": 1400, "height": 2400})
         page = browser.new_page()
         page.set_default_timeout(WAIT)
+        # a classroom may be offline: nothing may leave the machine, and the console stays clean
+        outside, errors = [], []
+        browser.on("request", lambda r: None if _local(r.url) else outside.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(server)
         for link, title, name in PAGES:  # through the sidebar, as a user would: one browser session throughout
             page.get_by_role("link", name=link, exact=True).click()
@@ -285,6 +294,8 @@ def test_every_page_renders_and_a_short_unlearning_job_runs(server, tmp_path, ap
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SHOTS / "compare-after-run.png"), full_page=True)
         _walk_the_tour(page)
+        assert not outside, sorted(set(outside))
+        assert not errors, errors[:10]
         _closing_a_tab_stops_its_job(browser, server, Path(app_env["CURE_CACHE"]))
         _a_closed_tab_s_job_runs_on_for_a_waiting_tab(browser, server, Path(app_env["CURE_CACHE"]))
         browser.close()

@@ -50,6 +50,17 @@ def test_a_skipped_stage_is_named_from_cache_and_the_text_says_stage_k_of_n():
     assert v.text.startswith("stage 3 of 4: unlearning (unlearn 1/2) 45%") and "from cache: retrain, circuits" in v.text
 
 
+def test_the_bar_is_the_share_of_this_jobs_time_so_cached_stages_weigh_nothing():
+    # retrain and circuits cached (70 of the plan's 100 s): the bar starts near 0, not at 70%, and unlearning
+    # (20 s of the 30 s left) fills two thirds of it
+    views = _run([("unlearn", 1, 2), ("unlearn", 2, 2), ("score", 1, 1)])
+    assert views[0].overall < 0.35
+    at_end_of_steps = next(v for v in views if v.stage == 3 and v.stage_fraction >= 0.9)
+    assert abs(at_end_of_steps.overall - 0.9 * 20 / 30) < 1e-9
+    overall = [v.overall for v in views]
+    assert all(b >= a for a, b in zip(overall, overall[1:])) and overall[-1] == 1.0
+
+
 def test_waiting_on_another_session_is_its_own_state_and_keeps_the_bars():
     views = _run([("train", 5, 10), ("waiting for another run that is building this", 0, 1), ("train", 6, 10)])
     waiting = views[1]

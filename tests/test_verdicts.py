@@ -65,6 +65,21 @@ def test_a_synthetic_over_forgetting_run_never_outranks_a_run_nearer_the_retrain
     assert runs["over"]["retrain_distance"] not in list(front.x)
     assert 0.0 in list(front.x)  # the retrain: the ideal point
 
+    # the runs table of the lab and the Evidence page: the run near the retrain first, do nothing and retrain beside
+    from app.tables import runs_table
+
+    def stored(name: str, cost: float) -> dict:
+        y_ = runs[name]
+        return {"method": name, "config": {"lr": 1e-4}, "seconds": 1.0, "retrain_seconds": 9.0, "run_dir": f"/x/{name}",
+                "metrics": {"retrain_distance": y_["retrain_distance"], "gap_closed": y_["gap_closed"],
+                            "utility_cost": cost, "auc_test": 0.79, "auc_forget": 0.7, "jsd_forget": 0.01},
+                "original": {"auc_test": 0.80, "auc_forget": 0.75, "jsd_forget": 0.02},
+                "retrain": {"auc_test": 0.797, "auc_forget": 0.72, "jsd_forget": 0.0}}
+    shown = runs_table([stored("over", 0.004), stored("noop", 0.0), stored("near", 0.004)]).data
+    assert list(shown["method"]) == ["near", "noop", "over", "do nothing (original)", "retrain (gold)"]
+    assert list(shown["distance to retrain"])[-2:] == [1.0, 0.0]
+    assert list(shown["utility cost"])[-1] == pytest.approx(0.003)  # the retrain's own cost, beside the runs
+
 
 # --------------------------------------------------------------- never-seen users
 

@@ -31,12 +31,19 @@ from .run import MODEL, RUN, UnlearnConfig, unlearn_steps
 RUNS = "runs"
 
 
+def retrain_cached(ws: Workspace, original: Recommender, forget: ForgetSet) -> bool:
+    """Whether the request's retrain is in the cache already (nothing is trained)."""
+    model_cfg, train_cfg, backbone = training_recipe(original, "there is no retrain to compare with")
+    return artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone,
+                                                   adapter_of(original.meta))).exists()
+
+
 def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
                 progress: ProgressFn | None = None) -> tuple[Recommender, bool]:
     """The exact retrain of the original's recipe without the forget set; and whether it was trained now."""
     model_cfg, train_cfg, backbone = training_recipe(original, "there is no retrain to compare with")
     adapter = adapter_of(original.meta)  # a LoRA-trained original is retrained with the same adapter
-    cached = artefact_dir(ws.root, MODELS, model_key(ws, forget, model_cfg, train_cfg, backbone, adapter)).exists()
+    cached = retrain_cached(ws, original, forget)
     return train_recommender(ws, forget, model_cfg, train_cfg, backbone=backbone, progress=progress,
                              adapter=adapter), not cached
 
@@ -109,6 +116,30 @@ def load_run(path: Path) -> dict:
     if run.get("model_dir") is None:
         run["model_dir"] = str(path / MODEL)
     return run
+
+
+def run_summary(run: dict) -> dict:
+    """One stored run in the runs table's terms (the lab and the Evidence page show the same)."""
+    m = run["metrics"]
+    return {"method": run["method"], "steps": run.get("steps_run"), "lr": run["config"].get("lr"),
+            "retrain_distance": m.get("retrain_distance"), "gap_closed": (m.get("gap_closed") or {}).get("auc_forget"),
+            "utility_cost": m.get("utility_cost"), "matched_attack": (m.get("mia_never_seen") or {}).get("run"),
+            "auc_test": m["auc_test"], "auc_forget": m["auc_forget"], "jsd_forget": m["jsd_forget"],
+            "seconds": run["seconds"], "run": Path(run["run_dir"]).name}
+
+
+def reference_summaries(run: dict) -> list[dict]:
+    """Do nothing (the original) and the retrain, as rows beside a request's runs: distance 1 and 0 by
+    definition, the retrain's own utility cost, and both models' own metrics as the run stored them."""
+    o, r = run["original"], run["retrain"]
+    attack = run["metrics"].get("mia_never_seen") or {}
+    return [{"method": "do nothing (original)", "retrain_distance": 1.0, "gap_closed": 0.0, "utility_cost": 0.0,
+             "matched_attack": attack.get("original"), "auc_test": o["auc_test"], "auc_forget": o["auc_forget"],
+             "jsd_forget": o["jsd_forget"], "seconds": 0.0},
+            {"method": "retrain (gold)", "retrain_distance": 0.0, "gap_closed": 1.0,
+             "utility_cost": o["auc_test"] - r["auc_test"], "matched_attack": attack.get("retrain"),
+             "auc_test": r["auc_test"], "auc_forget": r["auc_forget"], "jsd_forget": 0.0,
+             "seconds": run["retrain_seconds"]}]
 
 
 def list_runs(root: Path) -> list[dict]:

@@ -54,8 +54,13 @@ with state.readable_errors():
                 continue
             user = st.selectbox("User", users, key=key)
             table = ranking_table(rank_changes(original, after, ws, int(user), gold=retrain))
+            # narrow number columns, so the retrain's rank and P(like) show without scrolling sideways in a half
+            # page; a long title is cut in the cell, and shown whole when the cell is clicked
+            narrow = {c: st.column_config.Column(width="small") for c in ("rank", "move", "do nothing (rank)",
+                                                                          "retrain (rank)", "P(like)")}
             st.dataframe(table.style.map(colour_moves, subset=["move"]).format({"P(like)": "{:.1%}"}),
-                         hide_index=True, width="stretch", key=f"{key}_table")
+                         hide_index=True, width="stretch", key=f"{key}_table",
+                         column_config={**narrow, "movie": st.column_config.TextColumn(width="medium")})
             st.caption("Top-10 after unlearning, with the rank the original (do nothing) and the retrain "
                        "(gold) give each movie among all unrated ones.")
 
@@ -83,16 +88,20 @@ with state.readable_errors():
                           f"interval over users: {span(attack['interval']['run'])}" if attack else ""))
         st.caption(f"Original-retrain forget-AUC gap {y['gap']['auc_forget']:.4f} (95% interval "
                    f"{y['gap']['low']:.4f} to {y['gap']['high']:.4f}). {y['note']}")
-    names = ["auc_forget", "auc_forget_unseen", "logloss_forget", "logloss_forget_unseen", "jsd_forget", "auc_test",
-             "auc_valid", "jsd_test", "acc_test", "mia_never_seen_auc", "mia_never_seen_valid_auc", "mia_auc"]
+    names = {"auc_forget": "AUC, forget (trained)", "auc_forget_unseen": "AUC, forget (unseen)",
+             "logloss_forget": "log-loss, forget (trained)", "logloss_forget_unseen": "log-loss, forget (unseen)",
+             "jsd_forget": "JSD to retrain, forget", "auc_test": "AUC, test", "auc_valid": "AUC, validation",
+             "jsd_test": "JSD to retrain, test", "acc_test": "accuracy, test",
+             "mia_never_seen_auc": "matched attack (training period)",
+             "mia_never_seen_valid_auc": "matched attack (validation period)", "mia_auc": "old attack (forget vs test)"}
     table = pd.DataFrame({"this run": run["metrics"], "original (do nothing)": run["original"],
                           "retrain (gold)": run["retrain"]})
-    st.dataframe(table.loc[[n for n in names if n in table.index]].astype(float).style.format("{:.4f}"),
-                 width="stretch", key="cmp_metrics")
-    st.caption("auc_forget: the forget samples the objectives push on (trained); auc_forget_unseen: the forgotten "
-               "users' (or genre's) validation and test samples, never trained on: does forgetting reach beyond the "
-               "trained samples? mia_never_seen: the matched attack (0.5 = like a user no model saw); mia_auc: the "
-               "older attack (forget vs test samples), confounded by time.")
+    shown = table.loc[[n for n in names if n in table.index]].astype(float).rename(index=names)
+    st.dataframe(shown.style.format("{:.4f}"), width="stretch", key="cmp_metrics")
+    st.caption("Forget (trained): the forget samples the objectives push on; forget (unseen): the forgotten users' "
+               "(or genre's) validation and test samples, never trained on: does forgetting reach beyond the trained "
+               "samples? Matched attack: 0.5 = like a user no model saw; the old attack (forget vs test samples) is "
+               "confounded by time. The download below keeps the code names.")
     per_user = run.get("per_user") or []
     if per_user:
         st.subheader("How recognisable is each forgotten user?")
@@ -127,11 +136,18 @@ with state.readable_errors():
                 for ra, rb in zip(grids["after"], grids["before"])]
         spread = max([abs(v) for row in diff for v in row if v is not None] + [0.05])  # small changes stay visible
         c1, c2, c3 = st.columns(3)
+        # a title counts the cells it sits on; the share over every node (rows, roles too) goes in the caption
+        negative = lambda grid: (f"{sum(v < 0 for row in grid for v in row if v is not None)} of "  # noqa: E731
+                                 f"{sum(v is not None for row in grid for v in row)} cells negative")
         for col, (key, title, grid, lo, hi) in zip((c1, c2, c3), (
-                ("before", f"before (negative: {run['conflict']['before']['negative_share']:.0%})", grids["before"], -1, 1),
-                ("after", f"after (negative: {run['conflict']['after']['negative_share']:.0%})", grids["after"], -1, 1),
+                ("before", f"before: {negative(grids['before'])}", grids["before"], -1, 1),
+                ("after", f"after: {negative(grids['after'])}", grids["after"], -1, 1),
                 ("diff", "after - before", diff, -spread, spread))):
             col.plotly_chart(figures.heatmap(grid, cols, rows, title, lo, hi), width="stretch", key=f"cmp_{key}")
+        before, after = run["conflict"]["before"], run["conflict"]["after"]
+        st.caption(f"Over all nodes both gradients reach (of {before['n_modules']}: heads, MLPs, input roles and item "
+                   f"rows, not only the cells above): {before['negative_share']:.0%} conflicting before, "
+                   f"{after['negative_share']:.0%} after.")
         upd = run["conflict"].get("applied_update")
         st.caption(f"The rule's forget part vs the retain gradient, over updated nodes and steps: "
                    f"{run['conflict']['applied']['negative_share']:.1%} conflicting"

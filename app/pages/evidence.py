@@ -1,16 +1,19 @@
 """Evidence: the studies in cache/reports (Pareto, rates, levels, reproducibility, privacy), and a quick one."""
 import os
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from analysis.progress import TIMINGS, measured_seconds, typical_seconds
 from analysis.study import run_and_report
 from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
 from analysis.study.report import (ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, figures, list_reports,
                                    noise_rows, transfer_rows)
+from analysis.unlearn.lab import list_runs
 from analysis.watched import run_watched
-from app import state
+from app import state, tables
 
 st.title("Evidence")
 st.write("A claim that circuit-aware unlearning beats uniform unlearning is worth as much as the evidence beside "
@@ -36,7 +39,19 @@ with state.readable_errors():
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)
     if not reports:
-        st.info("No studies yet.")
+        took = measured_seconds("study", Path(ws.root) / TIMINGS)
+        st.info("No studies yet. A quick study " + (f"took {took / 60:.0f} min on this machine last time." if took
+                else f"has not run on this machine yet; budget about {typical_seconds('study', None) / 60:.0f} min "
+                     "on 2 cores (cells already in the cache are not run again)."))
+        request = state.request()
+        runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
+        st.subheader(f"What the cache already knows about {request}")
+        if runs:
+            st.caption("The runs made so far, nearest the retrain first, with do nothing and the retrain beside them "
+                       "(one deletion draw and one training seed each: a study repeats them).")
+            st.dataframe(tables.runs_table(runs), width="stretch", hide_index=True, key="ev_known_runs")
+        else:
+            st.caption("No runs of this request yet: the Unlearning lab makes one, or a quick study makes many.")
         st.stop()
     result = state.pick_stored("Study", reports, "path", lambda r: f"{len(r['config']['seeds'])} seed(s) · "
                                f"{len(r['rows'])} cells · {r['meta']['wall_seconds']:.0f} s · "

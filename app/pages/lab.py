@@ -1,17 +1,15 @@
 """Unlearning lab: run CURE, a baseline, or selective unlearning on chosen modules; see stored runs."""
 import time
 
-import pandas as pd
 import streamlit as st
 
-from analysis.pareto import rank_runs
 from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.methods import Method
 from analysis.progress import unlearn_plan
 from analysis.study.noise import TrainingNoise, study_noise
 from analysis.unlearn.run import UnlearnConfig
 from analysis.watched import run_watched
-from app import state
+from app import figures, state, tables
 
 st.title("Unlearning lab")
 st.write("Every method starts from a copy of the original model and gets the same budget (epochs over the forget "
@@ -34,11 +32,12 @@ def finish_message(run: dict, noise: TrainingNoise | None = None) -> str:
             f"{attack['run']:.3f} (do nothing {attack['original']:.3f}, retrain {attack['retrain']:.3f}).")
     ratio = "n/a" if y["jsd_ratio"] is None else f"{y['jsd_ratio']:.2f}"
     stopped = (run.get("stopped") or {}).get("reason") or "budget"
+    note = f" {y['note'][0].upper()}{y['note'][1:]}." if y["note"] else ""  # a sentence of its own
     return (f"{run['method']} finished in {run['seconds']:.1f} s, {run.get('steps_run', 0)} steps ({stopped}); "
             f"retrain {run['retrain_seconds']:.0f} s. {gap[0].upper() + gap[1:]}; utility cost "
             f"{y['utility_cost']:+.4f} test AUC; JSD ratio {ratio}. Forget AUC {m['auc_forget']:.4f} (do nothing "
             f"{o['auc_forget']:.4f}, retrain {r['auc_forget']:.4f}); test AUC {m['auc_test']:.4f} (do nothing "
-            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}).{seen} {y['note']} "
+            f"{o['auc_test']:.4f}, retrain {r['auc_test']:.4f}).{seen}{note} "
             + (noise.quote() if noise is not None else "One retrain, one training seed: no study has measured the "
                "training-seed noise of this request yet (cure study trains two).") + " See Compare.")
 
@@ -73,6 +72,9 @@ with state.readable_errors():
                             optimizer=optimizer, stop=stop, retain_specific=retain_specific,
                             modules=modules if method == "selective" else (), circuits=settings,
                             thresholds=thresholds)
+        # progress first: below a growing chart it fell under the fold at 1400x900
+        box, progress = state.staged_progress(unlearn_plan(method), f"{method} on {request}", ws.root,
+                                              cancel_key="lab_cancel")
         live = st.empty()
         rows: list[dict] = []
         drawn = [0.0]
@@ -83,10 +85,8 @@ with state.readable_errors():
             rows.append(row)
             if time.monotonic() - drawn[0] >= LIVE_REDRAW_S or row["step"] == cfg.n_steps(n_forget):
                 drawn[0] = time.monotonic()
-                live.line_chart(pd.DataFrame(rows).set_index("step")[["forget_bce", "retain_bce"]])
+                live.plotly_chart(figures.loss_curves(rows), width="stretch")
 
-        box, progress = state.staged_progress(unlearn_plan(method), f"{method} on {request}", ws.root,
-                                              cancel_key="lab_cancel")
         forget = ws.forget_set(request)
         n_forget = len(forget.forget_samples)
         run = run_watched(lambda p, step: unlearn(ws, rec, forget, cfg, p, step), progress, step=on_step)
@@ -100,18 +100,6 @@ with state.readable_errors():
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
     st.subheader(f"Runs for {request} ({len(runs)})")
     if runs:
-        closed = lambda r: (r["metrics"].get("gap_closed") or {}).get("auc_forget")  # noqa: E731
-        # best first: by retrain distance and utility cost (an over-forgetting run does not rank above one on target)
-        runs = [runs[i] for i in rank_runs([r["metrics"].get("retrain_distance") for r in runs],
-                                           [r["metrics"].get("utility_cost") or 0.0 for r in runs])]
-        table = pd.DataFrame([{"method": r["method"], "steps": r.get("steps_run"), "lr": r["config"].get("lr"),
-                               "distance to retrain": r["metrics"].get("retrain_distance"),
-                               "gap closed (signed)": closed(r), "JSD ratio": r["metrics"].get("jsd_ratio"),
-                               "utility cost": r["metrics"].get("utility_cost"),
-                               "JSD forget": r["metrics"]["jsd_forget"], "JSD test": r["metrics"]["jsd_test"],
-                               "AUC test": r["metrics"]["auc_test"], "AUC forget": r["metrics"]["auc_forget"],
-                               "MIA AUC": r["metrics"]["mia_auc"], "seconds": r["seconds"],
-                               "run": r["run_dir"].split("/")[-1]} for r in runs])
-        st.dataframe(table, width="stretch", hide_index=True, key="lab_runs")
+        st.dataframe(tables.runs_table(runs), width="stretch", hide_index=True, key="lab_runs")
     else:
         st.caption("No runs yet for this request.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from analysis.circuits.trace import token_labels
 from analysis.model.sequences import PromptBuilder
-from app import state
+from app import figures, state
 
 
 def ranking_note(model: dict, base: dict) -> str:
@@ -38,7 +38,8 @@ with state.readable_errors():
     cols[3].metric("Like rate (rating ≥ 4)", f"{s['like_rate']:.1%}")
     st.write(f"Samples with {split['history_length']} items of history: {split['samples']['train']:,} train, "
              f"{split['samples']['valid']:,} validation, {split['samples']['test']:,} test.")
-    st.bar_chart(pd.Series(s["genres"], name="movies").sort_values(ascending=False), horizontal=True)
+    st.plotly_chart(figures.counts(s["genres"], "Movies per genre", "movies", "genre"), width="stretch",
+                    key="ov_genres")
 
     rec = state.original()
     base = state.baseline(ws, ws.fingerprint)
@@ -61,6 +62,9 @@ with state.readable_errors():
     rows = ws.interactions.split("test").head(1)
     sample = rows.iloc[0]
     tokens = PromptBuilder(rec.fmt, ws.interactions).prompts(rows)[0]
-    st.caption(f"Example prompt (user {sample['user_id']}, target {ws.title(sample['item_id'])}), token by token "
-               "(item tokens shown by title); the answer is read after the last token as logit(Yes) - logit(No):")
+    st.caption(f"Example prompt: user {sample['user_id']}'s first test sample, target {ws.title(sample['item_id'])}, "
+               f"after the {split['history_length']} movies they rated just before it (the prompt this sample is "
+               "scored with; Trace shows a user's *latest* history instead, the one recommendations are ranked "
+               "after). Token by token, items shown by title; the answer is read after the last token as "
+               "logit(Yes) - logit(No):")
     st.code(" | ".join(token_labels(rec, tokens, ws.title)), language=None, wrap_lines=True)

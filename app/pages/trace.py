@@ -27,7 +27,10 @@ with state.readable_errors():
     m1, m2 = st.columns(2)
     m1.metric("Score (logit Yes - No)", f"{traced.score:+.3f}")
     m2.metric("P(like)", f"{float(sigmoid(traced.score)):.1%}")
-    with st.expander("Prompt tokens"):
+    with st.expander("Prompt tokens: the user's latest history, then the candidate"):
+        st.caption("The prompt recommendations are ranked with: the user's most recent rated movies, whichever movie "
+                   "is the candidate. Overview's example is a test sample's own prompt (the movies rated just before "
+                   "that rating), so the same user and movie can start differently there.")
         st.code(" | ".join(labels), language=None)
     modules = {k: v for k, v in traced.direct.items() if k not in ("input",)}
     st.plotly_chart(figures.bars(modules, "Direct contribution to the score, by module (input embedding: "

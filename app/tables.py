@@ -1,0 +1,30 @@
+"""The runs table the lab and the Evidence page both show: stored runs of one request, ranked by retrain
+distance and utility cost, with do nothing and the retrain beside them (display only: the rows are
+analysis.unlearn.lab's summaries)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.pareto import rank_runs
+from analysis.unlearn.lab import reference_summaries, run_summary
+
+COLUMNS = {"method": "method", "steps": "steps", "lr": "lr", "retrain_distance": "distance to retrain",
+           "gap_closed": "gap closed (signed)", "utility_cost": "utility cost", "matched_attack": "matched attack",
+           "auc_test": "AUC test", "auc_forget": "AUC forget", "jsd_forget": "JSD forget", "seconds": "seconds",
+           "run": "run"}
+# one precision per column (the stored values keep full precision: Compare's download)
+FORMATS = {"lr": "{:g}", "steps": "{:.0f}", "distance to retrain": "{:.2f}", "gap closed (signed)": "{:.2f}",
+           "utility cost": "{:+.4f}", "matched attack": "{:.3f}", "AUC test": "{:.4f}", "AUC forget": "{:.4f}",
+           "JSD forget": "{:.5f}", "seconds": "{:.1f}"}
+
+
+def runs_table(runs: list[dict], references: bool = True):
+    """Best first (rank_runs: an over-forgetting run does not rank above one on target), then, with
+    `references`, do nothing and the retrain; a pandas Styler."""
+    order = rank_runs([r["metrics"].get("retrain_distance") for r in runs],
+                      [r["metrics"].get("utility_cost") or 0.0 for r in runs])
+    rows = [run_summary(runs[i]) for i in order]
+    if references and runs:
+        rows += reference_summaries(runs[0])
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).rename(columns=COLUMNS)
+    return table.style.format(FORMATS, na_rep="")
