@@ -62,7 +62,7 @@ def test_trace_splits_the_score_and_shows_attention(app_env):
 
 def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(app_env):
     at = open_page("circuits")
-    assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Agreement with exact patching (Spearman)"}
+    assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Spearman vs patching"}
     # graph, specificity scatter, intervals, faithfulness, stability
     assert len(at.get("plotly_chart")) == 5 and len(at.get("download_button")) == 2
     _circuits_page_states_its_groups_and_draws_its_rows(at)

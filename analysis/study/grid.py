@@ -98,7 +98,8 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
                 "retrain_distance": run["metrics"].get("retrain_distance"),
                 "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}
     valid_attack = run["metrics"].get("mia_never_seen_valid") or {}
-    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, "arm": cell.arm, **{m: run["metrics"].get(m) for m in METRICS},
+    row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, "arm": cell.arm,
+           **{m: run["metrics"].get(m) for m in METRICS},
            "mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("run", [None, None])[0],
            "original_mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("original", [None, None])[0],
            **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
@@ -161,7 +162,9 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         return executor.run([CellJob(data, model, cell, study) for cell in cells], _run_cell, progress, one_done)
 
     # the grid's size is known only after the Pareto section picks the two strongest baselines
-    estimate = len(pareto_cells) + planned(seeds, transfer) + 2 * len(seeds) + 3 * sum(
+    # (reproducibility: 1 per draw; ablation: 3 arms per strength and draw; training noise: retrain + 3 methods)
+    estimate = len(pareto_cells) + planned(seeds, transfer) + len(seeds) * (
+        1 + 3 * len(study.lrs) + 4 * (study.training_seeds - 1)) + 3 * sum(
         len(_draws(spec, study)) for spec in (*study.rates, *study.levels))
     rows += run_all(pareto_cells, estimate)
     pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
@@ -192,7 +195,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     if len(seed_list) > 1:
         retrains = {s: {t: retrain_for(ws, m, ws.forget_set(study.request, seed=s), progress)[0]
                         for t, m in models.items()} for s in seeds}
-        noise = TrainingNoise(str(ws.forget_set(study.request, seed=seeds[0]).spec), *noise_identity(ws, original), seed_list, tuple(
+        spec = str(ws.forget_set(study.request, seed=seeds[0]).spec)
+        noise = TrainingNoise(spec, *noise_identity(ws, original), seed_list, tuple(
             draw_noise(ws, s, ws.forget_set(study.request, seed=s), models, retrains[s], seed_list[0], progress)
             for s in seeds))
 
