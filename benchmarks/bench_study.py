@@ -24,7 +24,7 @@ from analysis.study.tables import NO_NOISE, ablation_rows, noise_rows
 from analysis.workspace import open_workspace
 
 OUT = Path(__file__).parent / "results" / "study.json"
-COLUMNS = ("gap_closed", "jsd_ratio", "utility_cost", "jsd_forget", "auc_forget", "auc_test", "mia_auc", "seconds")
+COLUMNS = ("retrain_distance", "gap_closed", "jsd_ratio", "utility_cost", "jsd_forget", "auc_forget", "auc_test", "mia_auc", "seconds")
 
 
 def pm(s: dict, key: str) -> str:
