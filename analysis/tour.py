@@ -142,12 +142,15 @@ def _lab(f: TourFacts) -> TourStep:
         moved = "rose" if f1 > f0 else "fell"
         # the chart's own end points first (what a reader sees), then the averages the trend word is read from:
         # one batch is noisy, and end points alone once read 0.601 -> 0.575 where the averages rose
-        drawn = ("" if f.run.forget_ends is None else f" The lab's chart drew the forget loss from "
-                 f"{f.run.forget_ends[0]:.3f} at step 1 to {f.run.forget_ends[1]:.3f} at step {f.run.steps}; one "
-                 f"batch is noisy, so averaged over the first and last {TREND_WINDOW} steps")
-        text += (f" In the last {f.run.method} run here{',' if not drawn else '.'}{drawn} the forget loss {moved} "
-                 f"from {f0:.3f} to {f1:.3f} over {f.run.steps} steps (unlearning pushes it up) while the retain "
-                 f"loss went from {r0:.3f} to {r1:.3f}.")
+        trend = (f"the forget loss {moved} from {f0:.3f} to {f1:.3f} over {f.run.steps} steps (unlearning pushes it "
+                 f"up) while the retain loss went from {r0:.3f} to {r1:.3f}")
+        if f.run.forget_ends is None:
+            text += f" In the last {f.run.method} run here, {trend}."
+        else:
+            a, b = f.run.forget_ends
+            text += (f" In the last {f.run.method} run here, the lab's chart drew the forget loss from {a:.3f} at step "
+                     f"1 to {b:.3f} at step {f.run.steps}; one batch is noisy, so averaged over the first and last "
+                     f"{TREND_WINDOW} steps, {trend}.")
         claims.update(forget_loss=f.run.forget_loss, retain_loss=f.run.retain_loss, forget_loss_rose=f1 > f0,
                       forget_ends=f.run.forget_ends)
     return TourStep("app/pages/lab.py", "4. Unlearning", text, claims)

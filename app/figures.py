@@ -309,7 +309,9 @@ def loss_curves(rows: list[dict]) -> go.Figure:
                                 name=name) for key, name in (("forget_bce", "forget samples"),
                                                              ("retain_bce", "retained samples"))])
     fig.update_layout(height=300, margin={"t": 30}, title="Loss per step (one batch each)",
-                      xaxis={"title": "step", "tickformat": "d", "rangemode": "tozero"},
+                      # whole steps only (tickformat "d" alone printed 0 1 1 2 2 on a two-step run)
+                      xaxis={"title": "step", "tick0": 1, "dtick": max(1, -(-max(steps, default=1) // 10)),
+                             "range": [0.5, max(steps, default=1) + 0.5]},
                       yaxis={"title": "binary cross-entropy"}, legend={"title": ""})
     return fig
 

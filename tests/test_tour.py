@@ -65,12 +65,12 @@ def test_lab_step_describes_the_loss_curve_it_has_not_the_one_it_wishes(forget_l
     run = RunFacts("cure", 115, 0.66, 0.0048, forget_loss, (0.50, 0.49), retrain_distance=0.34)
     step = _step(TourFacts(**BASE, groups=None, stability=None, run=run, picked=("a0.h1", "m2")), "lab.py")
     assert f"forget loss {word} from {forget_loss[0]:.3f} to {forget_loss[1]:.3f} over 115 steps" in step.text
-    assert "watch the losses fall" not in step.text and "The lab's chart drew" not in step.text  # no curve given
+    assert "watch the losses fall" not in step.text and "chart drew" not in step.text  # no curve given
     drawn = RunFacts("cure", 115, 0.66, 0.0048, forget_loss, (0.50, 0.49), retrain_distance=0.34,
                      forget_ends=(0.601, 0.575))  # the chart's end points, quoted as such, beside the averages
     text = _step(TourFacts(**BASE, groups=None, stability=None, run=drawn), "lab.py").text
     assert "drew the forget loss from 0.601 at step 1 to 0.575 at step 115" in text
-    assert f"averaged over the first and last 5 steps the forget loss {word} from {forget_loss[0]:.3f}" in text
+    assert f"averaged over the first and last 5 steps, the forget loss {word} from {forget_loss[0]:.3f}" in text
     assert "2 node(s) (a0.h1, m2)" in step.text and "`selective`" in step.text
     compare = _step(TourFacts(**BASE, groups=None, stability=None, run=run), "compare.py").text
     assert "distance 0.34 from the retrain" in compare and "closed 0.66 of the forget-AUC gap" in compare

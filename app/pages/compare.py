@@ -14,19 +14,21 @@ st.title("Compare before and after")
 
 
 def ranking_table(rows: list[dict]) -> pd.DataFrame:
-    def change(r):
+    """Rank, title, where do nothing had it (with the move), where the retrain has it, P(like): five columns that
+    fit half a page (six, with the move apart, pushed the retrain's rank and P(like) out of sight)."""
+    def before(r):
         if r["change"] is None:
-            return "new"
-        return f"▲ {r['change']}" if r["change"] > 0 else (f"▼ {-r['change']}" if r["change"] < 0 else "=")
-    return pd.DataFrame([{"rank": r["rank"], "movie": r["title"], "do nothing (rank)": r["rank_before"],
-                          "move": change(r), "retrain (rank)": r.get("rank_retrain"), "P(like)": r["p_like"]}
-                         for r in rows])
+            return f"{r['rank_before']} (new)" if r["rank_before"] is not None else "new"
+        move = f"▲{r['change']}" if r["change"] > 0 else (f"▼{-r['change']}" if r["change"] < 0 else "=")
+        return f"{r['rank_before']} {move}"
+    return pd.DataFrame([{"rank": r["rank"], "movie": r["title"], "do nothing": before(r),
+                          "retrain": r.get("rank_retrain"), "P(like)": r["p_like"]} for r in rows])
 
 
 def colour_moves(value: str) -> str:
-    if value.startswith("▲") or value == "new":
+    if "▲" in value or "new" in value:
         return "color: #2ca02c"
-    return "color: #d62728" if value.startswith("▼") else ""
+    return "color: #d62728" if "▼" in value else ""
 
 
 with state.readable_errors():
@@ -56,13 +58,12 @@ with state.readable_errors():
             table = ranking_table(rank_changes(original, after, ws, int(user), gold=retrain))
             # narrow number columns, so the retrain's rank and P(like) show without scrolling sideways in a half
             # page; a long title is cut in the cell, and shown whole when the cell is clicked
-            narrow = {c: st.column_config.Column(width="small") for c in ("rank", "move", "do nothing (rank)",
-                                                                          "retrain (rank)", "P(like)")}
-            st.dataframe(table.style.map(colour_moves, subset=["move"]).format({"P(like)": "{:.1%}"}),
+            narrow = {c: st.column_config.Column(width="small") for c in ("rank", "do nothing", "retrain", "P(like)")}
+            st.dataframe(table.style.map(colour_moves, subset=["do nothing"]).format({"P(like)": "{:.0%}"}),
                          hide_index=True, width="stretch", key=f"{key}_table",
-                         column_config={**narrow, "movie": st.column_config.TextColumn(width="medium")})
-            st.caption("Top-10 after unlearning, with the rank the original (do nothing) and the retrain "
-                       "(gold) give each movie among all unrated ones.")
+                         column_config={**narrow, "movie": st.column_config.TextColumn(width=170)})
+            st.caption("Top-10 after unlearning, with the rank the original (do nothing, and the move since) and "
+                       "the retrain (gold) give each movie among all unrated ones.")
 
     st.subheader("Against doing nothing and against retrain")
     y = run.get("yardstick")
@@ -73,16 +74,17 @@ with state.readable_errors():
         k1.metric("Distance to retrain", fmt(y.get("retrain_distance")), help="|forget AUC(run) - forget AUC(retrain)| "
                   "/ |forget AUC(original) - forget AUC(retrain)|: 0 = like the retrain, 1 = as far from it as doing "
                   "nothing, in either direction. Every ranking here uses it with the utility cost.")
-        k2.metric("Forget-AUC gap closed (signed)", fmt(closed["auc_forget"]), help="0 = did nothing, 1 = like "
-                  "retrain, > 1 = over-forgetting (past the retrain: itself a membership signal)")
+        k2.metric("Gap closed (signed)", fmt(closed["auc_forget"]), help="Of the forget-AUC gap: 0 = did "
+                  "nothing, 1 = like retrain, > 1 = over-forgetting (past the retrain: itself a membership signal)")
         k3.metric("Utility cost (test AUC lost)", fmt(y["utility_cost"], "{:.4f}"))
         k4.metric("JSD ratio to doing nothing", fmt(y["jsd_ratio"]), help="JSD(run, retrain) / JSD(original, "
                   "retrain) on forget samples; < 1 is closer to retrain than doing nothing")
         attack = run["metrics"].get("mia_never_seen")
         span = lambda b: ("none (a never-seen half has one user)" if None in b  # noqa: E731
                           else f"{b[0]:.3f} to {b[1]:.3f}")
-        k5.metric("Matched attack (0.5 = never seen)", fmt(attack["run"] if attack else None, "{:.3f}"),
-                  help="AUC of an attacker telling the forgotten users' training samples from never-seen users' "
+        k5.metric("Matched attack", fmt(attack["run"] if attack else None, "{:.3f}"),
+                  help="0.5 = never seen. AUC of an attacker telling the forgotten users' training samples from "
+                       "never-seen users' "
                        "samples at the same place in their time lines; the retrain scores about 0.5 by construction"
                        + (f". Do nothing {attack['original']:.3f}, retrain {attack['retrain']:.3f}; run's 95% "
                           f"interval over users: {span(attack['interval']['run'])}" if attack else ""))
@@ -92,8 +94,8 @@ with state.readable_errors():
              "logloss_forget": "log-loss, forget (trained)", "logloss_forget_unseen": "log-loss, forget (unseen)",
              "jsd_forget": "JSD to retrain, forget", "auc_test": "AUC, test", "auc_valid": "AUC, validation",
              "jsd_test": "JSD to retrain, test", "acc_test": "accuracy, test",
-             "mia_never_seen_auc": "matched attack (training period)",
-             "mia_never_seen_valid_auc": "matched attack (validation period)", "mia_auc": "old attack (forget vs test)"}
+             "mia_never_seen_auc": "matched attack, train",
+             "mia_never_seen_valid_auc": "matched attack, valid", "mia_auc": "old attack"}
     table = pd.DataFrame({"this run": run["metrics"], "original (do nothing)": run["original"],
                           "retrain (gold)": run["retrain"]})
     shown = table.loc[[n for n in names if n in table.index]].astype(float).rename(index=names)
