@@ -164,12 +164,7 @@ class StagedProgress:
         self._waiting_since: float | None = None
 
     def _load_costs(self) -> dict[str, float]:
-        measured: dict[str, float] = {}
-        if self.costs_path is not None and Path(self.costs_path).is_file():
-            try:
-                measured = _json.loads(Path(self.costs_path).read_text()).get(self.plan_name, {})
-            except (OSError, ValueError, AttributeError):
-                measured = {}  # an unreadable costs file only costs the estimate
+        measured = _measured_costs(self.plan_name, self.costs_path)
         return {s.name: float(measured.get(s.name, s.seconds)) for s in self.stages}
 
     def _stage_of(self, raw: str) -> int:
@@ -301,15 +296,22 @@ class StderrStages:
             self._bar = None
 
 
+def _measured_costs(plan: str, costs: Path | None) -> dict[str, float]:
+    """The measured seconds per stage of `plan` stored in `costs`; empty when none (an unreadable costs file
+    only costs the estimate)."""
+    if costs is None or not Path(costs).is_file():
+        return {}
+    try:
+        measured = _json.loads(Path(costs).read_text()).get(plan, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return measured if isinstance(measured, dict) else {}
+
+
 def measured_seconds(plan: str, costs: Path | None) -> float | None:
     """What a whole job of `plan` took on this machine, or None where none has finished here yet."""
-    if costs is None or not Path(costs).is_file():
-        return None
-    try:
-        measured = _json.loads(Path(costs).read_text()).get(plan)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(sum(measured.values())) if isinstance(measured, dict) and measured else None
+    measured = _measured_costs(plan, costs)
+    return float(sum(measured.values())) if measured else None
 
 
 def typical_seconds(plan: str, costs: Path | None, cached: tuple[str, ...] = ()) -> float:

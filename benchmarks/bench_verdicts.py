@@ -27,13 +27,12 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.stats import bootstrap
 
 from analysis.config import ModelConfig, TrainConfig
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
+from analysis.study.summary import mean_interval
 from analysis.unlearn.attack import AttackResult
 from analysis.unlearn.lab import unlearn
 from analysis.unlearn.run import UnlearnConfig
@@ -66,20 +65,15 @@ def row(run: dict, arm: str, draw: int, seed: int) -> dict:
             "auc_forget_unseen": m.get("auc_forget_unseen"), "seconds": run["seconds"]}
 
 
-def interval(values: list[float]) -> dict:
-    v = np.array([x for x in values if x is not None], dtype=float)
-    out = {"mean": float(v.mean()) if len(v) else None, "n": int(len(v))}
-    if len(v) > 2 and np.ptp(v) > 0:
-        ci = bootstrap((v,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
-                       rng=np.random.default_rng(0)).confidence_interval
-        out.update(low=float(ci.low), high=float(ci.high))
-    return out
+def interval(values: list[float | None]) -> dict:
+    """Mean [95% bootstrap interval over pairs] of the values present (study.summary.mean_interval)."""
+    return mean_interval([float(x) for x in values if x is not None])
 
 
 def fmt(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
-    if "low" not in stat:
+    if stat["low"] is None:
         return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
 

@@ -193,11 +193,10 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
                          for s in seeds for m in noise_methods], total, (ws, models[t]))
     noise = None
     if len(seed_list) > 1:
-        retrains = {s: {t: retrain_for(ws, m, ws.forget_set(study.request, seed=s), progress)[0]
-                        for t, m in models.items()} for s in seeds}
-        spec = str(ws.forget_set(study.request, seed=seeds[0]).spec)
-        noise = TrainingNoise(spec, *noise_identity(ws, original), seed_list, tuple(
-            draw_noise(ws, s, ws.forget_set(study.request, seed=s), models, retrains[s], seed_list[0], progress)
+        forgets = {s: ws.forget_set(study.request, seed=s) for s in seeds}
+        noise = TrainingNoise(str(forgets[seeds[0]].spec), *noise_identity(ws, original), seed_list, tuple(
+            draw_noise(ws, s, forgets[s], models, {t: retrain_for(ws, m, forgets[s], progress)[0]
+                                                   for t, m in models.items()}, seed_list[0], progress)
             for s in seeds))
 
     circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)

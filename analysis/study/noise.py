@@ -29,7 +29,7 @@ from ..model.adapters import adapter_of
 from ..model.recommender import Recommender
 from ..model.train import train_recommender, training_recipe
 from ..progress import ProgressFn
-from ..unlearn.compare import reference_view, sample_sets
+from ..unlearn.compare import reference_view
 from ..unlearn.yardstick import forget_auc, gap_interval, retrain_distance
 from ..workspace import Workspace
 from .report import list_reports
@@ -119,7 +119,7 @@ def draw_noise(ws: Workspace, draw: int, forget: ForgetSet, originals: dict[int,
                retrains: dict[int, Recommender], own: int, progress: ProgressFn | None = None) -> DrawNoise:
     """`originals` and `retrains` by training seed, `own` the original's seed. Forget scores come from the cached
     reference views, the ones every run of the request was scored with."""
-    labels = sample_sets(ws, forget)["forget"]["label"].to_numpy()
+    labels = forget.forget_samples["label"].to_numpy()  # compare.sample_sets' "forget" set
     scores = lambda rec: reference_view(rec, ws, forget, progress)["scores"]["forget"]  # noqa: E731
     o_scores = {t: scores(m) for t, m in originals.items()}
     r_scores = {t: scores(m) for t, m in retrains.items()}

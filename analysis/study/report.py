@@ -22,7 +22,7 @@ from ..config import CODE_VERSION
 from ..model.recommender import Recommender
 from ..pareto import pareto_front
 from ..workspace import Workspace
-from .tables import ABLATION_COLUMNS, ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows  # noqa: F401
+from .tables import ABLATION_COLUMNS, ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows
 
 REPORTS = "reports"
 REPORT_VERSION = 13  # bump when the report's content changes (its cells stay cached)

@@ -64,12 +64,10 @@ def mean_interval(values: list[float]) -> dict:
     return out
 
 
-def paired_difference(a: list[dict], b: list[dict], key: str, pair_by: tuple[str, ...] = ("seed",)) -> dict:
-    """Mean of a - b over the pairs both ran (deletion draws; with training seeds, (draw, training seed)), with a
-    95% bootstrap interval (scipy) from 3 pairs on."""
-    other = {tuple(r.get(k) for k in pair_by): r[key] for r in b if r.get(key) is not None}
-    diffs = [r[key] - other[tuple(r.get(k) for k in pair_by)] for r in a
-             if r.get(key) is not None and tuple(r.get(k) for k in pair_by) in other]
+def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
+    """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on."""
+    other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
+    diffs = [r[key] - other[r["seed"]] for r in a if r.get(key) is not None and r["seed"] in other]
     out = mean_interval(diffs)
     return {"mean": out["mean"], "n_draws": out["n"], "low": out["low"], "high": out["high"]}
 

@@ -18,7 +18,7 @@ def ranking_table(rows: list[dict]) -> pd.DataFrame:
     fit half a page (six, with the move apart, pushed the retrain's rank and P(like) out of sight)."""
     def before(r):
         if r["change"] is None:
-            return f"{r['rank_before']} (new)" if r["rank_before"] is not None else "new"
+            return "new"  # not in do nothing's list (rank_changes: change is None exactly then)
         move = f"▲{r['change']}" if r["change"] > 0 else (f"▼{-r['change']}" if r["change"] < 0 else "=")
         return f"{r['rank_before']} {move}"
     return pd.DataFrame([{"rank": r["rank"], "movie": r["title"], "do nothing": before(r),
@@ -26,7 +26,7 @@ def ranking_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def colour_moves(value: str) -> str:
-    if "▲" in value or "new" in value:
+    if "▲" in value or value == "new":
         return "color: #2ca02c"
     return "color: #d62728" if "▼" in value else ""
 

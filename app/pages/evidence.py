@@ -9,8 +9,8 @@ from analysis.progress import TIMINGS, measured_seconds, typical_seconds
 from analysis.study import run_and_report
 from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
-from analysis.study.report import (ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, figures, list_reports,
-                                   noise_rows, transfer_rows)
+from analysis.study.report import figures, list_reports, transfer_rows
+from analysis.study.tables import ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows
 from analysis.unlearn.lab import list_runs
 from analysis.watched import run_watched
 from app import state, tables
