@@ -41,7 +41,10 @@ def default_slots(cores: int | None = None) -> int:
 
 
 def threads_per_job(slots: int, cores: int | None = None) -> int:
-    return max(1, (cores or os.cpu_count() or 1) // slots)
+    """The machine's cores shared by the slots; CURE_CORES caps the cores this process may use (two test
+    workers on two cores take one each: two torch jobs that both think they own the machine slow each
+    other 5x or more)."""
+    return max(1, (cores or int(os.environ.get("CURE_CORES") or 0) or os.cpu_count() or 1) // slots)
 
 
 @dataclass(frozen=True)

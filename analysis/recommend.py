@@ -10,14 +10,16 @@ from .model.sequences import PromptBuilder
 from .workspace import Workspace
 
 
-def top_k(rec: Recommender, ws: Workspace, user_id: int, k: int = 10, exclude_rated: bool = True) -> list[dict]:
+def top_k(rec: Recommender, ws: Workspace, user_id: int, k: int = 10, exclude_rated: bool = True,
+          builder: PromptBuilder | None = None) -> list[dict]:
+    """`builder`: one PromptBuilder for many calls (building one indexes every user's time line)."""
     ws.interactions.check_user(user_id)
     if k < 1:
         raise SettingsError(f"k must be at least 1, got {k}")
     frame = ws.interactions.frame
     rated = set(frame.loc[frame["user_id"] == user_id, "item_id"].tolist())
     items = [i for i in sorted(ws.interactions.item_ids) if not (exclude_rated and i in rated)]
-    builder = PromptBuilder(rec.fmt, ws.interactions)
+    builder = builder or PromptBuilder(rec.fmt, ws.interactions)
     scores = rec.score_candidates(builder.latest_context(user_id), [rec.fmt.item_ids(i) for i in items])
     order = np.argsort(-scores, kind="stable")[:k]
     return [
@@ -36,10 +38,12 @@ def rank_changes(before: Recommender, after: Recommender, ws: Workspace, user_id
     rather than "new".
     """
     every = len(ws.interactions.item_ids)
-    rank_before = {r["item_id"]: r["rank"] for r in top_k(before, ws, user_id, k=every)}
-    rank_gold = {r["item_id"]: r["rank"] for r in top_k(gold, ws, user_id, k=every)} if gold is not None else {}
+    builder = PromptBuilder(after.fmt, ws.interactions)  # the three models share one prompt format
+    rank_before = {r["item_id"]: r["rank"] for r in top_k(before, ws, user_id, every, builder=builder)}
+    rank_gold = ({r["item_id"]: r["rank"] for r in top_k(gold, ws, user_id, every, builder=builder)}
+                 if gold is not None else {})
     out = []
-    for row in top_k(after, ws, user_id, k):
+    for row in top_k(after, ws, user_id, k, builder=builder):
         was = rank_before.get(row["item_id"])
         out.append({**row, "rank_before": was, "change": None if was is None else was - row["rank"],
                     "rank_retrain": rank_gold.get(row["item_id"])})

@@ -1,6 +1,16 @@
 """Shared fixtures: the real MovieLens-100K (fetched once into ./cache) and tiny subsets of it."""
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 on two cores (pyproject's addopts): one core per worker, set before torch loads, and inherited
+    # by the CLI subprocesses and the app servers the tests start. Most of a tiny model's time is Python, which
+    # is single-threaded anyway; OpenMP threads that spin while they wait would steal the other worker's core.
+    for name, value in (("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("OMP_WAIT_POLICY", "PASSIVE"),
+                        ("CURE_CORES", "1")):
+        os.environ.setdefault(name, value)
+
 from dataclasses import replace
 from pathlib import Path
 

@@ -64,6 +64,33 @@ def test_trace_splits_the_score_and_shows_attention(app_env):
     assert "a1.h2" in at.get("plotly_chart")[1].proto.spec
 
 
+def test_overview_and_trace_on_the_same_user_and_movie_agree_or_say_why(app_env):
+    """Token by token: Overview's example is the prompt evaluation scores for its sample; Trace, set to the
+    same user and movie, shows the prompt ranking scores (its score is the top-k list's). Where the two
+    prompts differ, both pages say which prompt they show."""
+    from analysis.recommend import top_k
+    from app import state
+
+    overview = open_page()
+    ws, rec = state.workspace(), state.original()
+    sample = ws.interactions.split("test").iloc[0]
+    user, item = int(sample["user_id"]), int(sample["item_id"])
+    assert any(f"target {ws.title(item)}" in c.value for c in overview.caption)  # the example is this sample
+    trace = open_page("trace")
+    trace.selectbox(key="trace_user").set_value(user).run()
+    trace.selectbox(key="trace_item").set_value(item).run()
+    assert not trace.exception
+    shown = {m.label: m.value for m in trace.metric}["Score (logit Yes - No)"]
+    ranked = next(r for r in top_k(rec, ws, user, k=len(ws.interactions.item_ids), exclude_rated=False)
+                  if r["item_id"] == item)
+    assert float(shown) == pytest.approx(ranked["score"], abs=6e-4)  # shown to 3 decimals
+    trace_tokens, overview_tokens = trace.code[0].value.split(" | "), overview.code[0].value.split(" | ")
+    assert all(ws.title(item) in " | ".join(t[-4:]) for t in (trace_tokens, overview_tokens))  # one candidate
+    if trace_tokens != overview_tokens:
+        assert any("first test sample" in c.value and "*latest* history" in c.value for c in overview.caption)
+        assert any("Overview's example is a test sample's own prompt" in c.value for c in trace.caption)
+
+
 def test_circuits_page_selection_reaches_the_lab_and_a_selective_run_completes(app_env):
     at = open_page("circuits")
     assert {m.label for m in at.metric} >= {"Circuit edges", "Recovery", "Spearman vs patching"}

@@ -75,10 +75,13 @@ def test_a_synthetic_over_forgetting_run_never_outranks_a_run_nearer_the_retrain
                             "utility_cost": cost, "auc_test": 0.79, "auc_forget": 0.7, "jsd_forget": 0.01},
                 "original": {"auc_test": 0.80, "auc_forget": 0.75, "jsd_forget": 0.02},
                 "retrain": {"auc_test": 0.797, "auc_forget": 0.72, "jsd_forget": 0.0}}
-    shown = runs_table([stored("over", 0.004), stored("noop", 0.0), stored("near", 0.004)]).data
+    shown = runs_table([stored("over", 0.004), stored("noop", 0.0), stored("near", 0.004)])
     assert list(shown["method"]) == ["near", "noop", "over", "do nothing (original)", "retrain (gold)"]
-    assert list(shown["distance to retrain"])[-2:] == [1.0, 0.0]
-    assert list(shown["utility cost"])[-1] == pytest.approx(0.003)  # the retrain's own cost, beside the runs
+    assert list(shown["distance to retrain"])[-2:] == ["1.00", "0.00"]
+    assert list(shown["utility cost"])[-1] == "+0.0030"  # the retrain's own cost, beside the runs
+    # the references have no steps or lr and no matched attack here: a dash, never None or nan
+    assert list(shown["lr"]) == ["0.0001"] * 3 + ["–", "–"]
+    assert not shown.isin(["None", "nan", "NaN", None]).any().any()
 
 
 # --------------------------------------------------------------- never-seen users

@@ -69,7 +69,8 @@ def model_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: Pro
         scores[name] = rec.score_prompts(builder.prompts(rows))
         progress("score", i + 1, len(sets))
     users = ranking_users(ws, forget)
-    top = {str(u): [r["item_id"] for r in top_k(rec, ws, u, RANK_K)] for side in users.values() for u in side}
+    top = {str(u): [r["item_id"] for r in top_k(rec, ws, u, RANK_K, builder=builder)]
+           for side in users.values() for u in side}
     return {"scores": scores, "top10": top}
 
 

@@ -49,7 +49,7 @@ with state.readable_errors():
         if runs:
             st.caption("The runs made so far, nearest the retrain first, with do nothing and the retrain beside them "
                        "(one deletion draw and one training seed each: a study repeats them).")
-            st.dataframe(tables.runs_table(runs), width="stretch", hide_index=True, key="ev_known_runs")
+            tables.show_runs(runs, key="ev_known_runs")
         else:
             st.caption("No runs of this request yet: the Unlearning lab makes one, or a quick study makes many.")
         st.stop()

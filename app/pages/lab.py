@@ -100,6 +100,6 @@ with state.readable_errors():
     runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
     st.subheader(f"Runs for {request} ({len(runs)})")
     if runs:
-        st.dataframe(tables.runs_table(runs), width="stretch", hide_index=True, key="lab_runs")
+        tables.show_runs(runs, key="lab_runs")
     else:
         st.caption("No runs yet for this request.")
