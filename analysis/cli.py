@@ -283,8 +283,9 @@ def _warm(args, ws, progress) -> dict:
     rec = train_recommender(ws, None, ModelConfig(), TrainConfig(), progress=progress)
     forget = ws.forget_set(args.forget or DEFAULT_REQUEST, seed=args.forget_seed)
     retrain, _ = retrain_for(ws, rec, forget, progress)
-    circuits = discover_circuits(ws, rec, forget, CircuitSettings(), GroupThresholds(), progress)
-    discover_groups(ws, rec, forget, CircuitSettings(), GroupThresholds(), progress)  # reuses the full result
+    settings = CircuitSettings.from_env()  # the app's own
+    circuits = discover_circuits(ws, rec, forget, settings, GroupThresholds(), progress)
+    discover_groups(ws, rec, forget, settings, GroupThresholds(), progress)  # reuses the full result
     for model in (rec, retrain):
         reference_view(model, ws, forget, progress)
     return {"forget": forget.summary(), "model_dir": str(rec.path), "retrain_dir": str(retrain.path),

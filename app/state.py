@@ -261,10 +261,7 @@ def circuit_settings():
 
     if "circuit_settings" not in st.session_state:
         st.session_state["circuit_settings"] = (
-            CircuitSettings(n_prompts=int(os.environ.get("CURE_N_PROMPTS", CircuitSettings.n_prompts)),
-                            stability_seeds=int(os.environ.get("CURE_STABILITY_SEEDS", CircuitSettings.stability_seeds)),
-                            retain_samples=int(os.environ.get("CURE_RETAIN_SAMPLES", CircuitSettings.retain_samples))),
-            GroupThresholds())
+            CircuitSettings.from_env(), GroupThresholds())
     return st.session_state["circuit_settings"]
 
 

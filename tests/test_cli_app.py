@@ -157,7 +157,9 @@ def test_warm_prepares_a_request_and_the_cli_prints_its_stages(tmp_path, tiny_da
     import sys
 
     folder = write_ml100k_folder(tiny_data, tmp_path / "ml")
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    # the app's circuit settings as the app tests set them: warm prepares what the app will ask for
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent), "CURE_N_PROMPTS": "8",
+           "CURE_STABILITY_SEEDS": "2", "CURE_RETAIN_SAMPLES": "2"}
     base = [sys.executable, "-m", "analysis.cli"]
     common = ["--data", str(folder), "--history", "5", "--cache", str(tmp_path / "cache"), "--json"]
     out = subprocess.run(base + ["warm", "--forget", "users:0.2"] + common, capture_output=True, text=True, env=env,
@@ -165,6 +167,8 @@ def test_warm_prepares_a_request_and_the_cli_prints_its_stages(tmp_path, tiny_da
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert sum(result["groups"].values()) > 0 and Path(result["circuits"]).is_dir()
+    stored = json.loads((Path(result["circuits"]) / "circuit.json").read_text())["settings"]
+    assert (stored["n_prompts"], stored["stability_seeds"], stored["retain_samples"]) == (8, 2, 2)  # the env's
     assert "[1/3] retrain" in out.stderr and "[3/3] reference views" in out.stderr
     again = subprocess.run(base + ["warm", "--forget", "users:0.2"] + common, capture_output=True, text=True, env=env,
                            timeout=600)

@@ -10,6 +10,7 @@ reuses a full result when one is cached.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -90,6 +91,14 @@ class CircuitSettings:
         if self.targets == "auto":
             return spec.level == "genre" and self.corruption not in (Corruption.SHUFFLE, Corruption.MEAN)
         return self.targets == "replace"
+
+    @classmethod
+    def from_env(cls) -> "CircuitSettings":
+        """The app's settings: the defaults, or CURE_N_PROMPTS, CURE_STABILITY_SEEDS and CURE_RETAIN_SAMPLES
+        where set. `cure warm` reads the same, so what it prepares is what the app then asks for."""
+        return cls(n_prompts=int(os.environ.get("CURE_N_PROMPTS") or cls.n_prompts),
+                   stability_seeds=int(os.environ.get("CURE_STABILITY_SEEDS") or cls.stability_seeds),
+                   retain_samples=int(os.environ.get("CURE_RETAIN_SAMPLES") or cls.retain_samples))
 
     def key(self) -> dict:
         d = asdict(self)
