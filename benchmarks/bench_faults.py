@@ -121,13 +121,11 @@ class Harness:
 
         return len(dead_tmp_folders(self.cache / {"train": "models", "circuits": "circuits", "unlearn": "runs"}[job]))
 
-    def corrupt_and_rebuild(self, job: str, variant: int) -> dict:
-        """Flip a byte in the job's stored artefact; the next call must quarantine it and rebuild."""
+    def corrupt_and_rebuild(self, job: str, variant: int, built: dict) -> dict:
+        """Flip a byte in the artefact the job's clean run stored (`built`: its JSON output); the next call
+        must quarantine it and rebuild."""
         name = {"train": "model.safetensors", "circuits": "circuit.json", "unlearn": "run.json"}[job]
-        first = self.run(job_argv(job, variant))
-        if first.returncode:
-            raise RuntimeError(first.stderr[-2000:])
-        where = json.loads(first.stdout)[{"train": "model_dir", "circuits": "path", "unlearn": "run_dir"}[job]]
+        where = built[{"train": "model_dir", "circuits": "path", "unlearn": "run_dir"}[job]]
         target = Path(where) / name
         blob = bytearray(target.read_bytes())
         blob[len(blob) // 2] ^= 0xFF
@@ -147,13 +145,13 @@ def run_faults(data: Path, cache: Path, kills_per_job: int, seed: int = 0, log=p
     t0 = time.perf_counter()
     original = h.original()
     before = tree_digest(original)
-    typical = {}
+    typical, clean = {}, {}
     for job in ("train", "circuits", "unlearn"):  # one clean run each: the span kills are drawn from
         t = time.perf_counter()
         out = h.run(job_argv(job, 0))
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
-        typical[job] = time.perf_counter() - t
+        typical[job], clean[job] = time.perf_counter() - t, json.loads(out.stdout)
     kills = []
     for k in range(kills_per_job):
         for job in ("train", "circuits", "unlearn"):
@@ -161,7 +159,7 @@ def run_faults(data: Path, cache: Path, kills_per_job: int, seed: int = 0, log=p
             log(f"{job:<9} variant {kill.variant:>3} kill at {kill.delay:5.1f} s  killed={kill.killed}  "
                 f"partial={kill.partial_entries}  rerun_ok={kill.rerun_ok}  dead_tmp_after={kill.dead_tmp_after_rerun}")
             kills.append(kill)
-    corruptions = [h.corrupt_and_rebuild(job, 0) for job in ("train", "circuits", "unlearn")]
+    corruptions = [h.corrupt_and_rebuild(job, 0, clean[job]) for job in ("train", "circuits", "unlearn")]
     return {"kills": [asdict(k) for k in kills], "corruptions": corruptions, "typical_seconds": typical,
             "original_unchanged": tree_digest(original) == before, "seconds": time.perf_counter() - t0,
             "n_killed": sum(k.killed for k in kills), "partial_entries": sum(k.partial_entries for k in kills),

@@ -249,7 +249,9 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     from analysis.circuits.discover import CircuitSettings
     from analysis.study.grid import StudyConfig
 
-    tiny = StudyConfig(seeds=(0,), lrs=(0.003,), rates=("users:0.1",), levels=("users:0.1", "genre:Drama"), steps=2,
+    # one request throughout (the rates and levels sections reuse the Pareto cells): the page's plumbing is under
+    # test here; every section's content is tests/test_study.py's
+    tiny = StudyConfig(seeds=(0,), lrs=(0.003,), rates=("users:0.1",), levels=("users:0.1",), steps=2,
                        circuits=CircuitSettings(n_prompts=8, stability_seeds=2), training_seeds=1)  # as quick
     monkeypatch.setattr(StudyConfig, "quick", classmethod(lambda cls: tiny))  # the real quick grid takes minutes
     at = open_page("evidence")

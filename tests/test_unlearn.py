@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -261,3 +262,22 @@ def test_a_model_without_a_recorded_recipe_cannot_be_retrained(tiny_rec):
     foreign = SimpleNamespace(meta={"model_config": {}}, path="/models/foreign")  # e.g. a hand-made checkpoint
     with pytest.raises(SettingsError, match="foreign: no training recipe recorded, so there is no retrain"):
         training_recipe(foreign, "there is no retrain to compare with")
+
+
+def test_one_scoring_pass_over_the_distinct_samples_equals_scoring_each_set(tiny_ws, tiny_rec):
+    """model_view scores every sample set from one pass over their distinct samples (the sets overlap):
+    each set's scores equal scoring its own prompts alone."""
+    from analysis.model.sequences import PromptBuilder
+    from analysis.unlearn.compare import sample_sets, score_sets
+
+    forget = tiny_ws.forget_set("users:0.2")
+    sets = sample_sets(tiny_ws, forget)
+    builder = PromptBuilder(tiny_rec.fmt, tiny_ws.interactions)
+    together = score_sets(tiny_rec, builder, sets)
+    assert set(together) == set(sets)
+    total = sum(len(rows) for rows in sets.values())
+    distinct = len(pd.concat([rows[["user_id", "pos", "item_id"]] for rows in sets.values()]).drop_duplicates())
+    assert distinct < total  # the sets do overlap: the pass is shorter than the sum
+    for name, rows in sets.items():
+        alone = tiny_rec.score_prompts(builder.prompts(rows))
+        assert together[name] == pytest.approx(alone, abs=1e-5), name
