@@ -227,6 +227,18 @@ def saved_model(path: str) -> Recommender:
     return _saved_model(path, workspace(), _compute())
 
 
+def ranking_agreement(run_dir: str, run: Recommender, original: Recommender, forget) -> dict:
+    """compare.ranking_agreement of a stored run, once per run and session (a study's runs store none)."""
+    return _ranking_agreement(run_dir, run, original, forget, workspace())
+
+
+@st.cache_data(show_spinner="Ranking the ranking users' movies with this run (a study's runs skip it) ...")
+def _ranking_agreement(run_dir: str, _run: Recommender, _original: Recommender, _forget, _ws: Workspace) -> dict:
+    from analysis.unlearn.compare import ranking_agreement as agreement
+
+    return agreement(_run, _original, _ws, _forget)
+
+
 def _compute() -> str:
     """The active compute of this script run (set by app.main), as a cache key for models on a device."""
     from analysis.compute import current

@@ -271,3 +271,10 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     assert set(transfer["cure with"]) == {"skipped: needs at least two deletion draws (seeds)",
                                            "skipped: no second dataset given (cure study --transfer-data "
                                            "latest-small, or a local dataset folder)"}
+    # Compare on the newest of the study's runs: study cells store no ranking agreement, the page computes it
+    from analysis.unlearn.lab import list_runs
+
+    assert list_runs(Path(app_env["CURE_CACHE"]))[0]["ranking_agreement"] is None
+    compare = open_page("compare")
+    kept = [c.value for c in compare.caption if c.value.startswith("Top-10 kept (share of items): forget users ")]
+    assert kept and "forget users n/a" not in kept[0], kept

@@ -281,3 +281,21 @@ def test_one_scoring_pass_over_the_distinct_samples_equals_scoring_each_set(tiny
     for name, rows in sets.items():
         alone = tiny_rec.score_prompts(builder.prompts(rows))
         assert together[name] == pytest.approx(alone, abs=1e-5), name
+
+
+def test_a_run_stored_without_rankings_gets_its_agreement_on_demand(tiny_ws, tiny_rec):
+    """A study's cells skip the top-10 lists (no section reads them); Compare computes the agreement later,
+    and it equals what comparing with rankings stores."""
+    from analysis.model.recommender import load_recommender
+    from analysis.unlearn.compare import compare_to_retrain, ranking_agreement
+    from analysis.unlearn.lab import retrain_for
+
+    forget = tiny_ws.forget_set("users:0.2")
+    run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="npo", steps=2, batch_size=8), rankings=False)
+    assert run["ranking_agreement"] is None and run["metrics"]["retrain_distance"] is not None
+    model = load_recommender(run["model_dir"], tiny_ws.data)
+    later = ranking_agreement(model, tiny_rec, tiny_ws, forget)
+    retrain, _ = retrain_for(tiny_ws, tiny_rec, forget)
+    stored = compare_to_retrain(model, retrain, tiny_rec, tiny_ws, forget)["ranking_agreement"]
+    assert later == stored and set(later) == {"forget_users", "retain_users"}
+    assert all(0.0 <= v <= 1.0 for v in later.values() if v is not None)

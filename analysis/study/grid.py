@@ -93,7 +93,9 @@ class Cell:
 
 
 def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
-    run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress)
+    # no top-10 lists: no section reads them (Compare computes a study run's ranking agreement on demand)
+    run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress,
+                  rankings=False)
     relative = {"gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
                 "retrain_distance": run["metrics"].get("retrain_distance"),
                 "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}

@@ -55,10 +55,13 @@ def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
 
 
 def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
-            progress: ProgressFn | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
+            progress: ProgressFn | None = None, on_step: Callable[[dict], None] | None = None,
+            rankings: bool = True) -> dict:
     """Run (or load) one unlearning configuration; returns the stored run.json plus its folder.
 
-    `on_step` receives each step's curve row while the run goes (for live plots).
+    `on_step` receives each step's curve row while the run goes (for live plots). Without `rankings` the
+    run stores no ranking agreement (compare.ranking_agreement computes it when Compare shows the run);
+    the key does not change, since the run itself is the same.
     """
     progress = or_silent(progress)
 
@@ -91,7 +94,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             model_rec = Recommender(model, original.tokenizer, original.fmt, meta)
             model_rec.save(tmp / MODEL)
             model_rec = load_recommender(tmp / MODEL, ws.data, check=False)
-        comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress)
+        comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress, rankings)
         write_json_atomic(tmp / RUN, {
             "method": cfg.method.value, "config": cfg.key(), "forget": forget.summary(),
             "seconds": steps["seconds"], "retrain_seconds": retrain.meta["training"]["train_seconds"],

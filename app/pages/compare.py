@@ -121,7 +121,8 @@ with state.readable_errors():
     st.download_button("Download this run's numbers (full precision, JSON)", json.dumps(full, indent=1, default=str),
                        file_name=f"run-{run['run_dir'].split('/')[-1]}.json", mime="application/json",
                        key="cmp_download")
-    agree = run["ranking_agreement"]
+    # a study's runs store none (their cells skip rankings): computed here, for this run only
+    agree = run["ranking_agreement"] or state.ranking_agreement(run["run_dir"], after, original, forget)
     show = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
     stopped = (run.get("stopped") or {}).get("reason", "")
     st.caption(f"Top-10 kept (share of items): forget users {show(agree['forget_users'])}, retained users "
