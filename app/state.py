@@ -234,9 +234,9 @@ def ranking_agreement(run_dir: str, run: Recommender, original: Recommender, for
 
 @st.cache_data(show_spinner="Ranking the ranking users' movies with this run (a study's runs skip it) ...")
 def _ranking_agreement(run_dir: str, _run: Recommender, _original: Recommender, _forget, _ws: Workspace) -> dict:
-    from analysis.unlearn.compare import ranking_agreement as agreement
+    from analysis.unlearn import compare
 
-    return agreement(_run, _original, _ws, _forget)
+    return compare.ranking_agreement(_run, _original, _ws, _forget)
 
 
 def _compute() -> str:

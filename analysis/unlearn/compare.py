@@ -177,7 +177,7 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
         metrics[name] = _metrics(s, sets)
         metrics[name]["jsd_forget"] = jsd(s["forget"], views["retrain"]["scores"]["forget"])
         metrics[name]["jsd_test"] = jsd(s["test"], views["retrain"]["scores"]["test"])
-    agreement = (_agreement(views["original"]["top10"], views["run"]["top10"], ws, forget) if rankings else None)
+    agreement = _agreement(views["original"]["top10"], views["run"]["top10"], ws, forget) if rankings else None
     relative = yardstick({name: view["scores"]["forget"] for name, view in views.items()},
                          sets["forget"]["label"].to_numpy(), metrics)
     metrics["run"].update({k: relative[k] for k in ("gap_closed", "retrain_distance", "jsd_ratio", "utility_cost")})
