@@ -76,6 +76,35 @@ def test_patching_nothing_is_clean_and_everything_is_the_corrupted_run(tiny_ws, 
     assert clean - effects[1] == pytest.approx(_metric_of(any_rec, ps.corrupt, ps.labels), abs=1e-4)
 
 
+def test_the_yes_no_readout_equals_the_metric_read_from_the_full_logits(tiny_ws, any_rec):
+    """The runner reads the metric through W_U[:, yes] - W_U[:, no] and stops before the unembedding;
+    the same interventions with every logit computed give the same metric and the same gradients."""
+    runner = GraphRunner(load_bridge(any_rec), any_rec)
+    ps = _prompts(tiny_ws, any_rec, n=6)
+    tokens = torch.from_numpy(pad_batch(ps.clean, runner.pad_id))
+    corrupt_tokens = torch.from_numpy(pad_batch(ps.corrupt, runner.pad_id, tokens.shape[1]))
+    last = torch.tensor([len(p) - 1 for p in ps.clean])
+    sign = torch.as_tensor(ps.labels * 2 - 1, dtype=torch.float32)
+    remove = torch.rand(runner.graph.allowed.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+
+    def both(fn):
+        runner.full_logits = False
+        fast = fn()
+        runner.full_logits = True
+        full = fn()
+        runner.full_logits = False
+        return fast, full
+
+    corrupt = runner.outputs(corrupt_tokens)
+    fast, full = both(lambda: runner.patched_metric(tokens, last, sign, corrupt, remove))
+    assert float(fast.abs().max()) > 0.01  # the metric is not trivially zero
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    (g_fast, m_fast), (g_full, m_full) = both(lambda: runner.input_grads(tokens, last, sign))
+    torch.testing.assert_close(m_fast, m_full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_fast, g_full, atol=1e-5, rtol=1e-5)
+    assert float(g_fast.abs().max()) > 0
+
+
 def patch_effects_for(runner, ps, masks):
     from analysis.circuits.attribution import patch_effects
 

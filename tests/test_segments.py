@@ -81,3 +81,40 @@ def test_block_rules_match_the_block_by_block_definition(setting, option):
         assert torch.allclose(step.forget_part[n], fp[n], atol=1e-6), n
     moved = {m for m in table.owners if float(flat(fp, table.owners[m]).abs().sum()) > 0}
     assert set(step.updated) == moved and len(moved) > 0
+
+
+def test_the_sorted_reduction_for_accelerators_equals_index_add(setting):
+    """Off the CPU the block sums are a segmented reduction over elements sorted by block (no atomics);
+    run here on the CPU, it must give the sums index_add gives."""
+    from analysis.unlearn.segments import segments
+
+    rec, table = setting
+    params = dict(rec.model.named_parameters())
+    torch.manual_seed(2)
+    seg = segments(table, params)
+    assert seg.by_block is None  # the CPU keeps index_add
+    a, b = (torch.randn(sum(p.numel() for p in params.values())) for _ in range(2))
+    fast, sorted_ = seg.block_sums(a, a * b), seg.sorted_path().block_sums(a, a * b)
+    assert fast.shape == (seg.n_blocks, 2) and fast.dtype == torch.float64
+    torch.testing.assert_close(sorted_, fast, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(seg.sorted_path().node_sums(sorted_), seg.node_sums(fast), atol=1e-9, rtol=1e-9)
+
+
+def test_a_plan_built_once_gives_the_rules_of_every_later_step(setting):
+    """CURE fixes its per-element coefficients once per run; a second step's gradients through the same
+    plan give what the rules built afresh give."""
+    from analysis.unlearn.methods import CircuitPlan
+
+    rec, table = setting
+    params = dict(rec.model.named_parameters())
+    cycle = [Group.FORGET, Group.RETAIN, Group.SHARED, Group.INACTIVE]
+    groups = {m: cycle[i % 4] for i, m in enumerate(table.owners)}
+    torch.manual_seed(3)
+    first = {n: torch.randn_like(p) for n, p in params.items()}
+    plan = CircuitPlan.build(table, first, groups, 0.7, RetainSpecific.FREEZE)
+    g_f = {n: torch.randn_like(p) for n, p in params.items()}
+    g_r = {n: -g_f[n] + torch.randn_like(p) for n, p in params.items()}
+    again, fresh = plan.step(g_f, g_r, table), circuit_rules(g_f, g_r, 0.7, table, groups, RetainSpecific.FREEZE)
+    for n in params:
+        assert torch.equal(again.direction[n], fresh.direction[n]) and torch.equal(again.forget_part[n], fresh.forget_part[n])
+    assert again.updated == fresh.updated and again.rules == fresh.rules

@@ -169,6 +169,9 @@ def test_every_method_runs_on_a_copy_and_is_compared_with_retrain(tiny_ws, tiny_
             assert 0 <= run["conflict"][when]["negative_share"] <= 1
         assert 0 <= run["conflict"]["applied"]["negative_share"] <= 1
         assert (tiny_ws.root / "runs" / run["run_dir"].split("/")[-1] / "model" / "model.safetensors").is_file()
+        assert {"forward", "backward", "rule", "conflict maps"} <= set(run["stage_seconds"])
+        assert sum(run["stage_seconds"].values()) <= run["seconds"] + sum(  # the split never exceeds the run
+            v for k, v in run["stage_seconds"].items() if k == "conflict before/after") + 1e-6
     assert run["run_dir"] in {r["run_dir"] for r in list_runs(tiny_ws.root)}
 
 
@@ -299,3 +302,34 @@ def test_a_run_stored_without_rankings_gets_its_agreement_on_demand(tiny_ws, tin
     stored = compare_to_retrain(model, retrain, tiny_rec, tiny_ws, forget)["ranking_agreement"]
     assert later == stored and set(later) == {"forget_users", "retain_users"}
     assert all(0.0 <= v <= 1.0 for v in later.values() if v is not None)
+
+
+def test_npo_reads_the_originals_forget_scores_once_per_sample_for_the_whole_run(tiny_ws, tiny_rec):
+    """The frozen original's scores are remembered per forget sample: a second epoch costs no reference
+    pass, and the remembered scores equal scoring the batch afresh."""
+    from analysis.unlearn.registry import StepContext, reference_forget_scores
+    from analysis.unlearn.run import Batches
+
+    forget = tiny_ws.forget_set("users:0.2")
+    batches = Batches(tiny_ws, tiny_rec, forget, 8, 0)
+    calls = []
+
+    def score(model, prompts):
+        calls.append(len(prompts))
+        return tiny_rec_scores(model, prompts)
+
+    def tiny_rec_scores(model, prompts):
+        from analysis.unlearn.objectives import prompt_scores
+        return prompt_scores(model, prompts, tiny_rec.pad_id, tiny_rec.fmt.yes_id, tiny_rec.fmt.no_id)
+
+    memo: dict = {}
+    n = len(forget.forget_samples)
+    epochs = batches.forget_epochs()
+    for _ in range(2 * -(-n // 8)):  # two epochs
+        fp, fl, rows = next(epochs)
+        ctx = StepContext(tiny_rec.model, tiny_rec.model.eval(), score, fp, fl, [], torch.zeros(0), None, None, None,
+                          None, None, run_memo=memo, forget_rows=rows)
+        remembered = reference_forget_scores(ctx)
+        with torch.no_grad():
+            torch.testing.assert_close(remembered, tiny_rec_scores(tiny_rec.model, fp), atol=1e-5, rtol=1e-5)
+    assert sum(calls) == n and len(memo["reference_forget"]) == n  # each sample scored once, in epoch one

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 INPUT_HOOK = "blocks.0.hook_resid_pre"  # embeddings (+ positions): the graph's input node
 LOGITS_IN_HOOK = "ln_final.hook_in"  # the residual stream the unembedding reads
+READOUT_HOOK = "ln_final.hook_out"  # the normalised residual: the metric is read here, the unembedding skipped
 
 
 def hook_z(layer: int) -> str:

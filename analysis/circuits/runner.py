@@ -12,6 +12,12 @@ One primitive, `patched_metric`, serves every intervention: each downstream inpu
 Σ_u remove[u, d] · (out_u - corrupt_u) taken out, with out_u from the *same* run. A single
 edge, a whole node (all its out-edges), the complement of a circuit and the empty circuit
 (= the corrupted run) are all masks over the same (n_upstream x n_downstream) grid.
+
+The metric is read through the Yes - No direction of the unembedding at `ln_final.hook_out`,
+and the run stops there (TransformerLens's own StopAtLayerException): the full vocabulary's
+logits are never computed. On a GPT-2-Large-shaped model (vocabulary 50,257, d 1280) the
+unembedding of every position was more arithmetic than two transformer layers; on the default
+model it is equal to the full-logit metric to float rounding (`tests/test_circuits.py`).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 
 from ..model.recommender import Recommender
 from .graph import CircuitGraph
-from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
+from .hooks import INPUT_HOOK, LOGITS_IN_HOOK, READOUT_HOOK, hook_attn_in, hook_mlp_in, hook_mlp_out, hook_z
 from .nodes import Kind, NodeTable, hook_post
 from .ownership import mlp_out_weight, recommender_table, vocab_roles
 
@@ -48,6 +54,14 @@ class GraphRunner:
         with torch.no_grad():
             self.w_o = [bridge.blocks[l].attn.W_O.detach() for l in range(self.n_layers)]  # (H, d_head, d)
         self.yes, self.no = rec.fmt.yes_id, rec.fmt.no_id
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException  # the bridge loaded it already
+
+        self._stop = StopAtLayerException
+        self.full_logits = False  # True: compute every logit and read the metric there (the readout's reference)
+        with torch.no_grad():  # logit(Yes) - logit(No) = h . (W_U[:, yes] - W_U[:, no]) + (b_U[yes] - b_U[no])
+            self.direction = (bridge.W_U[:, self.yes] - bridge.W_U[:, self.no]).detach()
+            b_u = getattr(bridge, "b_U", None)
+            self.offset = (b_u[self.yes] - b_u[self.no]).detach() if b_u is not None else 0.0
         self.pad_id = rec.pad_id
         up = {n: i for i, n in enumerate(self.graph.upstream)}
         down = {n: j for j, n in enumerate(self.graph.downstream)}
@@ -89,12 +103,16 @@ class GraphRunner:
     def down_logits(self) -> int:
         return self._down_logits
 
-    def metric(self, logits: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        """Per prompt: logit difference toward the true label at the answer position."""
+    def full_logit_metric(self, logits: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """The metric from the full logits (what the readout replaces; kept as its test's reference)."""
         rows = torch.arange(len(last))
         return sign * (logits[rows, last, self.yes] - logits[rows, last, self.no])
 
-    def _run(self, tokens: torch.Tensor, hooks: list[tuple[str, object]]) -> torch.Tensor:
+    def _run(self, tokens: torch.Tensor, hooks: list[tuple[str, object]], last: torch.Tensor | None = None,
+             sign: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Run with hooks that must fire. With `last` and `sign`: the metric per prompt, read off the
+        normalised final residual at the answer position; without: nothing (outputs are in the hooks).
+        Either way the run stops before the unembedding."""
         fired: set[str] = set()
 
         def tracked(name, fn):
@@ -103,11 +121,21 @@ class GraphRunner:
                 return fn(x)
             return name, hook
 
-        logits = self.bridge.run_with_hooks(tokens, fwd_hooks=[tracked(n, f) for n, f in hooks])
+        def readout(x):
+            if last is None:
+                raise self._stop(None)
+            h = x[torch.arange(len(last)), last]
+            raise self._stop(sign * (h @ self.direction + self.offset))
+
+        if not self.full_logits:
+            hooks = [*hooks, (READOUT_HOOK, readout)]
+        result = self.bridge.run_with_hooks(tokens, fwd_hooks=[tracked(n, f) for n, f in hooks])
         missing = {n for n, _ in hooks} - fired
         if missing:  # an attribution over a hook that never fired would be silently zero
             raise RuntimeError(f"hooks did not fire: {sorted(missing)}")
-        return logits
+        if self.full_logits:
+            return None if last is None else self.full_logit_metric(result, last, sign)
+        return result
 
     def _head_result(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bthe,hed->bthd", z, self.w_o[layer])
@@ -171,7 +199,7 @@ class GraphRunner:
             hooks.append((hook_mlp_in(l), keep(self.down_mlp(l))))
         hooks.append((LOGITS_IN_HOOK, keep(self.down_logits)))
         with torch.enable_grad():
-            metric = self.metric(self._run(tokens, hooks), last, sign)
+            metric = self._run(tokens, hooks, last, sign)
             order = sorted(store)
             grads = torch.autograd.grad(metric.sum(), [store[k] for k in order])
         shaped = [g if g.dim() == 4 else g[:, :, None] for g in grads]
@@ -214,15 +242,15 @@ class GraphRunner:
             hooks.append((hook_mlp_in(l), subtract(self.down_mlp(l))))
             hooks.append((hook_mlp_out(l), track(self.up_mlp(l), 1, lambda x: x[:, :, None])))
         hooks.append((LOGITS_IN_HOOK, subtract(self.down_logits)))
-        return self.metric(self._run(tokens, hooks), last, sign)
+        return self._run(tokens, hooks, last, sign)
 
     @torch.no_grad()
     def patched_input(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor,
                       delta: torch.Tensor) -> torch.Tensor:
         """Metric per prompt with `delta` (B, T, d) taken out of the embedding output: patching an
         embedding role or item row = its positions fed their counterfactual input."""
-        return self.metric(self._run(tokens, [(INPUT_HOOK, lambda x: x - delta)]), last, sign)
+        return self._run(tokens, [(INPUT_HOOK, lambda x: x - delta)], last, sign)
 
     @torch.no_grad()
     def clean_metric(self, tokens: torch.Tensor, last: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        return self.metric(self._run(tokens, []), last, sign)
+        return self._run(tokens, [], last, sign)

@@ -61,23 +61,37 @@ class ConflictMap:
         return cls(d["modules"], d["cos"], d["forget_norm"], d["retain_norm"])
 
 
+def conflict_maps(table: NodeTable, second: dict[str, torch.Tensor], firsts: list[dict[str, torch.Tensor]],
+                  modules: list[list[str] | None]) -> list[ConflictMap]:
+    """Per-node cosines of several first vectors (gradients or updates) against one second vector, over the
+    slices each node owns, in one pass: a run measures three maps per step against its retain gradient.
+
+    Vectorised over all nodes at once (see segments.py); `tests/test_segments.py` checks it against the
+    node-by-node definition. Products are taken in the accumulation precision (float64 but on MPS).
+    """
+    seg = segments(table, second)
+    r = seg.flat(second).to(seg.accumulate)
+    columns = [r * r]
+    for first in firsts:
+        f = seg.flat(first).to(seg.accumulate)
+        columns += [f * r, f * f]
+    sums = seg.node_sums(seg.block_sums(*columns))  # (nodes, 1 + 2 per first vector)
+    rn = sums[:, 0].sqrt()
+    position = {n: i for i, n in enumerate(seg.nodes)}
+    maps = []
+    for k, names in enumerate(modules):
+        dot, fn = sums[:, 1 + 2 * k], sums[:, 2 + 2 * k].sqrt()
+        cos = torch.where((fn > 0) & (rn > 0), dot / (fn * rn).clamp_min(1e-300), torch.zeros_like(dot))
+        names = list(names) if names is not None else list(seg.nodes)
+        pick = torch.tensor([position[m] for m in names], dtype=torch.long, device=cos.device)
+        maps.append(ConflictMap(names, cos[pick].tolist(), fn[pick].tolist(), rn[pick].tolist()))
+    return maps
+
+
 def conflict_map(table: NodeTable, forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
                  modules: list[str] | None = None) -> ConflictMap:
-    """Per-node cosine between two {param name: tensor} dicts (gradients or updates), over the slices it owns.
-
-    Vectorised over all nodes at once (see segments.py); `tests/test_unlearn.py` checks it
-    against the node-by-node definition.
-    """
-    seg = segments(table, forget)
-    f, r = seg.flat(forget).double(), seg.flat(retain).double()
-    dot = seg.node_sums(seg.block_sums(f * r))
-    ff, rr = seg.node_sums(seg.block_sums(f * f)), seg.node_sums(seg.block_sums(r * r))
-    fn, rn = ff.sqrt(), rr.sqrt()
-    cos = torch.where((fn > 0) & (rn > 0), dot / (fn * rn).clamp_min(1e-300), torch.zeros_like(dot))
-    position = {n: i for i, n in enumerate(seg.nodes)}
-    names = list(modules) if modules is not None else list(seg.nodes)
-    pick = torch.tensor([position[m] for m in names], dtype=torch.long)
-    return ConflictMap(names, cos[pick].tolist(), fn[pick].tolist(), rn[pick].tolist())
+    """Per-node cosine between two {param name: tensor} dicts (gradients or updates), over the slices it owns."""
+    return conflict_maps(table, retain, [forget], [modules])[0]
 
 
 def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -27,11 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..circuits.groups import Group
 from ..circuits.nodes import NodeTable
-from .methods import Grads, Method, RetainSpecific, Step, circuit_rules, pcgrad, uniform
+from .methods import CircuitPlan, Grads, Method, RetainSpecific, Step, pcgrad, uniform
 from .objectives import ga_loss, kl_to_reference, npo_loss
 
 
@@ -55,17 +56,34 @@ class StepContext:
     groups: dict[str, Group] | None = None
     retain_specific: RetainSpecific = RetainSpecific.FREEZE
     saliency: dict[str, torch.Tensor] | None = None  # salun: {param: bool mask}
-    extra: dict = field(default_factory=dict)
+    # kept across one run's steps (the loop hands every step the same dict): what a rule fixes once per run,
+    # the frozen original's scores of forget samples already seen
+    run_memo: dict = field(default_factory=dict)
+    forget_rows: np.ndarray | None = None  # the forget batch's positions in the forget set (None: drawn apart)
 
 
 def bce_ascent(ctx: StepContext) -> torch.Tensor:
     return ga_loss(ctx.forget_scores, ctx.forget_labels)
 
 
+def reference_forget_scores(ctx: StepContext) -> torch.Tensor:
+    """The frozen original's scores of the forget batch, remembered per forget sample for the run: the first
+    epoch scores each sample once (the same forward pass as before), later epochs read them."""
+    if ctx.forget_rows is None:
+        with torch.no_grad():
+            return ctx.score(ctx.reference, ctx.forget_prompts)
+    memo = ctx.run_memo.setdefault("reference_forget", {})
+    rows = [int(r) for r in ctx.forget_rows]
+    missing = [i for i, r in enumerate(rows) if r not in memo]
+    if missing:
+        with torch.no_grad():
+            scores = ctx.score(ctx.reference, [ctx.forget_prompts[i] for i in missing])
+        memo.update({rows[i]: s for i, s in zip(missing, scores)})
+    return torch.stack([memo[r] for r in rows])
+
+
 def npo_objective(ctx: StepContext) -> torch.Tensor:
-    with torch.no_grad():
-        ref = ctx.score(ctx.reference, ctx.forget_prompts)
-    return npo_loss(ctx.forget_scores, ref, ctx.forget_labels, ctx.npo_beta)
+    return npo_loss(ctx.forget_scores, reference_forget_scores(ctx), ctx.forget_labels, ctx.npo_beta)
 
 
 def retain_bce(ctx: StepContext) -> torch.Tensor:
@@ -91,8 +109,11 @@ def pcgrad_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
 
 
 def circuit_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
-    step = circuit_rules(g_f, g_second, ctx.retain_weight, ctx.table, ctx.groups or {}, ctx.retain_specific)
-    return step
+    plan = ctx.run_memo.get("circuit_plan")
+    if plan is None:  # the groups are fixed for the run: their per-element coefficients too
+        plan = ctx.run_memo["circuit_plan"] = CircuitPlan.build(ctx.table, g_f, ctx.groups or {}, ctx.retain_weight,
+                                                                ctx.retain_specific)
+    return plan.step(g_f, g_second, ctx.table)
 
 
 def saliency_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
@@ -100,9 +121,11 @@ def saliency_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
     mask = ctx.saliency
     forget = {n: g_f[n] * mask[n] for n in g_f}
     direction = {n: (g_f[n] + ctx.retain_weight * g_second[n]) * mask[n] for n in g_f}
-    updated = [m for m, slices in ctx.table.owners.items()
-               if any(bool(s.of(mask[s.param]).any()) for s in slices)]
-    return Step(direction, forget, updated)
+    updated = ctx.run_memo.get("salient_nodes")
+    if updated is None:  # the mask is fixed for the run, and so are the nodes it reaches
+        updated = ctx.run_memo["salient_nodes"] = [m for m, slices in ctx.table.owners.items()
+                                                   if any(bool(s.of(mask[s.param]).any()) for s in slices)]
+    return Step(direction, forget, list(updated))
 
 
 def saliency_mask(g_f: Grads, fraction: float) -> dict[str, torch.Tensor]:

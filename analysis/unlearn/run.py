@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..circuits.adapter_ownership import adapter_table
+from ..clock import StageClock
 from ..circuits.discover import CircuitSettings
 from ..circuits.sampling import retain_samples
 from ..circuits.groups import Group, GroupThresholds
@@ -46,7 +47,7 @@ from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .attack import AttackStop
-from .conflict import ConflictMap, conflict_map, gradients, is_conflict
+from .conflict import ConflictMap, conflict_map, conflict_maps, gradients, is_conflict
 from .methods import Method, RetainSpecific, Step, parse_method
 from .modules import parse_modules, recommender_table
 from .objectives import bce, ga_loss, prompt_scores
@@ -182,13 +183,15 @@ class Batches:
         return self.builder.prompts(picked), torch.tensor(picked["label"].to_numpy())
 
     def forget_epochs(self):
-        """Forget batches that walk the whole forget set in a seeded order, epoch after epoch."""
+        """Forget batches that walk the whole forget set in a seeded order, epoch after epoch: (prompts, labels,
+        the samples' positions in the forget set)."""
         rows = self.rows["forget"]
         rng = np.random.default_rng(20_000 + self.seed)
         while True:
             order = rng.permutation(len(rows))
             for start in range(0, len(order), self.batch_size):
-                yield self._render(rows.iloc[order[start : start + self.batch_size]])
+                picked = order[start : start + self.batch_size]
+                yield (*self._render(rows.iloc[picked]), picked)
 
 
 def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str, Group]:
@@ -271,7 +274,9 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     reference = original.model.eval()
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
     score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
-    before = raw_conflict(model, original, batches, table)
+    clock = StageClock()
+    with clock("conflict before/after"):
+        before = raw_conflict(model, original, batches, table)
     if cfg.groups:  # found on another model: it must have the same modules
         _check_given(groups or {}, table)
     rule_groups = _groups_for(cfg, groups or {}, table) if cfg.uses_circuits else None
@@ -292,45 +297,55 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     rules: dict[str, str] = {}
     recent: list[float] = []
     stopped = {"reason": "budget", "step": n_steps, "target_loss": target}
+    memo: dict = {}  # the run's memo (StepContext.run_memo)
     start = time.perf_counter()
     for step in range(n_steps):
-        fp, fl = next(forget_batches)
-        rp, rl = batches.draw("retain")
-        ctx = _context(model, reference, score, fp, fl, rp, rl, table, cfg, rule_groups, saliency)
-        forget_bce = bce(ctx.forget_scores, fl)
-        forget_obj = objective(ctx)
-        _check("forget", forget_obj, step)
-        _check("retain", ctx.retain_bce, step)
-        g_f = gradients(model, forget_obj)
-        g_r = gradients(model, ctx.retain_bce)
-        if spec.second is None or spec.second is retain_bce:
-            g_second = g_r
-        else:
-            second = spec.second(ctx)
-            _check("second", second, step)
-            g_second = gradients(model, second)
-        chosen: Step = spec.rule(g_f, g_second, ctx)
-        rules = chosen.rules or rules
-        applied = conflict_map(table, chosen.forget_part, g_r, chosen.updated)
-        raw = conflict_map(table, g_f, g_r)  # during the run: this method's forget objective vs retain
-        rule_cos += applied.cos
-        old = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            if optimizer is None:
-                for name, p in params.items():
-                    p -= cfg.lr * chosen.direction[name]
+        with clock("batches"):
+            fp, fl, f_rows = next(forget_batches)
+            rp, rl = batches.draw("retain")
+        with clock("forward"):
+            ctx = _context(model, reference, score, fp, fl, rp, rl, table, cfg, rule_groups, saliency, memo, f_rows)
+        with clock("forget objective"):  # NPO's reference pass on the frozen original is here
+            forget_bce = bce(ctx.forget_scores, fl)
+            forget_obj = objective(ctx)
+            _check("forget", forget_obj, step)
+            _check("retain", ctx.retain_bce, step)
+        with clock("backward"):
+            g_f = gradients(model, forget_obj)
+            g_r = gradients(model, ctx.retain_bce)
+            if spec.second is None or spec.second is retain_bce:
+                g_second = g_r
             else:
-                for name, p in params.items():
-                    p.grad = chosen.direction[name]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        # the parameter change actually applied, against the retain gradient: > 0 cosine between
-        # -change and g_r means the step lowers the retain loss to first order
-        change = {n: old[n] - p.detach() for n, p in params.items()}
-        update = conflict_map(table, change, g_r, chosen.updated).moved()
-        update_cos += update.cos
+                second = spec.second(ctx)
+                _check("second", second, step)
+                g_second = gradients(model, second)
+        with clock("rule"):
+            chosen: Step = spec.rule(g_f, g_second, ctx)
+            rules = chosen.rules or rules
+        with clock("optimiser"):
+            old = {n: p.detach().clone() for n, p in params.items()}
+            with torch.no_grad():
+                if optimizer is None:
+                    for name, p in params.items():
+                        p -= cfg.lr * chosen.direction[name]
+                else:
+                    for name, p in params.items():
+                        p.grad = chosen.direction[name]
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        with clock("conflict maps"):
+            # the parameter change actually applied, against the retain gradient: > 0 cosine between
+            # -change and g_r means the step lowers the retain loss to first order. Raw: this method's forget
+            # objective vs retain; applied: the rule's forget part (neither is touched by the optimiser step)
+            change = {n: old[n] - p.detach() for n, p in params.items()}
+            raw, applied, update = conflict_maps(table, g_r, [g_f, chosen.forget_part, change],
+                                                 [None, chosen.updated, chosen.updated])
+            update = update.moved()
+            rule_cos += applied.cos
+            update_cos += update.cos
         recent = (recent + [float(forget_bce.detach())])[-STOP_WINDOW:]
-        seen = monitor.check(model) if monitor is not None and (step + 1) % monitor.EVERY == 0 else None
+        with clock("attack stop"):
+            seen = monitor.check(model) if monitor is not None and (step + 1) % monitor.EVERY == 0 else None
         curves.append({"step": step + 1, "forget_bce": float(forget_bce.detach()),
                        "retain_bce": float(ctx.retain_bce.detach()), "forget_objective": float(forget_obj.detach()),
                        "applied_negative_share": applied.negative_share, "update_negative_share": update.negative_share,
@@ -349,21 +364,24 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
             progress("unlearn", n_steps, n_steps)  # done early: the bar completes, never goes back
             break
     seconds = time.perf_counter() - start
-    after = raw_conflict(model, original, batches, table)
+    with clock("conflict before/after"):
+        after = raw_conflict(model, original, batches, table)
     summary = lambda cos: {"negative_share": sum(map(is_conflict, cos)) / len(cos) if cos else float("nan"),  # noqa: E731
                            "mean_cos": float(np.mean(cos)) if cos else float("nan"), "module_steps": len(cos)}
-    return {"model": model, "adapter": wrapper, "seconds": seconds, "curves": curves, "rules": rules,
+    return {"model": model, "adapter": wrapper, "seconds": seconds, "stage_seconds": clock.seconds,
+            "curves": curves, "rules": rules,
             "stopped": stopped, "steps_run": len(curves), "steps_budget": n_steps,
             "conflict": {"before": before.to_json(), "after": after.to_json(), "applied": summary(rule_cos),
                          "applied_update": summary(update_cos)}}
 
 
-def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig, groups, saliency) -> StepContext:
+def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig, groups, saliency,
+             memo: dict | None = None, forget_rows: np.ndarray | None = None) -> StepContext:
     f_scores = score(model, fp)
     r_scores = score(model, rp) if len(rp) else torch.zeros(0)
     return StepContext(model, reference, score, fp, fl, rp, rl, f_scores, r_scores,
                        bce(r_scores, rl) if len(rp) else torch.tensor(0.0), table, cfg.retain_weight, cfg.npo_beta,
-                       groups, cfg.retain_specific, saliency)
+                       groups, cfg.retain_specific, saliency, {} if memo is None else memo, forget_rows)
 
 
 def trainable_copy(original: Recommender, adapter: AdapterConfig | None, neurons: bool = False):
