@@ -118,11 +118,12 @@ def place(module: torch.nn.Module, compute: Compute | None = None) -> torch.nn.M
 
 
 def to_numpy(tensor: torch.Tensor):
-    """A tensor's values on the host, in float64 when it is floating (bfloat16 has no numpy dtype)."""
-    tensor = tensor.detach()
+    """A tensor's values on the host, in float64 when it is floating (bfloat16 has no numpy dtype). Moved to the
+    host before the cast: MPS has no float64."""
+    tensor = tensor.detach().cpu()
     if tensor.is_floating_point():
         tensor = tensor.double()
-    return tensor.cpu().numpy()
+    return tensor.numpy()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

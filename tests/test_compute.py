@@ -123,3 +123,31 @@ def test_out_of_memory_names_the_settings_that_bound_memory(monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "out of memory" in err and "--eval-batch" in err and "--train-batch" in err
     assert "Traceback" not in err
+
+
+def test_a_model_is_initialised_from_the_cpu_generator_wherever_it_will_train(tiny_ws):
+    """Under an active accelerator torch's factories create on it, and its generator draws other numbers.
+    The new model is built under the CPU's default device, so one seed gives one set of initial weights,
+    which is what the device-free cache key promises. The meta device stands in for an accelerator here:
+    a model created there would have no values at all."""
+    from analysis.model.adapters import AdapterConfig, attach
+    from analysis.model.train import _new_model, initialised_on_cpu
+
+    def build():
+        torch.manual_seed(TINY_TRAIN.seed)
+        return initialised_on_cpu(lambda: _new_model(tiny_ws, TINY_MODEL, TINY_TRAIN, None))[0]
+
+    plain = build()
+    with torch.device("meta"):  # what Compute.active does with torch.device(...) on a GPU
+        under_accelerator = build()
+        assert torch.empty(1).device.type == "meta"  # the context is live, yet the model was not built there
+        torch.manual_seed(0)
+        adapter = attach(build(), AdapterConfig(rank=2))
+    assert all(p.device.type == "cpu" for p in under_accelerator.parameters())
+    for (name, a), (_, b) in zip(plain.state_dict().items(), under_accelerator.state_dict().items()):
+        assert torch.equal(a, b), name
+    factors = [p for n, p in adapter.named_parameters() if "lora_A" in n]
+    assert factors and all(p.device.type == "cpu" and float(p.detach().abs().sum()) > 0 for p in factors)
+    key = model_key(tiny_ws, None, TINY_MODEL, TINY_TRAIN, None)
+    with Compute(device="cuda:0").active():  # no tensor is made: the key of a float32 model omits the device
+        assert model_key(tiny_ws, None, TINY_MODEL, TINY_TRAIN, None) == key

@@ -34,8 +34,8 @@ def forget_gradient_blocks(rec, table: NodeTable, prompts: list[list[int]], labe
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
-    total = float(sum((g.double() ** 2).sum() for g in grads.values()))
-    blocks = [float(sum((s.of(grads[s.param]).double() ** 2).sum() for s in b.slices)) for b in table.blocks]
+    total = float(sum((g.cpu().double() ** 2).sum() for g in grads.values()))  # host float64: none on MPS
+    blocks = [float(sum((s.of(grads[s.param]).cpu().double() ** 2).sum() for s in b.slices)) for b in table.blocks]
     return blocks, total
 
 

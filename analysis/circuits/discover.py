@@ -309,7 +309,7 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
         values.update(zip(names, exact.tolist()))
         patched[side] = values
         columns = {n: c for c, n in enumerate(table.roles + table.item_rows)}
-        means = inputs.double().mean(0)
+        means = inputs.cpu().double().mean(0)
         sampled[side] = {n: float(means[columns[n]]) for n in names}
     seconds["node_patching"] = time.perf_counter() - tick
 

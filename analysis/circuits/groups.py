@@ -257,7 +257,7 @@ def label_by_specificity(names: list[str], spec: Specificity, thresholds: GroupT
 
 def normalised_importance(scores: torch.Tensor, families: np.ndarray | None = None) -> torch.Tensor:
     """|score| over the mean |score| of its family (1.0 = an average node)."""
-    magnitude = scores.abs().double()
+    magnitude = scores.abs().cpu().double()  # on the host: MPS has no float64
     families = np.zeros(len(magnitude), dtype=int) if families is None else np.asarray(families)
     out = torch.zeros_like(magnitude)
     for f in np.unique(families):

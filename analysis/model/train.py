@@ -65,10 +65,11 @@ def model_key(ws: Workspace, forget: ForgetSet | None, model_cfg: ModelConfig, t
 
 
 def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, backbone: Path | None):
+    """The model to train, built on the CPU (not placed yet: see `initialised_on_cpu`)."""
     if backbone is not None:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         model = AutoModelForCausalLM.from_pretrained(backbone)
-        return place(model), tokenizer, "title"
+        return model, tokenizer, "title"
     tokenizer = build_word_tokenizer(ws.data)
     H, K = ws.config.history, train_cfg.targets_per_sequence
     n_positions = max(64, 1 << math.ceil(math.log2(8 + 2 * (H + K))))
@@ -78,7 +79,18 @@ def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, ba
         embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout, bos_token_id=None, eos_token_id=None,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
-    return place(GPT2LMHeadModel(config)), tokenizer, "word"
+    return GPT2LMHeadModel(config), tokenizer, "word"
+
+
+def initialised_on_cpu(make):
+    """`make()` run under the CPU's default device, so its random initialisation comes from the CPU generator.
+
+    An active accelerator (Compute.active) makes torch's factories create on it, and its generator draws other
+    numbers from the same seed; a model's cache key omits the device (a float32 artefact is valid wherever it was
+    trained), so the key must name one initial draw. Dropout during training still draws on the device it runs on.
+    """
+    with torch.device("cpu"):
+        return make()
 
 
 def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id: int) -> tuple[torch.Tensor, int]:
@@ -183,8 +195,9 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
     key = model_key(ws, forget, model_cfg, train_cfg, backbone, adapter)
 
     def build(tmp: Path) -> None:
-        torch.manual_seed(train_cfg.seed)
-        model, tokenizer, kind = _new_model(ws, model_cfg, train_cfg, backbone)
+        torch.manual_seed(train_cfg.seed)  # every device's generator: dropout draws on the one it trains on
+        model, tokenizer, kind = initialised_on_cpu(lambda: _new_model(ws, model_cfg, train_cfg, backbone))
+        model = place(model)
         fmt = make_format(kind, tokenizer, ws.data)
         meta = {"prompt_format": kind, "key": key, "data": ws.fingerprint, "history": ws.config.history,
                 "forget": forget.summary() if forget else None, "model_config": asdict(model_cfg),
