@@ -203,6 +203,10 @@ def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> 
     p.add_argument("--retain-samples", type=int, default=S.retain_samples, help="stability over retain samples")
     p.add_argument("--input-steps", type=int, default=S.input_steps, help="IG steps of the whole-request role and "
                    "item-row scores (1: the midpoint gradient)")
+    p.add_argument("--request-samples", type=int, default=None, help="score roles and item rows on at most this "
+                   "many seeded prompts per side instead of the whole request (large models)")
+    p.add_argument("--patch-check", type=int, default=None, help="check attribution against exact patching on this "
+                   "many seeded heads and MLPs per side instead of every one (large models)")
     p.add_argument("--targets", default=S.targets, choices=["auto", "replace", "keep"], help="replace the target "
                    "item in the counterfactual too, so its row is scored (auto: genre requests)")
     p.add_argument("--fdr", type=float, default=G.fdr, help="Benjamini-Hochberg level over the nodes tested")
@@ -230,6 +234,7 @@ def _circuit_settings(args):
                                ig_steps=args.ig_steps, seed=args.prompt_seed, stability_seeds=args.stability_seeds,
                                batch_size=args.circuit_batch, retain_samples=args.retain_samples,
                                input_steps=args.input_steps, targets=args.targets,
+                               request_samples=args.request_samples, patch_check=args.patch_check,
                                target=args.target, top_n=args.top_n, granularity=args.granularity)
     return settings, GroupThresholds(args.forget_threshold, args.retain_threshold, rule=args.group_rule,
                                      tau=args.tau, floor=args.floor, fdr=args.fdr, min_users=args.min_users)
@@ -381,6 +386,7 @@ _RANGES: dict[str, tuple[str, object]] = {
     "batch_size": ("at least 1", lambda v: v >= 1), "n_prompts": ("at least 1", lambda v: v >= 1),
     "ig_steps": ("at least 1", lambda v: v >= 1), "stability_seeds": ("at least 1", lambda v: v >= 1),
     "retain_samples": ("at least 1", lambda v: v >= 1), "input_steps": ("at least 1", lambda v: v >= 1),
+    "request_samples": ("at least 1", lambda v: v >= 1), "patch_check": ("at least 1", lambda v: v >= 1),
     "min_users": ("at least 1", lambda v: v >= 1), "fdr": ("in (0, 1)", lambda v: 0 < v < 1),
     "top_n": ("at least 1", lambda v: v >= 1), "lora_rank": ("at least 1", lambda v: v >= 1),
     "lora_alpha": ("a positive number", lambda v: 0 < v < math.inf), "eval_batch": ("at least 1", lambda v: v >= 1),

@@ -227,6 +227,30 @@ def test_discovery_is_cached_relabels_for_free_and_round_trips(tiny_ws, tiny_rec
     assert CircuitResult.from_json(json.loads(json.dumps(j)), result.path, table).to_json()["nodes"] == j["nodes"]
 
 
+def test_at_scale_discovery_scores_a_capped_request_and_patches_a_sample_of_nodes(tiny_ws, tiny_rec, monkeypatch):
+    """--request-samples caps the whole-request input scoring per side; --patch-check checks a seeded
+    sample of heads and MLPs against exact patching, and the agreement is over exactly those. Neither
+    enters the key unless set, so discoveries stored before them keep their keys."""
+    import analysis.circuits.engine as engine
+
+    assert "request_samples" not in CircuitSettings().key() and "patch_check" not in CircuitSettings().key()
+    sizes = []
+    real = engine.input_scores
+    monkeypatch.setattr(engine, "input_scores", lambda runner, scorer, prompts, *a, **k: (
+        sizes.append(len(prompts)), real(runner, scorer, prompts, *a, **k))[1])
+    settings = CircuitSettings(n_prompts=6, stability_seeds=1, retain_samples=1, batch_size=4, ig_steps=2,
+                               request_samples=10, patch_check=3)
+    forget = tiny_ws.forget_set("users:0.2")
+    assert len(forget.forget_samples) > 10  # so the cap bites
+    j = discover_circuits(tiny_ws, tiny_rec, forget, settings).to_json()
+    assert sizes and max(sizes) == 10
+    up = CircuitGraph.from_shape(tiny_rec.model.config.n_layer, tiny_rec.model.config.n_head).upstream
+    checked = [n for n in up[1:] if n in j["attribution"]["patched"]["forget"]]
+    assert len(checked) == 3 and j["agreement"]["by_side"]["n_graph_nodes"] == 3
+    with pytest.raises(SettingsError, match="at least 1"):
+        CircuitSettings(patch_check=0)
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(SettingsError, match="unknown method"):
         CircuitSettings(method="magic")

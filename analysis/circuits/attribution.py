@@ -252,9 +252,12 @@ def patch_effects(runner: GraphRunner, prompts: PromptSet, masks: list[torch.Ten
 
 
 def patch_nodes(runner: GraphRunner, prompts: PromptSet, batch_size: int = 64,
-                progress: ProgressFn | None = None) -> torch.Tensor:
-    """Exact node patching: each upstream node's output replaced by its corrupted value."""
-    effects, _ = patch_effects(runner, prompts, _masks_for_nodes(runner), batch_size, progress, "node patching")
+                progress: ProgressFn | None = None, nodes: list[int] | None = None) -> torch.Tensor:
+    """Exact node patching: each upstream node's output (or those at the `nodes` indices) replaced by its
+    corrupted value."""
+    masks = _masks_for_nodes(runner)
+    masks = masks if nodes is None else [masks[i] for i in nodes]
+    effects, _ = patch_effects(runner, prompts, masks, batch_size, progress, "node patching")
     return effects.float()
 
 

@@ -67,13 +67,21 @@ class CircuitSettings:
     targets: str = "auto"  # replace the target item in the counterfactual too: "auto" (genre requests), "replace", "keep"
     retain_samples: int = 3  # stability over retain samples: draw 0 and this many - 1 others
     null: bool = False  # forget prompts drawn from the retained population: what the rule finds by chance
+    # at scale (issue 26). The role and item-row scores on at most this many seeded prompts per side instead of the
+    # whole request: on a GPT-2-Large-shaped model cut to 2 layers, the whole request of users:0.1 (~11,500 title
+    # prompts) had not finished its one IG step after 17 min on 2 cores. None: the whole request
+    request_samples: int | None = None
+    # exact patching checks this many seeded heads and MLPs (and at most as many item rows) per side, not every
+    # one: one forward pass per node and batch. None: every node (the agreement is then over all of them)
+    patch_check: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_method(self.method))
         object.__setattr__(self, "corruption", parse_choice(Corruption, self.corruption, "corruption"))
         if min(self.n_prompts, self.stability_seeds, self.batch_size, self.ig_steps, self.input_steps, self.input_batch,
-               self.retain_samples) < 1:
-            raise SettingsError("n_prompts, stability_seeds, retain_samples, batch sizes and IG steps must be at least 1")
+               self.retain_samples, *(v for v in (self.request_samples, self.patch_check) if v is not None)) < 1:
+            raise SettingsError("n_prompts, stability_seeds, retain_samples, request_samples, patch_check, batch sizes "
+                                "and IG steps must be at least 1")
         if self.targets not in TARGETS:
             raise SettingsError(f"targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
         if self.top_n is not None and self.top_n < 0:
@@ -103,6 +111,9 @@ class CircuitSettings:
     def key(self) -> dict:
         d = asdict(self)
         d["method"], d["corruption"] = self.method.value, self.corruption.value
+        for name in ("request_samples", "patch_check"):  # only when set: discoveries stored before them keep their keys
+            if d[name] is None:
+                d.pop(name)
         return d
 
 
@@ -183,13 +194,17 @@ class CircuitResult:
         out: dict = {}
         up = CircuitGraph.from_shape(self.n_layers, self.n_heads).upstream
         ng = self.node_groups
+        # the heads and MLPs exact patching checked (every one, unless settings.patch_check sampled them)
+        checked = [i for i, n in enumerate(up) if i > 0 and n in self.patched["forget"] and n in self.patched["retain"]]
         for side in ("forget", "retain"):
             ours = getattr(self, side)["nodes"]
-            out[side] = _spearman(ours[1:], [self.patched[side][n] for n in up[1:]])
+            out[side] = _spearman([ours[i] for i in checked], [self.patched[side][up[i]] for i in checked])
         nf, nr = self.forget["n_prompts"], self.retain["n_prompts"]
         mix = lambda a, b: (nf * np.array(a) + nr * np.array(b)) / (nf + nr)  # noqa: E731
-        out["all"] = _spearman(mix(self.forget["nodes"][1:], self.retain["nodes"][1:]),
-                               mix([self.patched["forget"][n] for n in up[1:]], [self.patched["retain"][n] for n in up[1:]]))
+        out["all"] = _spearman(mix([self.forget["nodes"][i] for i in checked], [self.retain["nodes"][i] for i in checked]),
+                               mix([self.patched["forget"][up[i]] for i in checked],
+                                   [self.patched["retain"][up[i]] for i in checked]))
+        out["n_graph_nodes"] = len(checked)
         for kind, key in (("embedding", "roles"), ("item-row", "item_rows")):
             a, b = [], []
             for side in ("forget", "retain"):
@@ -296,14 +311,21 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     patched, sampled = {}, {}
     rng = np.random.default_rng(settings.seed)
     n_roles = len(table.roles)
+    up = runner.graph.upstream
+    checked = list(range(len(up)))  # the input node and every head and MLP, or (patch_check) a seeded sample of them
+    if settings.patch_check is not None and settings.method is not Method.PATCHING:
+        checked = [0] + sorted(rng.choice(np.arange(1, len(up)), size=min(settings.patch_check, len(up) - 1),
+                                          replace=False).tolist())
+    n_rows_checked = PATCHED_ROWS if settings.patch_check is None else min(PATCHED_ROWS, settings.patch_check)
     for side, ps, attr in (("forget", f_set, f_attr), ("retain", r_set, r_attr)):
-        up_effects = attr.nodes if settings.method is Method.PATCHING else patch_nodes(runner, ps, settings.batch_size, progress)
-        values = dict(zip(runner.graph.upstream, up_effects.tolist()))
+        up_effects = attr.nodes if settings.method is Method.PATCHING else \
+            patch_nodes(runner, ps, settings.batch_size, progress, checked)
+        values = dict(zip([up[i] for i in checked], up_effects.tolist()))
         # the input scores the groups use, on the sample exact patching can afford
         inputs = d.input_side_scores(ps, attr)
         row_scores = inputs[:, n_roles:].abs().sum(0)
         present = [n for n, v in zip(table.item_rows, row_scores) if v > 0]
-        rows = sorted(rng.choice(present, size=min(PATCHED_ROWS, len(present)), replace=False).tolist()) if present else []
+        rows = sorted(rng.choice(present, size=min(n_rows_checked, len(present)), replace=False).tolist()) if present else []
         names = table.roles + rows
         exact = patch_embedding_nodes(runner, ps, names, settings.batch_size, progress).mean(1)
         values.update(zip(names, exact.tolist()))

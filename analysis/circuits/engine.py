@@ -90,12 +90,17 @@ class Discovery:
         return Presence(prompt_presence(self.runner, forget), prompt_presence(self.runner, retain),
                         *self.populations, forget.rows["user_id"].nunique(), retain.rows["user_id"].nunique())
 
+    def _capped(self, prompts: PromptSet, seed: int) -> PromptSet:
+        """The side's prompts, or a seeded subset of `request_samples` of them (the graph sample is drawn from it)."""
+        cap = self.settings.request_samples
+        return prompts if cap is None or len(prompts) <= cap else prompts.subset(_sample_index(len(prompts), cap, seed + 7))
+
     def draw(self, kind: str, seed: int, first: DrawWork | None = None) -> DrawWork:
         """One draw: a prompt seed (everything resampled) or a retain sample (`first`'s forget side kept)."""
         s = self.settings
         reuse = kind == RETAIN_SAMPLE and first is not None
-        f_all = first.forget_all if reuse else self.prompts(self.sides.forget_rows, seed)
-        r_all = self.prompts(self.sides.retain_rows(seed), seed + CORRUPT_SEED_OFFSET)
+        f_all = first.forget_all if reuse else self._capped(self.prompts(self.sides.forget_rows, seed), seed)
+        r_all = self._capped(self.prompts(self.sides.retain_rows(seed), seed + CORRUPT_SEED_OFFSET), seed)
         f_sample = first.forget_sample if reuse else f_all.subset(_sample_index(len(f_all), s.n_prompts, seed))
         r_sample = r_all.subset(_sample_index(len(r_all), s.n_prompts, seed))
         f_attr = first.forget_attr if reuse else attribute(self.runner, f_sample, self.cfg, self.progress)
