@@ -2,7 +2,7 @@
 training, and circuit discovery on a GPT-2-Large-shaped model. Run it alone: two torch jobs on 2
 cores slow each other 5x or more.
 
-    .venv/bin/python benchmarks/bench_speed.py [--parts floor,step,lab,train,large] [--steps 30] [--label after]
+    .venv/bin/python benchmarks/bench_speed.py [--parts floor,step,lab,train,readout,large] [--steps 30] [--label after]
 
 * floor: one batch of 64 forget prompts through the default model: forward without gradients,
   forward with, forward + backward; and the per-sample cost at 64, 128 and 256 prompts (does a
@@ -15,6 +15,8 @@ cores slow each other 5x or more.
   cache I/O).
 * train: the default recipe in a scratch cache (data read from ./cache): seconds of the training loop
   (validation each epoch included) and of the final evaluation, test AUC.
+* readout: the graph runner's clean, patched and input-gradient passes on 8 title prompts of the
+  GPT-2-Large-shaped model below, metric from every logit against the Yes - No readout.
 * large: discovery (EAP-IG, exact patching of every node or `--patch-check N`, faithfulness curve) on a
   randomly initialised GPT-2-Large-shaped title recommender cut to 2 layers (20 heads, d 1280, vocabulary
   50,257), 8 prompts per side, the role and item-row scores on 256 prompts per side (`request_samples`;
@@ -146,7 +148,7 @@ class Stages:
 REQUEST_SAMPLES = 256
 
 
-def large(ws, rows: list[dict], scratch: Path, patch_check: int | None) -> None:
+def _large_rec(ws, scratch: Path):
     from benchmarks.bench_gpu import REDUCED, _title_backbone
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,8 +158,43 @@ def large(ws, rows: list[dict], scratch: Path, patch_check: int | None) -> None:
     folder = _title_backbone(scratch / "backbone", ws.data.items["title"], REDUCED)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    rec = Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
-                      folder)
+    return Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
+                       folder)
+
+
+def readout(ws, rows: list[dict], scratch: Path) -> None:
+    """The graph runner's three passes on 8 title prompts of the GPT-2-Large-shaped model, with the metric read
+    from every logit (what ran before) and through the Yes - No readout (stopping before the unembedding)."""
+    from analysis.circuits.corrupt import build_prompt_set
+    from analysis.circuits.runner import GraphRunner
+    from analysis.circuits.trace import load_bridge
+    from analysis.model.sequences import PromptBuilder, pad_batch
+
+    rec = _large_rec(ws, scratch)
+    runner = GraphRunner(load_bridge(rec), rec)
+    sample = ws.interactions.split("train").sample(8, random_state=0)
+    ps = build_prompt_set(PromptBuilder(rec.fmt, ws.interactions), sample, "ppr", seed=0)
+    tokens = torch.as_tensor(pad_batch(ps.clean, runner.pad_id))
+    last = torch.tensor([len(p) - 1 for p in ps.clean])
+    sign = torch.as_tensor(ps.labels * 2 - 1, dtype=torch.float32)
+    corrupt = runner.outputs(torch.as_tensor(pad_batch(ps.corrupt, runner.pad_id, tokens.shape[1])))
+    one = torch.zeros_like(runner.graph.allowed)
+    one[5] = True
+    passes = {"clean metric": lambda: runner.clean_metric(tokens, last, sign),
+              "patched metric, one node": lambda: runner.patched_metric(tokens, last, sign, corrupt, one),
+              "input gradients (EAP-IG's pass)": lambda: runner.input_grads(tokens, last, sign)}
+    for name, fn in passes.items():
+        seconds = {}
+        for full in (True, False):
+            runner.full_logits = full
+            seconds["full logits" if full else "readout"] = _timed(fn, 2)
+        runner.full_logits = False
+        _show(rows, {"part": "readout", "what": f"{name}, 8 prompts x {tokens.shape[1]} tokens", "seconds": seconds["readout"],
+                     "by_stage": seconds, "speedup": seconds["full logits"] / seconds["readout"]})
+
+
+def large(ws, rows: list[dict], scratch: Path, patch_check: int | None) -> None:
+    rec = _large_rec(ws, scratch)
     # bench_gpu's reduced settings, with the whole-request role and item-row scores capped (see CircuitSettings)
     settings = CircuitSettings(n_prompts=8, stability_seeds=1, batch_size=8, request_samples=REQUEST_SAMPLES,
                                patch_check=patch_check)
@@ -171,7 +208,7 @@ def large(ws, rows: list[dict], scratch: Path, patch_check: int | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="floor,step,lab,train,large")
+    ap.add_argument("--parts", default="floor,step,lab,train,readout,large")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--label", default="after")
     ap.add_argument("--patch-check", type=int, default=None, help="large: exact patching of this many nodes per side")
@@ -190,6 +227,8 @@ def main() -> None:
                 lab(ws, rec, rows)
             elif part == "train":
                 train(ws, rows, Path(tmp))
+            elif part == "readout":
+                readout(ws, rows, Path(tmp))
             elif part == "large":
                 large(ws, rows, Path(tmp), args.patch_check)
             else:
