@@ -117,6 +117,23 @@ def place(module: torch.nn.Module, compute: Compute | None = None) -> torch.nn.M
     return module.to(device=compute.device, dtype=compute.torch_dtype)
 
 
+def accumulation_dtype(device: torch.device | str) -> torch.dtype:
+    """The precision sums are accumulated in on a device: float64, but float32 on MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def initialised_on_cpu(make):
+    """`make()` run under the CPU's default device, so its random initialisation comes from the CPU generator.
+
+    An active accelerator (Compute.active) makes torch's factories create on it, and its generator draws other
+    numbers from the same seed; a model's or adapter's cache key omits the device (a float32 artefact is valid
+    wherever it was trained), so the key must name one initial draw. Place the result afterwards. Dropout during
+    training still draws on the device it runs on.
+    """
+    with torch.device("cpu"):
+        return make()
+
+
 def to_numpy(tensor: torch.Tensor):
     """A tensor's values on the host, in float64 when it is floating (bfloat16 has no numpy dtype). Moved to the
     host before the cast: MPS has no float64."""

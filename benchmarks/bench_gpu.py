@@ -58,6 +58,10 @@ class Stages:
         self.first.setdefault(stage, now)
         self.last[stage] = now
 
+    def spans(self) -> dict[str, float]:
+        """Each stage's first-to-last report (stages that interleave overlap)."""
+        return {s: self.last[s] - self.first[s] for s in self.first}
+
     def seconds(self, prefix: str) -> float | None:
         spans = [self.last[s] - self.first[s] for s in self.first if s.startswith(prefix)]
         return sum(spans) if spans else None
@@ -127,21 +131,26 @@ def _title_backbone(folder: Path, titles, shape: dict) -> Path:
     return folder
 
 
-def large_model(device: str, scratch: Path, reduced: bool) -> list[dict]:
+def title_recommender(ws, folder: Path) -> Recommender:
+    """The backbone in `folder` as an (untrained) title-prompt recommender, placed on the active compute."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from analysis.compute import place
 
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = place(AutoModelForCausalLM.from_pretrained(folder)).eval()
+    return Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
+                       folder)
+
+
+def large_model(device: str, scratch: Path, reduced: bool) -> list[dict]:
     shape, prompts = (REDUCED, 8) if reduced else (LARGE, 256)
     label = f"GPT-2-Large-shaped ({shape['n_layer']} x {shape['n_head']}, d {shape['n_embd']})"
     ws = replace(open_workspace(root=cache_root()), root=scratch / f"large-{device.replace(':', '')}")
     folder = _title_backbone(scratch / f"backbone-{shape['n_layer']}", ws.data.items["title"], shape)
     rows = []
     with resolve(device).active():
-        tok = AutoTokenizer.from_pretrained(folder)
-        model = place(AutoModelForCausalLM.from_pretrained(folder)).eval()
-        rec = Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
-                          folder)
+        rec = title_recommender(ws, folder)
         forget = ws.forget_set(REQUEST)
         settings = CircuitSettings(n_prompts=prompts, stability_seeds=1, batch_size=16 if not reduced else 8)
         stages = Stages()

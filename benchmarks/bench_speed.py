@@ -50,6 +50,7 @@ from analysis.unlearn.modules import recommender_table  # noqa: E402
 from analysis.unlearn.objectives import prompt_scores  # noqa: E402
 from analysis.unlearn.run import Batches, UnlearnConfig, unlearn_steps  # noqa: E402
 from analysis.workspace import open_workspace  # noqa: E402
+from benchmarks.bench_gpu import REDUCED, Stages, _title_backbone, title_recommender  # noqa: E402
 
 REQUEST = "users:0.1"
 OUT = Path(__file__).parent / "results"
@@ -129,37 +130,11 @@ def train(ws, rows: list[dict], scratch: Path) -> None:
                  "steps": rec.meta["training"]["steps"], "test_auc": rec.meta["metrics"]["test"]["auc"]})
 
 
-class Stages:
-    """A progress callback that remembers when each stage was first and last reported."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        self.first.setdefault(stage, now)
-        self.last[stage] = now
-
-    def spans(self) -> dict[str, float]:
-        return {s: self.last[s] - self.first[s] for s in self.first}
-
-
 REQUEST_SAMPLES = 256
 
 
 def _large_rec(ws, scratch: Path):
-    from benchmarks.bench_gpu import REDUCED, _title_backbone
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from analysis.model.prompts import make_format
-    from analysis.model.recommender import Recommender
-
-    folder = _title_backbone(scratch / "backbone", ws.data.items["title"], REDUCED)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    return Recommender(model, tok, make_format("title", tok, ws.data), {"prompt_format": "title", "backbone": str(folder)},
-                       folder)
+    return title_recommender(ws, _title_backbone(scratch / "backbone", ws.data.items["title"], REDUCED))
 
 
 def readout(ws, rows: list[dict], scratch: Path) -> None:

@@ -131,7 +131,8 @@ def test_a_model_is_initialised_from_the_cpu_generator_wherever_it_will_train(ti
     which is what the device-free cache key promises. The meta device stands in for an accelerator here:
     a model created there would have no values at all."""
     from analysis.model.adapters import AdapterConfig, attach
-    from analysis.model.train import _new_model, initialised_on_cpu
+    from analysis.compute import initialised_on_cpu
+    from analysis.model.train import _new_model
 
     def build():
         torch.manual_seed(TINY_TRAIN.seed)

@@ -114,7 +114,7 @@ def test_a_plan_built_once_gives_the_rules_of_every_later_step(setting):
     plan = CircuitPlan.build(table, first, groups, 0.7, RetainSpecific.FREEZE)
     g_f = {n: torch.randn_like(p) for n, p in params.items()}
     g_r = {n: -g_f[n] + torch.randn_like(p) for n, p in params.items()}
-    again, fresh = plan.step(g_f, g_r, table), circuit_rules(g_f, g_r, 0.7, table, groups, RetainSpecific.FREEZE)
+    again, fresh = plan.step(g_f, g_r), circuit_rules(g_f, g_r, 0.7, table, groups, RetainSpecific.FREEZE)
     for n in params:
         assert torch.equal(again.direction[n], fresh.direction[n]) and torch.equal(again.forget_part[n], fresh.forget_part[n])
     assert again.updated == fresh.updated and again.rules == fresh.rules

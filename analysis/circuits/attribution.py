@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..compute import accumulation_dtype, current
 from ..errors import SettingsError, parse_choice
 from ..progress import ProgressFn, or_silent
 from ..model.sequences import pad_batch
@@ -229,17 +230,17 @@ def patch_per_prompt(runner: GraphRunner, prompts: PromptSet, masks: list[torch.
                      progress: ProgressFn | None = None, stage: str = "patching") -> tuple[torch.Tensor, torch.Tensor]:
     """M(clean) - M(patched) per removal mask and prompt (n_masks, n_prompts), and M(clean) per prompt."""
     progress = or_silent(progress)
-    # float64 accumulators on the host (MPS has no float64; the effects are a few numbers per mask)
-    effects = torch.zeros(len(masks), len(prompts), dtype=torch.float64, device="cpu")
-    clean_all = torch.zeros(len(prompts), dtype=torch.float64, device="cpu")
+    precision = accumulation_dtype(current().device)  # float64, but MPS has none
+    effects = torch.zeros(len(masks), len(prompts), dtype=precision)
+    clean_all = torch.zeros(len(prompts), dtype=precision)
     n_batches = -(-len(prompts) // batch_size)
     for b, batch in enumerate(iter_batches(runner, prompts, batch_size)):
         rows = slice(batch.start, batch.start + len(batch.tokens))
         clean = runner.clean_metric(batch.tokens, batch.last, batch.sign)
-        clean_all[rows] = clean.cpu().double()
+        clean_all[rows] = clean.to(precision)
         for m, mask in enumerate(masks):
             patched = runner.patched_metric(batch.tokens, batch.last, batch.sign, batch.corrupt, mask)
-            effects[m, rows] = (clean - patched).cpu().double()
+            effects[m, rows] = (clean - patched).to(precision)
             progress(stage, b * len(masks) + m + 1, n_batches * len(masks))
     return effects, clean_all
 
@@ -267,7 +268,7 @@ def patch_embedding_nodes(runner: GraphRunner, prompts: PromptSet, names: list[s
     positions fed the counterfactual input, everything else clean."""
     progress = or_silent(progress)
     table = runner.table
-    effects = torch.zeros(len(names), len(prompts), dtype=torch.float64, device="cpu")
+    effects = torch.zeros(len(names), len(prompts), dtype=accumulation_dtype(current().device))
     n_batches = -(-len(prompts) // batch_size)
     for b, batch in enumerate(iter_batches(runner, prompts, batch_size)):
         rows = slice(batch.start, batch.start + len(batch.tokens))
@@ -285,7 +286,7 @@ def patch_embedding_nodes(runner: GraphRunner, prompts: PromptSet, names: list[s
                 raise ValueError(f"{name} is not an embedding role or item row")
             if where.any():  # a node absent from the batch has no effect on it
                 patched = runner.patched_input(batch.tokens, batch.last, batch.sign, diff * where[..., None])
-                effects[k, rows] = (clean - patched).cpu().double()
+                effects[k, rows] = (clean - patched).to(effects.dtype)
             progress("embedding patching", b * len(names) + k + 1, n_batches * len(names))
     return effects
 

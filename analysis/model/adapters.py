@@ -17,12 +17,11 @@ is in analysis/circuits/adapter_ownership.py.
 """
 from __future__ import annotations
 
-import torch
-
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..compute import initialised_on_cpu
 from ..errors import SettingsError
 
 ADAPTER = "adapter"  # the folder, beside the merged weights, that holds the adapter
@@ -98,10 +97,8 @@ def attach(model, cfg: AdapterConfig):
         raise SettingsError(f"no LoRA targets for model type {family!r}; supported: {sorted(TARGETS)}")
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
                         target_modules=list(TARGETS[family]), fan_in_fan_out=family == "gpt2")  # GPT-2: Conv1D
-    # created under the CPU's default device: A is drawn from the CPU generator wherever the model lives (peft then
-    # moves the factors to their base layer's device), so an adapter's cache key, which omits the device, names one draw
-    with torch.device("cpu"):
-        return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+    # A is drawn from the CPU generator wherever the model lives; peft then moves the factors to their base layer's device
+    return initialised_on_cpu(lambda: get_peft_model(model, config, adapter_name=ADAPTER_NAME))
 
 
 def inner(wrapper):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from ..cache import build_or_load, config_key
-from ..compute import current, place
+from ..compute import current, initialised_on_cpu, place
 from ..config import CODE_VERSION, ModelConfig, TrainConfig
 from ..data.forget import ForgetSet, retained_training
 from ..errors import DataError, SettingsError, TrainingError
@@ -81,16 +81,6 @@ def _new_model(ws: Workspace, model_cfg: ModelConfig, train_cfg: TrainConfig, ba
     )
     return GPT2LMHeadModel(config), tokenizer, "word"
 
-
-def initialised_on_cpu(make):
-    """`make()` run under the CPU's default device, so its random initialisation comes from the CPU generator.
-
-    An active accelerator (Compute.active) makes torch's factories create on it, and its generator draws other
-    numbers from the same seed; a model's cache key omits the device (a float32 artefact is valid wherever it was
-    trained), so the key must name one initial draw. Dropout during training still draws on the device it runs on.
-    """
-    with torch.device("cpu"):
-        return make()
 
 
 def sequence_loss(model, batch: list[Sequence], pad_id: int, yes_id: int, no_id: int) -> tuple[torch.Tensor, int]:

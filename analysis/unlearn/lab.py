@@ -97,7 +97,8 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
         comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress, rankings)
         write_json_atomic(tmp / RUN, {
             "method": cfg.method.value, "config": cfg.key(), "forget": forget.summary(),
-            "seconds": steps["seconds"], "stage_seconds": steps.get("stage_seconds"), "retrain_seconds": retrain.meta["training"]["train_seconds"],
+            "seconds": steps["seconds"], "stage_seconds": steps.get("stage_seconds"),
+            "retrain_seconds": retrain.meta["training"]["train_seconds"],
             "retrain_trained_in_this_run": trained_now, "circuits": circuits, "rules": steps["rules"],
             "conflict": steps["conflict"], "curves": steps["curves"], "stopped": steps["stopped"],
             "steps_run": steps["steps_run"], "steps_budget": steps["steps_budget"],

@@ -128,7 +128,7 @@ class CircuitPlan:
         dtype = next(iter(like.values())).dtype
         return cls(seg, seg.per_block(a).to(dtype), seg.per_block(e).to(dtype), shared, rules)
 
-    def step(self, g_f: Grads, g_r: Grads, table: NodeTable) -> Step:
+    def step(self, g_f: Grads, g_r: Grads) -> Step:
         seg = self.seg
         f, r = seg.flat(g_f), seg.flat(g_r)
         sums = seg.block_sums(f * r, r * r)
@@ -138,7 +138,7 @@ class CircuitPlan:
         direction_flat = forget_flat + self.retain_scale * r
         moved_blocks = seg.block_sums(forget_flat.abs()) > 0
         moved = set(seg.nodes[i] for i in seg.pair_node[moved_blocks[seg.pair_block]].tolist())
-        updated = [m for m in table.owners if m in moved]
+        updated = [m for m in seg.nodes if m in moved]  # the table's node order
         return Step(seg.unflat(direction_flat), seg.unflat(forget_flat), updated, dict(self.rules))
 
 
@@ -153,4 +153,4 @@ def circuit_rules(g_f: Grads, g_r: Grads, retain_weight: float, table: NodeTable
     All blocks at once (segments.py), as `project_off` does block by block; a run builds its
     `CircuitPlan` once and reuses it at every step.
     """
-    return CircuitPlan.build(table, g_f, groups, retain_weight, retain_specific).step(g_f, g_r, table)
+    return CircuitPlan.build(table, g_f, groups, retain_weight, retain_specific).step(g_f, g_r)

@@ -113,7 +113,7 @@ def circuit_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:
     if plan is None:  # the groups are fixed for the run: their per-element coefficients too
         plan = ctx.run_memo["circuit_plan"] = CircuitPlan.build(ctx.table, g_f, ctx.groups or {}, ctx.retain_weight,
                                                                 ctx.retain_specific)
-    return plan.step(g_f, g_second, ctx.table)
+    return plan.step(g_f, g_second)
 
 
 def saliency_rule(g_f: Grads, g_second: Grads, ctx: StepContext) -> Step:

@@ -27,8 +27,30 @@ from dataclasses import dataclass
 import torch
 
 from ..circuits.nodes import NodeTable
+from ..compute import accumulation_dtype
 
 Grads = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GroupSums:
+    """Sums of the entries (rows) of a vector (matrix) that share a group id: `index_add_` on the CPU, or a
+    segmented reduction over the entries sorted by group once (`sorted()`: no atomics, for accelerators)."""
+
+    index: torch.Tensor  # per entry: its group
+    n_groups: int
+    order: torch.Tensor | None = None  # the sorted path: entries grouped by group...
+    lengths: torch.Tensor | None = None  # ...and each group's entry count
+
+    def sorted(self) -> "GroupSums":
+        return dataclasses.replace(self, order=torch.argsort(self.index, stable=True),
+                                   lengths=torch.bincount(self.index, minlength=self.n_groups))
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        if self.order is not None:
+            return torch.segment_reduce(values[self.order], "sum", lengths=self.lengths, axis=0)
+        out = torch.zeros((self.n_groups, *values.shape[1:]), dtype=values.dtype, device=values.device)
+        return out.index_add_(0, self.index, values)
 
 
 @dataclass(frozen=True)
@@ -40,12 +62,17 @@ class Segments:
     nodes: tuple[str, ...]  # table.owners order
     pair_node: torch.Tensor  # (node, block) ownership pairs
     pair_block: torch.Tensor
-    by_block: torch.Tensor | None = None  # the sorted path: element order grouped by block...
-    block_lengths: torch.Tensor | None = None  # ...and each block's element count (the last: no block)
+    to_blocks: GroupSums  # elements -> blocks (the last group: elements no block holds)
+    to_nodes: GroupSums  # (node, block) pairs -> nodes
 
     @property
     def accumulate(self) -> torch.dtype:
-        return torch.float32 if self.element_block.device.type == "mps" else torch.float64
+        return accumulation_dtype(self.element_block.device)
+
+    @property
+    def by_block(self) -> torch.Tensor | None:
+        """The element order of the sorted path (None: the CPU's index_add_)."""
+        return self.to_blocks.order
 
     def flat(self, tensors: Grads) -> torch.Tensor:
         return torch.cat([tensors[n].reshape(-1) for n in self.params])
@@ -60,34 +87,19 @@ class Segments:
 
     def block_sums(self, *vectors: torch.Tensor) -> torch.Tensor:
         """Sum of elementwise vectors within each block, in the accumulation precision: (n_blocks,) for one
-        vector, (n_blocks, k) for k. One 1-D `index_add_` per vector: a 2-D one over (elements, 7) took 60 ms
+        vector, (n_blocks, k) for k. One 1-D sum per vector: a 2-D `index_add_` over (elements, 7) took 60 ms
         on the default model where seven 1-D ones take 16 ms."""
-        sums = []
-        for values in vectors:
-            values = values.to(self.accumulate)
-            if self.by_block is not None:
-                sums.append(torch.segment_reduce(values[self.by_block], "sum", lengths=self.block_lengths))
-            else:
-                out = torch.zeros(self.n_blocks + 1, dtype=values.dtype, device=values.device)
-                sums.append(out.index_add_(0, self.element_block, values))
+        sums = [self.to_blocks(values.to(self.accumulate)) for values in vectors]
         out = sums[0] if len(sums) == 1 else torch.stack(sums, dim=1)
         return out[: self.n_blocks]
 
     def node_sums(self, block_values: torch.Tensor) -> torch.Tensor:
-        """A node's sum over the blocks it owns (few pairs: the float order matters less, see block_sums)."""
-        picked = block_values[self.pair_block]
-        if self.by_block is not None:
-            order = torch.argsort(self.pair_node, stable=True)
-            lengths = torch.bincount(self.pair_node, minlength=len(self.nodes))
-            return torch.segment_reduce(picked[order], "sum", lengths=lengths, axis=0)
-        out = torch.zeros((len(self.nodes), *block_values.shape[1:]), dtype=picked.dtype, device=picked.device)
-        return out.index_add_(0, self.pair_node, picked)
+        """A node's sum over the blocks it owns (shared blocks count under each owner)."""
+        return self.to_nodes(block_values[self.pair_block])
 
     def sorted_path(self) -> "Segments":
         """The same segments summed by sorted segmented reduction (what non-CPU devices use)."""
-        order = torch.argsort(self.element_block, stable=True)
-        lengths = torch.bincount(self.element_block, minlength=self.n_blocks + 1)
-        return dataclasses.replace(self, by_block=order, block_lengths=lengths)
+        return dataclasses.replace(self, to_blocks=self.to_blocks.sorted(), to_nodes=self.to_nodes.sorted())
 
     def per_block(self, block_values: torch.Tensor) -> torch.Tensor:
         """A per-block value spread over the block's elements (0 outside every block)."""
@@ -121,9 +133,11 @@ def segments(table: NodeTable, like: Grads) -> Segments:
     nodes = tuple(table.owners)
     position = {n: i for i, n in enumerate(nodes)}
     pairs = [(position[o], b) for b, block in enumerate(table.blocks) for o in block.owners]
-    seg = Segments(params, shapes, element_block.to(device), len(table.blocks), nodes,
-                   torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device),
-                   torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device))
+    element_block = element_block.to(device)
+    pair_node = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    seg = Segments(params, shapes, element_block, len(table.blocks), nodes, pair_node,
+                   torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device),
+                   GroupSums(element_block, len(table.blocks) + 1), GroupSums(pair_node, len(nodes)))
     if device.type != "cpu":
         seg = seg.sorted_path()
     if len(_CACHE) > 8:
