@@ -156,14 +156,15 @@ def main() -> None:
                         help="keep the last run's rows of the methods not rerun now (their keys and results unchanged)")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--bigger", action="store_true", help="also time CURE vs retrain on a 2x deeper, 2x wider model")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the JSON goes")
     args = parser.parse_args()
     bars = StderrBars()
     ws = open_workspace()
     original = train_recommender(ws, progress=bars)
     methods = args.methods.split(",")
     rows = []
-    if args.keep and OUT.is_file():
-        rows = [r for r in json.loads(OUT.read_text())["rows"]
+    if args.keep and args.out.is_file():
+        rows = [r for r in json.loads(args.out.read_text())["rows"]
                 if r["method"] not in methods and r["method"] != "retrain"]
     for request in args.requests.split(","):
         draws = args.draws if request.split(":")[0] in ("users", "interactions") and "," not in request else [0]
@@ -185,11 +186,11 @@ def main() -> None:
         out["timing"] = timing(ws, original, requests[0], bars)
     if args.bigger:
         out["timing_bigger"] = timing(ws, original, requests[0], bars, bigger=True)
-    if OUT.is_file():  # timings not rerun this time are kept from the last run (they say which model they timed)
-        previous = json.loads(OUT.read_text())
+    if args.out.is_file():  # timings not rerun this time are kept from the last run (they say which model they timed)
+        previous = json.loads(args.out.read_text())
         out.update({k: previous[k] for k in ("timing", "timing_bigger") if k in previous and k not in out})
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1, default=str))
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=str))
 
     for q in requests:
         ref = next(r for r in rows if r["request"] == q and r["method"] == "retrain")
@@ -218,7 +219,7 @@ def main() -> None:
     for key in ("timing", "timing_bigger"):
         if key in out:
             print(f"\n{key}:", json.dumps(out[key], indent=1))
-    print(f"wrote {OUT}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
