@@ -155,10 +155,10 @@ def _original_args(p: argparse.ArgumentParser) -> None:
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
-    from .unlearn.methods import Method
+    from .unlearn.methods import UnlearningMethod
     from .unlearn.run import UnlearnConfig as U
 
-    p.add_argument("--method", dest="unlearn_method", required=True, choices=[m.value for m in Method])
+    p.add_argument("--method", dest="unlearn_method", required=True, choices=[m.value for m in UnlearningMethod])
     p.add_argument("--modules", default="", help="selective: modules to update, e.g. a0.h1,m2")
     p.add_argument("--unlearn-epochs", type=float, default=U.epochs, help="budget: passes over the forget set")
     p.add_argument("--steps", type=int, default=None, help="an explicit step count instead of --unlearn-epochs")
@@ -185,13 +185,13 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
 
 
 def _circuit_args(p: argparse.ArgumentParser, method_flag: str = "--method") -> None:
-    from .circuits.attribution import Method
+    from .circuits.attribution import AttributionMethod
     from .circuits.corrupt import Corruption
     from .circuits.discover import CircuitSettings as S
     from .circuits.groups import GroupThresholds as G
 
     _original_args(p)
-    p.add_argument(method_flag, dest="method", default=S.method.value, choices=[m.value for m in Method],
+    p.add_argument(method_flag, dest="method", default=S.method.value, choices=[m.value for m in AttributionMethod],
                    help="circuit attribution method")
     p.add_argument("--n-prompts", type=int, default=S.n_prompts, help="prompts per side (forget, retain)")
     p.add_argument("--corruption", default=S.corruption.value, choices=[c.value for c in Corruption])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.circuits.attribution import AttributionConfig, Method, attribute
+from analysis.circuits.attribution import AttributionConfig, AttributionMethod, attribute
 from analysis.circuits.corrupt import build_prompt_set, personalized_pagerank, user_item_graph
 from analysis.circuits.describe import describe
 from analysis.circuits.discover import CircuitSettings
@@ -37,7 +37,7 @@ def runner(tiny_ws, tiny_rec):
     return GraphRunner(load_bridge(tiny_rec), tiny_rec, recommender_table(tiny_rec))
 
 
-@pytest.mark.parametrize("method,steps", [(Method.EAP, 1), (Method.EAP_IG, 3)])
+@pytest.mark.parametrize("method,steps", [(AttributionMethod.EAP, 1), (AttributionMethod.EAP_IG, 3)])
 def test_fast_input_scores_equal_the_graph_runners_input_split(tiny_ws, tiny_rec, runner, method, steps):
     """HF gradient at the token embeddings vs TransformerLens per-reader gradients summed: the same number."""
     ps = _prompts(tiny_ws, tiny_rec, n=10)
@@ -126,7 +126,7 @@ def test_replacing_the_target_scores_target_rows(tiny_ws, tiny_rec, runner):
     for replace_target in (False, True):
         ps = build_prompt_set(builder, rows, "ppr", seed=0, replace_target=replace_target)
         assert all(len(c) == len(k) for c, k in zip(ps.clean, ps.corrupt))
-        out[replace_target] = input_scores(runner, scorer, ps, Method.EAP, 1, 6)
+        out[replace_target] = input_scores(runner, scorer, ps, AttributionMethod.EAP, 1, 6)
     for i, (user, pos, target) in enumerate(zip(rows["user_id"], rows["pos"], rows["item_id"])):
         history, _ = builder.history_at(int(user), int(pos))
         if int(target) in set(history.tolist()) or f"row:{int(target)}" not in table.item_rows:

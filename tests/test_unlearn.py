@@ -13,7 +13,7 @@ from analysis.errors import SettingsError, TrainingError
 from analysis.model.train import train_recommender
 from analysis.unlearn.conflict import ConflictMap, conflict_map
 from analysis.unlearn.lab import list_runs, unlearn
-from analysis.unlearn.methods import Method, RetainSpecific, circuit_rules, project_off
+from analysis.unlearn.methods import UnlearningMethod, RetainSpecific, circuit_rules, project_off
 from analysis.circuits.ownership import recommender_table
 from analysis.unlearn.modules import flat, module_map, owned_mask, parse_modules
 from analysis.unlearn.run import UnlearnConfig
@@ -221,7 +221,7 @@ def test_bad_configs_are_clear_errors():
         UnlearnConfig(method="forget-harder")
     with pytest.raises(SettingsError, match="learning rate"):
         UnlearnConfig(method="ga", lr=float("nan"))
-    assert Method("cure") is Method.CURE
+    assert UnlearningMethod("cure") is UnlearningMethod.CURE
 
 
 def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_rec, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analysis.model.train import train_recommender
-from analysis.unlearn.methods import Method
+from analysis.unlearn.methods import UnlearningMethod
 from analysis.unlearn.registry import OBJECTIVES, REGISTRY, saliency_mask
 from analysis.unlearn.run import UnlearnConfig, unlearn_steps
 from analysis.unlearn.yardstick import NO_GAP, yardstick
@@ -55,11 +55,11 @@ def test_over_forgetting_is_flagged_and_no_gap_is_said():
 
 
 def test_every_step_method_is_one_registry_entry():
-    steppable = {m for m in Method if m is not Method.RETRAIN}
+    steppable = {m for m in UnlearningMethod if m is not UnlearningMethod.RETRAIN}
     assert set(REGISTRY) == steppable
     for method, spec in REGISTRY.items():
         assert spec.method is method and spec.objective in OBJECTIVES and callable(spec.rule)
-    assert REGISTRY[Method.CURE].uses_circuits and REGISTRY[Method.SALUN].uses_saliency
+    assert REGISTRY[UnlearningMethod.CURE].uses_circuits and REGISTRY[UnlearningMethod.SALUN].uses_saliency
 
 
 def test_salun_masks_exactly_its_top_k_elements():

@@ -41,31 +41,31 @@ from .nodes import Kind
 from .runner import GraphRunner
 
 
-class Method(str, Enum):
+class AttributionMethod(str, Enum):
     EAP = "eap"
     EAP_IG = "eap-ig"
     PATCHING = "patching"
 
 
-def parse_method(value) -> Method:
-    return parse_choice(Method, value, "method")
+def parse_attribution_method(value) -> AttributionMethod:
+    return parse_choice(AttributionMethod, value, "method")
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    method: Method = Method.EAP_IG
+    method: AttributionMethod = AttributionMethod.EAP_IG
     ig_steps: int = 8
     batch_size: int = 64  # bounds memory: activations are (batch, tokens, nodes, d_model)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", parse_method(self.method))
+        object.__setattr__(self, "method", parse_attribution_method(self.method))
         if self.ig_steps < 1 or self.batch_size < 1:
             raise SettingsError("ig_steps and batch_size must be at least 1")
 
 
 @dataclass
 class Attribution:
-    method: Method
+    method: AttributionMethod
     edges: torch.Tensor  # (n_up, n_down), 0 where the residual stream has no edge
     nodes: torch.Tensor  # (n_up,)
     clean_metric: float  # mean metric of the full model
@@ -171,7 +171,7 @@ def iter_batches(runner: GraphRunner, prompts: PromptSet, batch_size: int) -> It
 
 
 def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig, progress: ProgressFn):
-    steps = 1 if cfg.method is Method.EAP else cfg.ig_steps
+    steps = 1 if cfg.method is AttributionMethod.EAP else cfg.ig_steps
     graph = runner.graph
     edges = torch.zeros(graph.allowed.shape)
     per_prompt = []
@@ -183,7 +183,7 @@ def _gradient_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionCo
         grads = torch.zeros(*clean.shape[:2], len(graph.downstream), clean.shape[3])
         for k in range(steps):
             override = None
-            if cfg.method is Method.EAP_IG:
+            if cfg.method is AttributionMethod.EAP_IG:
                 alpha = (k + 0.5) / steps
                 override = batch.corrupt[:, :, 0] + alpha * (clean[:, :, 0] - batch.corrupt[:, :, 0])
             g, metric = runner.input_grads(batch.tokens, batch.last, batch.sign, override)
@@ -306,10 +306,10 @@ def _patching_scores(runner: GraphRunner, prompts: PromptSet, cfg: AttributionCo
     return edges, nodes, float(clean.mean()), float(clean.mean() - means[-1]), per_prompt
 
 
-ALGORITHMS: dict[Method, Callable] = {
-    Method.EAP: _gradient_scores,
-    Method.EAP_IG: _gradient_scores,
-    Method.PATCHING: _patching_scores,
+ALGORITHMS: dict[AttributionMethod, Callable] = {
+    AttributionMethod.EAP: _gradient_scores,
+    AttributionMethod.EAP_IG: _gradient_scores,
+    AttributionMethod.PATCHING: _patching_scores,
 }
 
 
@@ -318,6 +318,6 @@ def attribute(runner: GraphRunner, prompts: PromptSet, cfg: AttributionConfig | 
     """Score every edge and node of the runner's graph on a prompt set with the chosen method."""
     cfg = cfg or AttributionConfig()
     start = time.perf_counter()
-    edges, nodes, clean, corrupt, per_prompt = ALGORITHMS[Method(cfg.method)](runner, prompts, cfg, or_silent(progress))
-    return Attribution(Method(cfg.method), edges, nodes, clean, corrupt, len(prompts), time.perf_counter() - start,
+    edges, nodes, clean, corrupt, per_prompt = ALGORITHMS[AttributionMethod(cfg.method)](runner, prompts, cfg, or_silent(progress))
+    return Attribution(AttributionMethod(cfg.method), edges, nodes, clean, corrupt, len(prompts), time.perf_counter() - start,
                        per_prompt)

@@ -26,7 +26,7 @@ from ..errors import SettingsError, parse_choice
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
-from .attribution import Attribution, Method, parse_method, patch_embedding_nodes, patch_nodes
+from .attribution import Attribution, AttributionMethod, parse_attribution_method, patch_embedding_nodes, patch_nodes
 from .corrupt import Corruption
 from .coverage import coverage_view
 from .engine import Discovery
@@ -45,7 +45,7 @@ TARGETS = ("auto", "replace", "keep")
 
 @dataclass(frozen=True)
 class CircuitSettings:
-    method: Method = Method.EAP_IG
+    method: AttributionMethod = AttributionMethod.EAP_IG
     n_prompts: int = 256  # per side: forget prompts and retain prompts
     corruption: Corruption = Corruption.PPR
     ig_steps: int = 8
@@ -76,7 +76,7 @@ class CircuitSettings:
     patch_check: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", parse_method(self.method))
+        object.__setattr__(self, "method", parse_attribution_method(self.method))
         object.__setattr__(self, "corruption", parse_choice(Corruption, self.corruption, "corruption"))
         if min(self.n_prompts, self.stability_seeds, self.batch_size, self.ig_steps, self.input_steps, self.input_batch,
                self.retain_samples, *(v for v in (self.request_samples, self.patch_check) if v is not None)) < 1:
@@ -88,7 +88,7 @@ class CircuitSettings:
             raise SettingsError("top_n must be >= 0")
         if self.granularity not in ("modules", "neurons"):
             raise SettingsError(f"granularity must be modules or neurons, not {self.granularity!r}")
-        if self.granularity == "neurons" and self.method is Method.PATCHING:
+        if self.granularity == "neurons" and self.method is AttributionMethod.PATCHING:
             raise SettingsError("neuron nodes are scored by EAP or EAP-IG; exact patching covers modules only")
         if self.criterion not in ("recovery", "faithfulness"):
             raise SettingsError(f"criterion must be recovery or faithfulness, not {self.criterion!r}")
@@ -313,12 +313,12 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     n_roles = len(table.roles)
     up = runner.graph.upstream
     checked = list(range(len(up)))  # the input node and every head and MLP, or (patch_check) a seeded sample of them
-    if settings.patch_check is not None and settings.method is not Method.PATCHING:
+    if settings.patch_check is not None and settings.method is not AttributionMethod.PATCHING:
         checked = [0] + sorted(rng.choice(np.arange(1, len(up)), size=min(settings.patch_check, len(up) - 1),
                                           replace=False).tolist())
     n_rows_checked = PATCHED_ROWS if settings.patch_check is None else min(PATCHED_ROWS, settings.patch_check)
     for side, ps, attr in (("forget", f_set, f_attr), ("retain", r_set, r_attr)):
-        up_effects = attr.nodes if settings.method is Method.PATCHING else \
+        up_effects = attr.nodes if settings.method is AttributionMethod.PATCHING else \
             patch_nodes(runner, ps, settings.batch_size, progress, checked)
         values = dict(zip([up[i] for i in checked], up_effects.tolist()))
         # the input scores the groups use, on the sample exact patching can afford

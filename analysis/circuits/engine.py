@@ -18,7 +18,7 @@ from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn
 from ..workspace import Workspace
-from .attribution import Attribution, AttributionConfig, Method, attribute
+from .attribution import Attribution, AttributionConfig, AttributionMethod, attribute
 from .corrupt import Corruption, PromptSet, build_prompt_set, user_item_graph
 from .coverage import forget_gradient_blocks
 from .groups import SideScores
@@ -73,14 +73,14 @@ class Discovery:
     def input_side_scores(self, prompts: PromptSet, attr: Attribution, stage: str = "request") -> torch.Tensor:
         """(n_prompts, n_roles + n_rows) input scores as the groups compute them: the whole-request
         gradient path, or (exact patching, mean ablation) the sample attribution's own columns."""
-        if self.settings.method is Method.PATCHING or prompts.corrupt is None:
+        if self.settings.method is AttributionMethod.PATCHING or prompts.corrupt is None:
             return attr.per_prompt[:, self.input_cols]
-        method = Method.EAP if self.settings.method is Method.EAP else Method.EAP_IG
+        method = AttributionMethod.EAP if self.settings.method is AttributionMethod.EAP else AttributionMethod.EAP_IG
         return input_scores(self.runner, self.scorer, prompts, method, self.settings.input_steps,
                             self.settings.input_batch, self.progress, stage)
 
     def _input_side(self, whole: PromptSet, sample: PromptSet, attr: Attribution, stage: str) -> SideScores:
-        on_sample = self.settings.method is Method.PATCHING or whole.corrupt is None
+        on_sample = self.settings.method is AttributionMethod.PATCHING or whole.corrupt is None
         prompts = sample if on_sample else whole
         return SideScores.from_prompts(self.input_side_scores(prompts, attr, stage), prompts.rows["user_id"].to_numpy())
 
@@ -107,7 +107,7 @@ class Discovery:
         r_attr = attribute(self.runner, r_sample, self.cfg, self.progress)
         f_input = first.draw.forget[0] if reuse else self._input_side(f_all, f_sample, f_attr, "request (forget)")
         r_input = self._input_side(r_all, r_sample, r_attr, "request (retain)")
-        patched = s.method is Method.PATCHING
+        patched = s.method is AttributionMethod.PATCHING
         presence = self._presence(f_sample if patched else f_all, r_sample if patched else r_all)
         graph_side = lambda attr, ps: SideScores.from_prompts(attr.per_prompt[:, self.graph_cols],  # noqa: E731
                                                               ps.rows["user_id"].to_numpy())

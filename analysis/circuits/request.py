@@ -28,7 +28,7 @@ import torch
 from ..progress import ProgressFn, or_silent
 from ..model.recommender import Recommender
 from ..model.sequences import pad_batch
-from .attribution import Batch, Method, position_codes, split_input
+from .attribution import Batch, AttributionMethod, position_codes, split_input
 from .corrupt import PromptSet
 from .runner import GraphRunner
 
@@ -64,16 +64,16 @@ class InputScorer:
         return self.embed(tokens)
 
 
-def input_scores(runner: GraphRunner, scorer: InputScorer, prompts: PromptSet, method: Method, ig_steps: int,
+def input_scores(runner: GraphRunner, scorer: InputScorer, prompts: PromptSet, method: AttributionMethod, ig_steps: int,
                  batch_size: int, progress: ProgressFn | None = None, stage: str = "request") -> torch.Tensor:
     """Per prompt, role and item-row scores (n_prompts, n_roles + n_rows), by EAP or EAP-IG at the input.
 
     `runner` gives the node table's split of positions into roles and rows (the same `split_input`
     the graph attribution uses)."""
-    if method is Method.PATCHING or prompts.corrupt is None:
+    if method is AttributionMethod.PATCHING or prompts.corrupt is None:
         raise ValueError("whole-request input scores are gradient attributions (EAP or EAP-IG) on counterfactuals")
     progress = or_silent(progress)
-    steps = ig_steps if method is Method.EAP_IG else 1
+    steps = ig_steps if method is AttributionMethod.EAP_IG else 1
     width = max(len(p) for p in prompts.clean)
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -85,7 +85,7 @@ def input_scores(runner: GraphRunner, scorer: InputScorer, prompts: PromptSet, m
         clean_in, corrupt_in = scorer.embeddings(tokens), scorer.embeddings(corrupt)
         grad = torch.zeros(clean_in.shape, dtype=torch.float32)
         for k in range(steps):
-            alpha = (k + 0.5) / steps if method is Method.EAP_IG else 1.0
+            alpha = (k + 0.5) / steps if method is AttributionMethod.EAP_IG else 1.0
             grad += scorer.gradient(corrupt_in + alpha * (clean_in - corrupt_in), last, sign).float() / steps
         at_input = ((clean_in - corrupt_in).float() * grad).sum(-1)  # (B, T)
         codes = position_codes(prompts, start, stop, width)

@@ -25,7 +25,7 @@ from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .ablation import random_groups
 from .compare import compare_to_retrain
-from .methods import Method
+from .methods import UnlearningMethod
 from .run import MODEL, RUN, UnlearnConfig, unlearn_steps
 
 RUNS = "runs"
@@ -80,7 +80,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
                         "compute_seconds": result.seconds["total"], "from_full_result": result.from_full,
                         "sizes": result.node_groups.sizes(), "coverage": result.coverage_view(),
                         "groups": {m: g.value for m, g in groups.items()}, "random_groups": cfg.random_groups}
-        if cfg.method is Method.RETRAIN:
+        if cfg.method is UnlearningMethod.RETRAIN:
             model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
                                          "rules": {}, "conflict": None, "stopped": None, "steps_run": 0,
                                          "steps_budget": 0}
@@ -105,7 +105,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
             "metrics": comparison["metrics"]["run"], "retrain": comparison["metrics"]["retrain"],
             "original": comparison["metrics"]["original"], "ranking_agreement": comparison["ranking_agreement"],
             "yardstick": comparison["yardstick"], "per_user": comparison["per_user"],
-            "model_dir": str(retrain.path) if cfg.method is Method.RETRAIN else None,
+            "model_dir": str(retrain.path) if cfg.method is UnlearningMethod.RETRAIN else None,
             "original_dir": str(original.path), "retrain_dir": str(retrain.path),
         })
 

@@ -21,7 +21,7 @@ from .segments import Segments, segments
 Grads = dict[str, torch.Tensor]
 
 
-class Method(str, Enum):
+class UnlearningMethod(str, Enum):
     RETRAIN = "retrain"
     GA = "ga"
     GRADDIFF = "graddiff"
@@ -33,8 +33,8 @@ class Method(str, Enum):
     SELECTIVE = "selective"
 
 
-def parse_method(value) -> Method:
-    return parse_choice(Method, value, "method")
+def parse_unlearning_method(value) -> UnlearningMethod:
+    return parse_choice(UnlearningMethod, value, "method")
 
 
 class RetainSpecific(str, Enum):

@@ -32,7 +32,7 @@ import torch
 
 from ..circuits.groups import Group
 from ..circuits.nodes import NodeTable
-from .methods import CircuitPlan, Grads, Method, RetainSpecific, Step, pcgrad, uniform
+from .methods import CircuitPlan, Grads, UnlearningMethod, RetainSpecific, Step, pcgrad, uniform
 from .objectives import ga_loss, kl_to_reference, npo_loss
 
 
@@ -149,7 +149,7 @@ def saliency_mask(g_f: Grads, fraction: float) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    method: Method
+    method: UnlearningMethod
     objective: str  # the forget objective's name in OBJECTIVES (descended)
     second: Callable[[StepContext], torch.Tensor] | None  # the second loss (retain BCE, KL), or none
     rule: Callable[[Grads, Grads, StepContext], Step]
@@ -159,19 +159,19 @@ class MethodSpec:
 
 OBJECTIVES: dict[str, Callable[[StepContext], torch.Tensor]] = {"ascent": bce_ascent, "npo": npo_objective}
 
-REGISTRY: dict[Method, MethodSpec] = {spec.method: spec for spec in (
-    MethodSpec(Method.GA, "ascent", None, ascent_only),
-    MethodSpec(Method.GRADDIFF, "ascent", retain_bce, uniform_rule),
-    MethodSpec(Method.NPO, "npo", retain_bce, uniform_rule),
-    MethodSpec(Method.KL, "ascent", kl_to_original, uniform_rule),
-    MethodSpec(Method.PCGRAD, "ascent", retain_bce, pcgrad_rule),
-    MethodSpec(Method.SALUN, "ascent", retain_bce, saliency_rule, uses_saliency=True),
-    MethodSpec(Method.CURE, "npo", retain_bce, circuit_rule, uses_circuits=True),
-    MethodSpec(Method.SELECTIVE, "npo", retain_bce, circuit_rule, uses_circuits=True),
+REGISTRY: dict[UnlearningMethod, MethodSpec] = {spec.method: spec for spec in (
+    MethodSpec(UnlearningMethod.GA, "ascent", None, ascent_only),
+    MethodSpec(UnlearningMethod.GRADDIFF, "ascent", retain_bce, uniform_rule),
+    MethodSpec(UnlearningMethod.NPO, "npo", retain_bce, uniform_rule),
+    MethodSpec(UnlearningMethod.KL, "ascent", kl_to_original, uniform_rule),
+    MethodSpec(UnlearningMethod.PCGRAD, "ascent", retain_bce, pcgrad_rule),
+    MethodSpec(UnlearningMethod.SALUN, "ascent", retain_bce, saliency_rule, uses_saliency=True),
+    MethodSpec(UnlearningMethod.CURE, "npo", retain_bce, circuit_rule, uses_circuits=True),
+    MethodSpec(UnlearningMethod.SELECTIVE, "npo", retain_bce, circuit_rule, uses_circuits=True),
 )}
 
 
-def spec_of(method: Method) -> MethodSpec:
+def spec_of(method: UnlearningMethod) -> MethodSpec:
     if method not in REGISTRY:
         raise ValueError(f"{method.value} is not a step method (retrain trains from scratch)")
     return REGISTRY[method]

@@ -4,7 +4,7 @@ import time
 import streamlit as st
 
 from analysis.unlearn.lab import list_runs, unlearn
-from analysis.unlearn.methods import Method
+from analysis.unlearn.methods import UnlearningMethod
 from analysis.progress import unlearn_plan
 from analysis.study.noise import TrainingNoise, study_noise
 from analysis.unlearn.run import UnlearnConfig
@@ -48,7 +48,7 @@ with state.readable_errors():
     request, valid = state.request_input("lab_request")
     settings, thresholds = state.circuit_settings()
     c1, c2, c3, c4 = st.columns(4)
-    methods = [m.value for m in Method]
+    methods = [m.value for m in UnlearningMethod]
     method = c1.selectbox("Method", methods, index=methods.index("cure"), key="lab_method")
     epochs = c2.number_input("Epochs over the forget set", 0.1, state.LIMITS.epochs, float(UnlearnConfig.epochs), 0.5,
                              key="lab_epochs", help=state.LIMITS.note(f"{state.LIMITS.epochs:g} epochs"))
