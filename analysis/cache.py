@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import CacheError
+from .jobs import WAIT_POLL_SECONDS, WAIT_TELL_SECONDS, JobQueue, pid_alive  # the queue sits below the cache
 
 MANIFEST = "manifest.json"
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "cache"
@@ -110,8 +111,6 @@ def quarantine(directory: Path, root: Path) -> Path:
 
 
 WAITERS = "waiters"  # under locks/: one marker file per requester waiting on another's identical build
-WAIT_POLL_SECONDS = 0.25
-WAIT_TELL_SECONDS = 2.0
 
 
 @contextlib.contextmanager
@@ -192,16 +191,6 @@ def artefact_dir(root: Path, kind: str, key: str) -> Path:
     return root / kind / key
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def dead_tmp_folders(folder: Path) -> list[Path]:
     """The temporary build folders (`.tmp-<key>-<pid>-<id>`) in `folder` whose process no longer exists."""
     dead = []
@@ -262,8 +251,6 @@ def build_or_load(
     for the first one's result without taking a slot. The artefact lock is only ever taken while
     holding a slot, so whoever holds it is running, and waiting on it cannot deadlock the queue.
     """
-    from .jobs import JobQueue
-
     final = artefact_dir(root, kind, key)
     if _intact(final):
         return final

@@ -26,10 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .cache import WAIT_POLL_SECONDS, WAIT_TELL_SECONDS, pid_alive
-
 JOBS = "jobs"
 LOG = "log.jsonl"  # one line per job start and end: what ran, for how long, how it ended
+# How often a waiter (for a queue slot here, for an artefact lock in cache.py) polls, and tells its `on_wait`.
+# They live here, not in cache.py, because the queue sits below the cache (cache.build_or_load runs every build
+# in a slot of this queue): importing them from cache.py made the two modules import each other.
+WAIT_POLL_SECONDS = 0.25
+WAIT_TELL_SECONDS = 2.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def default_slots(cores: int | None = None) -> int:

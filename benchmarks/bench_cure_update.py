@@ -25,8 +25,9 @@ from analysis.progress import StderrBars
 from analysis.unlearn.conflict import gradients
 from analysis.unlearn.methods import RetainSpecific, circuit_rules
 from analysis.unlearn.modules import flat
-from analysis.unlearn.objectives import bce, ga_loss, prompt_scores
-from analysis.unlearn.run import Batches, UnlearnConfig
+from analysis.model.objectives import bce, ga_loss, prompt_scores
+from analysis.unlearn.run import UnlearnConfig
+from analysis.unlearn.start import Batches
 from analysis.workspace import open_workspace
 
 OUT = Path(__file__).parent / "results" / "cure_update.json"

@@ -5,166 +5,20 @@ After every kill the cache is audited: every stored entry must verify against it
 temporary folder of a dead process behind. The original model's bytes are checksummed before and
 after. Then a checkpoint, a circuit file and a run file are each corrupted: the next call must
 quarantine the bad entry and rebuild it. Prints a table and writes JSON to
-benchmarks/results/faults.json. `tests/test_faults.py` runs the same harness with one kill per job.
+benchmarks/results/faults.json. The harness is support/faults.py; `tests/test_faults.py` runs the same
+harness with one kill per job.
 
     .venv/bin/python benchmarks/bench_faults.py [--kills-per-job 10]
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import random
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("models", "circuits", "groups", "runs", "scores")
-TINY = ["--n-prompts", "8", "--stability-seeds", "1", "--retain-samples", "1", "--ig-steps", "2"]
-
-
-def job_argv(job: str, variant: int) -> list[str]:
-    """A command whose key differs per variant, so each kill interrupts a real build, not a cache hit."""
-    if job == "train":  # a retrain: the original is never the one being killed
-        return ["train", "--forget", "users:0.2", "--forget-seed", str(variant)]
-    if job == "circuits":
-        return ["circuits", "--forget", "users:0.2", "--prompt-seed", str(variant), *TINY]
-    if job == "unlearn":
-        return ["unlearn", "--forget", "users:0.2", "--method", "cure", "--unlearn-seed", str(variant),
-                "--steps", "4", "--batch-size", "8", *TINY]
-    raise ValueError(job)
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-@dataclass
-class Kill:
-    job: str
-    variant: int
-    delay: float
-    killed: bool  # False when the command finished before the kill
-    partial_entries: int
-    rerun_ok: bool
-    dead_tmp_after_rerun: int
-
-
-@dataclass
-class Harness:
-    data: Path
-    cache: Path
-    common: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.common = ["--data", str(self.data), "--history", "5", "--cache", str(self.cache), "--epochs", "1",
-                       "--json"]
-
-    def command(self, argv: list[str]) -> list[str]:
-        return [sys.executable, "-m", "analysis.cli", *argv, *self.common]
-
-    def run(self, argv: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        return subprocess.run(self.command(argv), capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
-
-    def original(self) -> Path:
-        out = self.run(["train"])
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        return Path(json.loads(out.stdout)["model_dir"])
-
-    def audit(self) -> tuple[int, int]:
-        """(stored entries that fail verification, temp folders of dead processes)."""
-        from analysis.cache import CacheError, dead_tmp_folders, verify
-
-        partial = dead = 0
-        for kind in KINDS:
-            dead += len(dead_tmp_folders(self.cache / kind))
-            for entry in (self.cache / kind).glob("*"):
-                if entry.name.startswith(".tmp-"):
-                    continue
-                try:
-                    verify(entry)
-                except CacheError:
-                    partial += 1
-        return partial, dead
-
-    def kill(self, job: str, variant: int, delay: float) -> Kill:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen(self.command(job_argv(job, variant)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-        try:
-            proc.wait(delay)
-            killed = False
-        except subprocess.TimeoutExpired:
-            proc.kill()  # SIGKILL: no handler, no cleanup
-            proc.wait()
-            killed = True
-        partial, _ = self.audit()
-        rerun = self.run(job_argv(job, variant))
-        dead_after = self.dead_tmp(job)
-        return Kill(job, variant, round(delay, 2), killed, partial, rerun.returncode == 0, dead_after)
-
-    def dead_tmp(self, job: str) -> int:
-        """Temp folders of dead processes in the job's kind: its rerun built there, so it must have swept them."""
-        from analysis.cache import dead_tmp_folders
-
-        return len(dead_tmp_folders(self.cache / {"train": "models", "circuits": "circuits", "unlearn": "runs"}[job]))
-
-    def corrupt_and_rebuild(self, job: str, variant: int, built: dict) -> dict:
-        """Flip a byte in the artefact the job's clean run stored (`built`: its JSON output); the next call
-        must quarantine it and rebuild."""
-        name = {"train": "model.safetensors", "circuits": "circuit.json", "unlearn": "run.json"}[job]
-        where = built[{"train": "model_dir", "circuits": "path", "unlearn": "run_dir"}[job]]
-        target = Path(where) / name
-        blob = bytearray(target.read_bytes())
-        blob[len(blob) // 2] ^= 0xFF
-        target.write_bytes(bytes(blob))
-        quarantined = len(list((self.cache / "quarantine").glob("*"))) if (self.cache / "quarantine").is_dir() else 0
-        again = self.run(job_argv(job, variant))
-        after = len(list((self.cache / "quarantine").glob("*")))
-        from analysis.cache import verify
-
-        verify(target.parent)
-        return {"job": job, "file": name, "rerun_ok": again.returncode == 0, "quarantined": after - quarantined}
-
-
-def run_faults(data: Path, cache: Path, kills_per_job: int, seed: int = 0, log=print) -> dict:
-    h = Harness(data, cache)
-    rng = random.Random(seed)
-    t0 = time.perf_counter()
-    original = h.original()
-    before = tree_digest(original)
-    typical, clean = {}, {}
-    for job in ("train", "circuits", "unlearn"):  # one clean run each: the span kills are drawn from
-        t = time.perf_counter()
-        out = h.run(job_argv(job, 0))
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        typical[job], clean[job] = time.perf_counter() - t, json.loads(out.stdout)
-    kills = []
-    for k in range(kills_per_job):
-        for job in ("train", "circuits", "unlearn"):
-            kill = h.kill(job, 1 + k, rng.uniform(0.5, 0.9 * typical[job]))  # a clean run's span: most land
-            log(f"{job:<9} variant {kill.variant:>3} kill at {kill.delay:5.1f} s  killed={kill.killed}  "
-                f"partial={kill.partial_entries}  rerun_ok={kill.rerun_ok}  dead_tmp_after={kill.dead_tmp_after_rerun}")
-            kills.append(kill)
-    corruptions = [h.corrupt_and_rebuild(job, 0, clean[job]) for job in ("train", "circuits", "unlearn")]
-    return {"kills": [asdict(k) for k in kills], "corruptions": corruptions, "typical_seconds": typical,
-            "original_unchanged": tree_digest(original) == before, "seconds": time.perf_counter() - t0,
-            "n_killed": sum(k.killed for k in kills), "partial_entries": sum(k.partial_entries for k in kills),
-            "failed_reruns": sum(not k.rerun_ok for k in kills),
-            "dead_tmp_left": sum(k.dead_tmp_after_rerun for k in kills)}
 
 
 def main() -> None:
@@ -175,8 +29,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from analysis.cache import cache_root
     from analysis.data.loaders import load_dataset
-    from tests.conftest import subset
-    from tests.test_cli_app import write_ml100k_folder
+    from support.datasets import subset, write_ml100k_folder
+    from support.faults import run_faults
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_ml100k_folder(subset(load_dataset(None, root=cache_root()), args.users), Path(tmp) / "data")

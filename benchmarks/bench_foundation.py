@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from analysis.config import DataConfig, ModelConfig, TrainConfig
-from analysis.evaluate import baseline_metrics
+from analysis.model.evaluate import baseline_metrics
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
 from analysis.workspace import open_workspace

@@ -209,8 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     from analysis.cache import cache_root
     from analysis.data.loaders import load_dataset
-    from tests.conftest import subset
-    from tests.test_cli_app import write_ml100k_folder
+    from support.datasets import subset, write_ml100k_folder
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

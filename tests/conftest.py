@@ -11,7 +11,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
                         ("CURE_CORES", "1")):
         os.environ.setdefault(name, value)
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from analysis.data.loaders import load_dataset
 from analysis.data.samples import build_interactions
 from analysis.data.schema import RatingsData
 from analysis.workspace import Workspace
+from support.datasets import subset
 
 TINY_MODEL = ModelConfig(n_layer=2, n_head=2, d_model=32, d_mlp=64, dropout=0.0)
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=3e-3, targets_per_sequence=5)
@@ -42,12 +42,6 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.fixture(scope="session")
 def ml100k() -> RatingsData:
     return load_dataset(None, root=cache_root())
-
-
-def subset(data: RatingsData, n_users: int) -> RatingsData:
-    users = sorted(data.ratings["user_id"].unique())[:n_users]
-    ratings = data.ratings[data.ratings["user_id"].isin(users)].reset_index(drop=True)
-    return replace(data, ratings=ratings, users=data.users[data.users["user_id"].isin(users)].reset_index(drop=True))
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
-"""Fault injection (subprocess, kill -9 at random points): the harness of benchmarks/bench_faults.py,
-one kill per job kind here (the benchmark does 30+). Also each corrupted artefact kind is quarantined
-and rebuilt, and the original model's bytes never change."""
+"""Fault injection (subprocess, kill -9 at random points): the harness of support/faults.py (which
+benchmarks/bench_faults.py runs), one kill per job kind here (the benchmark does 30+). Also each corrupted
+artefact kind is quarantined and rebuilt, and the original model's bytes never change."""
 from __future__ import annotations
 
-from benchmarks.bench_faults import run_faults
-from tests.test_cli_app import write_ml100k_folder
+from support.datasets import write_ml100k_folder
+from support.faults import run_faults
 
 
 def test_kill_9_leaves_no_partial_entry_and_corruption_is_quarantined(tiny_data, tmp_path):

