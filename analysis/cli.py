@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, TrainConfig
@@ -155,25 +156,26 @@ def _original_args(p: argparse.ArgumentParser) -> None:
 
 
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
-    from .unlearn.methods import UnlearningMethod
-    from .unlearn.run import UnlearnConfig as U
+    from .unlearn.methods import RetainSpecific, UnlearningMethod
+    from .unlearn.registry import OBJECTIVES
+    from .unlearn.run import OPTIMIZERS, STOPS, UnlearnConfig as U
 
     p.add_argument("--method", dest="unlearn_method", required=True, choices=[m.value for m in UnlearningMethod])
     p.add_argument("--modules", default="", help="selective: modules to update, e.g. a0.h1,m2")
     p.add_argument("--unlearn-epochs", type=float, default=U.epochs, help="budget: passes over the forget set")
     p.add_argument("--steps", type=int, default=None, help="an explicit step count instead of --unlearn-epochs")
     p.add_argument("--lr", type=float, default=U.lr)
-    p.add_argument("--optimizer", default=U.optimizer, choices=["adam", "sgd"])
-    p.add_argument("--stop", default=U.stop, choices=["budget", "auto", "loss"],
+    p.add_argument("--optimizer", default=U.optimizer, choices=list(OPTIMIZERS))
+    p.add_argument("--stop", default=U.stop, choices=list(STOPS),
                    help="auto: stop once the forgotten users are indistinguishable from never-seen users on the "
                         "validation-period attack (checked every 10 steps); loss: once the forget samples' loss "
                         "reaches the original's held-out loss")
     p.add_argument("--saliency", type=float, default=U.saliency, help="salun: share of parameter elements updated")
-    p.add_argument("--objective", default=None, choices=["ascent", "npo"],
+    p.add_argument("--objective", default=None, choices=list(OBJECTIVES),
                    help="the forget objective (default: the method's own; cure and selective: npo)")
     p.add_argument("--batch-size", type=int, default=U.batch_size)
     p.add_argument("--retain-weight", type=float, default=U.retain_weight)
-    p.add_argument("--retain-specific", default=U.retain_specific.value, choices=["freeze", "retain"])
+    p.add_argument("--retain-specific", default=U.retain_specific.value, choices=[r.value for r in RetainSpecific])
     p.add_argument("--unlearn-seed", type=int, default=U.seed)
     p.add_argument("--strength", default="fixed", choices=["fixed", "auto"],
                    help="auto: run --strengths first and keep the weakest at which the forgotten users are "
@@ -293,18 +295,18 @@ def _warm(args, ws, progress) -> dict:
     discover_groups(ws, rec, forget, settings, GroupThresholds(), progress)  # reuses the full result
     for model in (rec, retrain):
         reference_view(model, ws, forget, progress)
-    return {"forget": forget.summary(), "model_dir": str(rec.path), "retrain_dir": str(retrain.path),
+    return {"forget": asdict(forget.summary()), "model_dir": str(rec.path), "retrain_dir": str(retrain.path),
             "circuits": str(circuits.path), "groups": circuits.node_groups.sizes()}
 
 
 def _conflict(args, ws, progress) -> dict:
-    from .unlearn.run import conflict_of
+    from .unlearn.start import conflict_of
 
     rec = _original(args, ws, progress)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     cmap = conflict_of(ws, rec, forget, adapter=_adapter(args))
     n_layers, n_heads = rec.model.config.num_hidden_layers, rec.model.config.num_attention_heads
-    return {"forget": forget.summary(), "model_dir": str(rec.path), **cmap.to_json(),
+    return {"forget": asdict(forget.summary()), "model_dir": str(rec.path), **cmap.to_json(),
             "heatmap": {"rows": [f"layer {l}" for l in range(n_layers)],
                         "columns": [f"h{h}" for h in range(n_heads)] + ["mlp"],
                         "cos": cmap.heatmap(n_layers, n_heads)}}
@@ -312,8 +314,10 @@ def _conflict(args, ws, progress) -> dict:
 
 def _unlearn(args, ws, progress) -> dict:
     from .unlearn.lab import unlearn
+    from .unlearn.registry import spec_of
     from .unlearn.run import UnlearnConfig
 
+    spec = spec_of(args.unlearn_method)
     settings, thresholds = _circuit_settings(args)
     modules = tuple(m for m in args.modules.split(",") if m.strip())
     cfg = UnlearnConfig(method=args.unlearn_method, epochs=args.unlearn_epochs, steps=args.steps, lr=args.lr,
@@ -321,12 +325,12 @@ def _unlearn(args, ws, progress) -> dict:
                         batch_size=args.batch_size,
                         retain_weight=args.retain_weight, modules=modules, retain_specific=args.retain_specific,
                         seed=args.unlearn_seed, circuits=settings, thresholds=thresholds,
-                        adapter=None if args.unlearn_method == "retrain" else _adapter(args),
+                        adapter=_adapter(args) if "adapter" in spec.options else None,
                         random_groups=args.random_groups)
     forget = ws.forget_set(args.forget, seed=args.forget_seed)
     original = _original(args, ws, progress)
     choice = None
-    if args.strength == "auto" and args.unlearn_method != "retrain":
+    if args.strength == "auto" and spec.steps:  # a strength is a step method's learning rate
         from dataclasses import replace
 
         from .unlearn.strength import strength_sweep
@@ -334,7 +338,8 @@ def _unlearn(args, ws, progress) -> dict:
         choice = strength_sweep(ws, original, forget, cfg, _strengths(args.strengths), progress)
         cfg = replace(cfg, lr=choice.strength)
     run = unlearn(ws, original, forget, cfg, progress)
-    return run if choice is None else {**run, "strength_choice": choice.to_json()}
+    out = {**run.to_json(), "run_dir": run.run_dir, "model_dir": run.model_dir}  # what the CLI prints
+    return out if choice is None else {**out, "strength_choice": choice.to_json()}
 
 
 def _strengths(text: str) -> tuple[float, ...]:
@@ -371,9 +376,10 @@ def _model(args, ws, progress):
 
 def _staged(args, ws):
     """The command's stages on stderr (the app shows the same plan), or plain bars where it has none."""
-    from .progress import TIMINGS, StagedProgress, StderrStages, unlearn_plan
+    from .progress import TIMINGS, StagedProgress, StderrStages
+    from .unlearn.registry import spec_of
 
-    plan = unlearn_plan(args.unlearn_method) if args.command == "unlearn" else \
+    plan = spec_of(args.unlearn_method).plan if args.command == "unlearn" else \
         {"circuits": "circuits", "study": "study", "warm": "warm", "train": "train"}.get(args.command)
     return StagedProgress(plan, StderrStages(), costs=ws.root / TIMINGS) if plan else None
 
@@ -417,8 +423,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for value in getattr(args, "seeds", None) or ():
         if not 0 <= value < 2**63:
             raise SettingsError(f"--seeds must be between 0 and 2**63-1, got {value}")
-    if getattr(args, "forget", None):
-        parse_forget_spec(args.forget)
+    if getattr(args, "forget", None):  # parsed once, here: every handler gets the ForgetSpec
+        args.forget = parse_forget_spec(args.forget)
     if _adapter(args) is not None and not args.backbone and not getattr(args, "model", None):
         raise SettingsError("--adapter lora needs a pretrained --backbone (or a saved --model trained from one); "
                             "the from-scratch recommender is always trained fully")
@@ -441,8 +447,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace, ws, progress) -> dict:
     if args.command == "prepare":
-        return {"data": ws.data.summary(), "split": ws.interactions.summary(), "fingerprint": ws.fingerprint,
-                "cache": str(ws.root)}
+        return {"data": asdict(ws.data.summary()), "split": asdict(ws.interactions.summary()),
+                "fingerprint": ws.fingerprint, "cache": str(ws.root)}
     if args.command in ("circuits", "conflict", "unlearn", "study", "warm"):
         return {"circuits": _circuits, "conflict": _conflict, "unlearn": _unlearn,
                 "study": _study, "warm": _warm}[args.command](args, ws, progress)
@@ -453,7 +459,7 @@ def _run(args: argparse.Namespace, ws, progress) -> dict:
                 "tokens_per_second": training["tokens_per_second"], "peak_rss_mb": training["peak_rss_mb"],
                 "best_epoch": training["best_epoch"], "forget": rec.meta["forget"], "metrics": rec.meta["metrics"]}
     if args.command == "evaluate":
-        from .evaluate import baseline_metrics, evaluate_model
+        from .model.evaluate import baseline_metrics, evaluate_model
 
         forget = _forget(args, ws)
         metrics = rec.meta.get("metrics") if not args.model and "metrics" in rec.meta else None
@@ -463,7 +469,8 @@ def _run(args: argparse.Namespace, ws, progress) -> dict:
                 "baselines": {"user_item_bias": base["test"] | base["ranking"]}}
     from .recommend import top_k
 
-    return {"user": args.user, "model_dir": str(rec.path), "items": top_k(rec, ws, args.user, args.k)}
+    items = [asdict(r) for r in top_k(rec, ws, args.user, args.k)]
+    return {"user": args.user, "model_dir": str(rec.path), "items": items}
 
 
 def _print_human(result: dict) -> None:

@@ -96,11 +96,8 @@ PLANS["warm"] = (Stage("retrain", ("train",), seconds=90.0),
 PLANS["study"] = (Stage("study cells", ("study",), seconds=900.0),)
 PLANS["unlearn-baseline"] = tuple(s for s in PLANS["unlearn"] if s.name != "circuits")
 PLANS["retrain"] = tuple(s for s in PLANS["unlearn"] if s.name in ("retrain", "evaluation"))
-
-
-def unlearn_plan(method: str) -> str:
-    """The plan of a lab run: circuits only for the methods that use them, no steps for retrain."""
-    return {"cure": "unlearn", "selective": "unlearn", "retrain": "retrain"}.get(method, "unlearn-baseline")
+# Which of the three lab plans a method's run follows is a fact of the method: MethodSpec.plan
+# (analysis/unlearn/registry.py) names it; this module knows stages, not methods.
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
@@ -17,11 +18,13 @@ from typing import Iterator
 import streamlit as st
 
 from analysis.config import DEFAULT_REQUEST, DataConfig, ModelConfig, TrainConfig
+from analysis.data.forget import ForgetSpec, parse_forget_spec
 from analysis.errors import CureError
-from analysis.evaluate import baseline_metrics
+from analysis.model.evaluate import Scorecard, baseline_metrics
 from analysis.model.recommender import Recommender, load_recommender
 from analysis.model.train import train_recommender
 from analysis.progress import TIMINGS, ProgressView, StagedProgress
+from analysis.unlearn.record import RankingAgreement
 from analysis.watched import run_watched
 from analysis.workspace import Workspace, open_workspace
 
@@ -29,6 +32,31 @@ from analysis.workspace import Workspace, open_workspace
 
 DATASETS = {"ml-100k": "MovieLens-100K (1998, whole stars, user attributes)",
             "latest-small": "MovieLens latest-small (2016, half stars, no user attributes)"}
+
+
+class SessionKey(Enum):
+    """The session_state keys that outlive one page: written on one page and read on another, or reset from the
+    sidebar. Pages reach them only through this module's accessors (never st.session_state[...]), and the dataset
+    switch resets the per-dataset ones from this one list. A widget key used on one page alone stays that page's
+    `key=`. The names are unchanged (the app tests read some of them)."""
+
+    # (name, per_dataset: it names this dataset's requests, nodes or runs, so a new dataset drops it)
+    REQUEST = ("request", True)  # the deletion request every page shares
+    SELECTED_MODULES = ("selected_modules", True)  # picked on Circuits; the lab's selective run and the tour read it
+    COMPARE_RUN = ("compare_run", True)  # the run the lab just made: Compare opens on it
+    CIRCUIT_SETTINGS = ("circuit_settings", False)  # set on Circuits, asked for by the lab and the tour
+    TOUR_STEP = ("tour_step", False)
+    EVIDENCE_PICK = ("evidence_pick", False)  # the study just run: Evidence's picker opens on it
+    # the Circuits page's own pickers, seeded from SELECTED_MODULES: reset here, so declared here
+    MODULE_PICKER = ("module_picker", True)
+    ROW_PICKER = ("row_picker", True)
+    UNIT_PICKER = ("unit_picker", True)
+    # the graph selection already copied into the pickers (sync_graph_selection). Kept across a dataset switch: a
+    # graph selection the chart still reports would otherwise be copied again, naming the old dataset's nodes
+    LAST_GRAPH_PICK = ("_last_graph_pick", False)
+
+    def __init__(self, key: str, per_dataset: bool) -> None:
+        self.key, self.per_dataset = key, per_dataset
 
 
 def settings() -> tuple[str | None, int, str | None]:
@@ -78,8 +106,9 @@ def dataset_picker() -> None:
 
 def _new_dataset() -> None:
     """Another dataset: its genres, items and nodes differ, so the request and picks start afresh."""
-    for key in ("request", "selected_modules", "compare_run", "module_picker", "row_picker", "unit_picker"):
-        st.session_state.pop(key, None)
+    for key in SessionKey:
+        if key.per_dataset:
+            st.session_state.pop(key.key, None)
 
 
 def progress_bar(label: str):
@@ -227,13 +256,14 @@ def saved_model(path: str) -> Recommender:
     return _saved_model(path, workspace(), _compute())
 
 
-def ranking_agreement(run_dir: str, run: Recommender, original: Recommender, forget) -> dict:
+def ranking_agreement(run_dir: str, run: Recommender, original: Recommender, forget) -> RankingAgreement:
     """compare.ranking_agreement of a stored run, once per run and session (a study's runs store none)."""
     return _ranking_agreement(run_dir, run, original, forget, workspace())
 
 
 @st.cache_data(show_spinner="Ranking the ranking users' movies with this run (a study's runs skip it) ...")
-def _ranking_agreement(run_dir: str, _run: Recommender, _original: Recommender, _forget, _ws: Workspace) -> dict:
+def _ranking_agreement(run_dir: str, _run: Recommender, _original: Recommender, _forget,
+                       _ws: Workspace) -> RankingAgreement:
     from analysis.unlearn import compare
 
     return compare.ranking_agreement(_run, _original, _ws, _forget)
@@ -247,8 +277,8 @@ def _compute() -> str:
 
 
 @st.cache_data(show_spinner=False)
-def baseline(_ws: Workspace, fingerprint: str) -> dict:
-    return baseline_metrics(_ws)
+def baseline(_ws: Workspace, fingerprint: str) -> Scorecard:
+    return Scorecard.from_metrics(baseline_metrics(_ws))
 
 
 @contextmanager
@@ -271,41 +301,79 @@ def circuit_settings():
     from analysis.circuits.discover import CircuitSettings
     from analysis.circuits.groups import GroupThresholds
 
-    if "circuit_settings" not in st.session_state:
-        st.session_state["circuit_settings"] = (
-            CircuitSettings.from_env(), GroupThresholds())
-    return st.session_state["circuit_settings"]
+    key = SessionKey.CIRCUIT_SETTINGS.key
+    if key not in st.session_state:
+        st.session_state[key] = (CircuitSettings.from_env(), GroupThresholds())
+    return st.session_state[key]
 
 
-def request() -> str:
-    """The deletion request shared by the Circuits, Unlearning lab and Compare pages."""
-    return st.session_state.setdefault("request", DEFAULT_REQUEST)
+def set_circuit_settings(settings, thresholds) -> tuple:
+    """The Circuits page's sidebar choice, for every page after it; returns (settings, thresholds)."""
+    st.session_state[SessionKey.CIRCUIT_SETTINGS.key] = (settings, thresholds)
+    return st.session_state[SessionKey.CIRCUIT_SETTINGS.key]
+
+
+def request() -> ForgetSpec:
+    """The deletion request shared by the Circuits, Unlearning lab and Compare pages, parsed once where it was
+    entered (request_input); str() of it is the canonical text."""
+    return st.session_state.setdefault(SessionKey.REQUEST.key, parse_forget_spec(DEFAULT_REQUEST))
 
 
 REQUEST_HELP = "users:0.1 · users:12,40 · interactions:0.05 · genre:Horror · genre:Horror@users:1,2"
 
 
-def request_input(key: str) -> tuple[str, bool]:
-    """The deletion-request box every page shares, checked as it is entered.
+def request_input(key: str) -> tuple[ForgetSpec, bool]:
+    """The deletion-request box every page shares, parsed and checked as it is entered.
 
     Returns (the request to use, whether the typed one was valid). A bad request is shown as
     an error on its own page and never stored: every other page keeps the last good one.
     """
     current = request()
-    typed = st.text_input("Deletion request", current, key=key, help=REQUEST_HELP).strip()
-    if typed == current:
+    typed = st.text_input("Deletion request", str(current), key=key, help=REQUEST_HELP).strip()
+    if typed == str(current):
         return current, True
     try:
-        workspace().forget_set(typed)
+        parsed = parse_forget_spec(typed)
+        workspace().forget_set(parsed)  # selects nothing or everything: said here, never stored
     except CureError as exc:
         st.error(f"{exc}. Still showing '{current}'.")
         return current, False
-    st.session_state["request"] = typed
-    return typed, True
+    st.session_state[SessionKey.REQUEST.key] = parsed
+    return parsed, True
 
 
 def selected_modules() -> list[str]:
-    return st.session_state.setdefault("selected_modules", [])
+    return st.session_state.setdefault(SessionKey.SELECTED_MODULES.key, [])
+
+
+def set_selected_modules(names: list[str]) -> None:
+    """The nodes picked on the Circuits page: what the lab's selective method updates."""
+    st.session_state[SessionKey.SELECTED_MODULES.key] = list(names)
+
+
+def picker(key: SessionKey, default: list[str]) -> str:
+    """The widget key of one of the Circuits page's pickers, its value first set to `default` (a rerun or the
+    graph selection keeps what is there; a new dataset drops it)."""
+    st.session_state.setdefault(key.key, default)
+    return key.key
+
+
+def set_compare_run(run_dir: str) -> None:
+    """The run Compare opens on next (the lab sets it to the run it just made)."""
+    st.session_state[SessionKey.COMPARE_RUN.key] = run_dir
+
+
+def set_evidence_pick(path: str) -> None:
+    """The study report Evidence's picker opens on (the quick study just run)."""
+    st.session_state[SessionKey.EVIDENCE_PICK.key] = path
+
+
+def tour_step() -> int:
+    return st.session_state.setdefault(SessionKey.TOUR_STEP.key, 0)
+
+
+def set_tour_step(step: int) -> None:
+    st.session_state[SessionKey.TOUR_STEP.key] = step
 
 
 def graph_selection(session, chart_key: str) -> set[str]:
@@ -325,9 +393,9 @@ def sync_graph_selection(session, chart_key: str, picker_key: str, row_key: str 
     Points carry their node name as customdata; input, logits and `ignore` are not modules.
     """
     picked = sorted(graph_selection(session, chart_key) - {"input", "logits", *ignore})
-    if not picked or picked == session.get("_last_graph_pick"):
+    if not picked or picked == session.get(SessionKey.LAST_GRAPH_PICK.key):
         return None
-    session["_last_graph_pick"] = picked
+    session[SessionKey.LAST_GRAPH_PICK.key] = picked
     rows = [n for n in picked if row_key and n.startswith("row:")]
     modules = [n for n in picked if n not in rows]
     if modules:
@@ -338,10 +406,10 @@ def sync_graph_selection(session, chart_key: str, picker_key: str, row_key: str 
     return picked
 
 
-def pick_stored(title: str, items: list[dict], id_key: str, label_of, wanted_state: str, key: str) -> dict:
-    """A selectbox over stored results (runs, reports), opened on the one named in session_state[wanted_state]."""
-    labels = {item[id_key]: label_of(item) for item in items}
+def pick_stored(title: str, items: list, id_of, label_of, wanted_key: SessionKey, key: str):
+    """A selectbox over stored results (runs, reports), opened on the one the session holds under `wanted_key`."""
+    labels = {id_of(item): label_of(item) for item in items}
     ids = list(labels)
-    wanted = st.session_state.get(wanted_state)
+    wanted = st.session_state.get(wanted_key.key)
     chosen = st.selectbox(title, ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get, key=key)
-    return next(item for item in items if item[id_key] == chosen)
+    return next(item for item in items if id_of(item) == chosen)

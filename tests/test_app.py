@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from analysis.data.forget import ForgetSpec
 from app.state import sync_graph_selection
-from tests.test_cli_app import write_ml100k_folder
+from support.datasets import write_ml100k_folder
 
 APP = str(Path(__file__).parent.parent / "streamlit_app.py")
 
@@ -82,8 +83,8 @@ def test_overview_and_trace_on_the_same_user_and_movie_agree_or_say_why(app_env)
     assert not trace.exception
     shown = {m.label: m.value for m in trace.metric}["Score (logit Yes - No)"]
     ranked = next(r for r in top_k(rec, ws, user, k=len(ws.interactions.item_ids), exclude_rated=False)
-                  if r["item_id"] == item)
-    assert float(shown) == pytest.approx(ranked["score"], abs=6e-4)  # shown to 3 decimals
+                  if r.item_id == item)
+    assert float(shown) == pytest.approx(ranked.score, abs=6e-4)  # shown to 3 decimals
     trace_tokens, overview_tokens = trace.code[0].value.split(" | "), overview.code[0].value.split(" | ")
     assert all(ws.title(item) in " | ".join(t[-4:]) for t in (trace_tokens, overview_tokens))  # one candidate
     if trace_tokens != overview_tokens:
@@ -140,10 +141,10 @@ def _circuits_page_states_its_groups_and_draws_its_rows(at: AppTest) -> None:
     for summary in describe(result.node_groups):
         assert summary.sentence in text, (summary.sentence, text)
     assert "Benjamini-Hochberg over" in text and f"at least {thresholds.min_users} users" in text
-    shown, rest = circuit_view.top_rows(result.to_json()["nodes"])
+    shown, rest = circuit_view.top_rows(result.view().nodes)
     spec = at.get("plotly_chart")[0].proto.spec  # the circuit graph
     drawn = {n for n in result.node_groups.names if n.startswith("row:") and f'"{n}"' in spec}
-    assert drawn == {n["name"] for n in shown}  # exactly the top rows: none when no row is specific
+    assert drawn == {n.name for n in shown}  # exactly the top rows: none when no row is specific
     assert (f"+{rest} more rows" in spec) == (rest > 0) and (circuit_view.MORE_ROWS in spec) == (rest > 0)
     expander = next(e for e in at.expander if e.label.startswith("Item rows by group and specificity"))
     assert expander.proto.expanded is False  # opened only by selecting "+N more rows"
@@ -163,6 +164,26 @@ def test_lab_runs_cure_with_live_progress_and_compare_lists_it(app_env):
     overall = next(p.proto for p in at.get("progress") if p.proto.text.startswith("cure on"))
     assert overall.value == 100 and "stage 4 of 4: evaluation" in overall.text  # retrain, circuits, steps, evaluation
     assert "unlearning" not in overall.text.partition("from cache:")[2]  # the steps ran: not "from cache"
+
+
+def test_the_lab_shows_the_controls_its_method_takes(app_env):
+    """The controls per method follow its spec (registry.MethodSpec.options), the choices run.py's."""
+    from analysis.unlearn.registry import REGISTRY
+    from analysis.unlearn.run import STOPS
+
+    at = open_page("lab")
+    for method, spec in REGISTRY.items():
+        at.selectbox(key="lab_method").select(method.value).run()
+        assert not at.exception, at.exception
+        labels = {w.label for w in [*at.main.selectbox, *at.main.number_input]}  # not the sidebar's
+        assert ("Retain-specific nodes" in labels) == spec.uses_circuits, method
+        assert ("Salient share of parameters" in labels) == spec.uses_saliency, method
+        assert ("Max steps (0: the epochs decide)" in labels) == spec.steps, method
+        assert any("Selective unlearning updates only" in i.value for i in at.info) == ("modules" in spec.options)
+        if spec.steps:
+            assert tuple(at.selectbox(key="lab_stop").options) == STOPS
+        else:
+            assert labels == {"Method"}  # retrain reads none of the config
 
 
 def test_a_run_waiting_on_another_sessions_lock_says_so_and_then_completes(app_env, monkeypatch):
@@ -198,10 +219,12 @@ def test_a_run_waiting_on_another_sessions_lock_says_so_and_then_completes(app_e
 def test_a_bad_request_is_checked_as_entered_and_never_leaves_its_page(app_env):
     at = open_page("lab")
     good = at.session_state["request"]
+    assert isinstance(good, ForgetSpec)  # parsed once, where it entered; pages pass the parsed request on
+    good = str(good)
     at.text_input(key="lab_request").set_value("users:abc").run()
     assert not at.exception
     assert "expected a fraction of users" in at.error[0].value and f"Still showing '{good}'" in at.error[0].value
-    assert at.button(key="lab_run").disabled and at.session_state["request"] == good
+    assert at.button(key="lab_run").disabled and str(at.session_state["request"]) == good
     assert any(good in s.value for s in at.subheader)  # the runs of the last good request stay listed
     at.text_input(key="lab_request").set_value("genre:Polka").run()
     assert "unknown genre" in at.error[0].value
@@ -274,7 +297,7 @@ def test_evidence_page_runs_a_quick_study_with_progress_and_shows_it(app_env, mo
     # Compare on the newest of the study's runs: study cells store no ranking agreement, the page computes it
     from analysis.unlearn.lab import list_runs
 
-    assert list_runs(Path(app_env["CURE_CACHE"]))[0]["ranking_agreement"] is None
+    assert list_runs(Path(app_env["CURE_CACHE"]))[0].comparison.ranking_agreement is None
     compare = open_page("compare")
     kept = [c.value for c in compare.caption if c.value.startswith("Top-10 kept (share of items): forget users ")]
     assert kept and "forget users n/a" not in kept[0], kept

@@ -14,7 +14,11 @@ retain batch, takes their gradients, and asks the spec's rule for the direction.
   (SalUn-style saliency mask, fixed at the start): the non-circuit way to "update only
   what matters", CURE's fair rival;
 * cure: NPO + retain BCE with each node's parameters updated by its circuit group's rule;
-* selective: CURE's rules on the nodes a user picked.
+* selective: CURE's rules on the nodes a user picked;
+* retrain: no steps (the exact answer); its entry only states its facts.
+
+Each spec is also where the method's facts live (uses circuits, uses saliency, progress plan, which config
+options it reads): the config, the CLI, progress reporting and the app read them from here.
 
 The forget objective is named (`OBJECTIVES`), so a run may swap it (`objective=`) without
 a new method. CURE's own is NPO: its formula is not public, and on the default model
@@ -32,8 +36,9 @@ import torch
 
 from ..circuits.groups import Group
 from ..circuits.nodes import NodeTable
-from .methods import CircuitPlan, Grads, UnlearningMethod, RetainSpecific, Step, pcgrad, uniform
-from .objectives import ga_loss, kl_to_reference, npo_loss
+from ..model.objectives import ga_loss, kl_to_reference, npo_loss
+from .methods import (CircuitPlan, Grads, UnlearningMethod, RetainSpecific, Step, parse_unlearning_method, pcgrad,
+                      uniform)
 
 
 @dataclass
@@ -147,31 +152,72 @@ def saliency_mask(g_f: Grads, fraction: float) -> dict[str, torch.Tensor]:
     return masks
 
 
+# The UnlearnConfig fields a method reads besides `method` (names only: run.py imports this module, not the other
+# way round; a test checks each is a field). The config's checks and key, the CLI and the app's controls all ask
+# the spec, so "which methods take X" is said here and nowhere else.
+STEP_OPTIONS = ("epochs", "steps", "lr", "batch_size", "optimizer", "stop", "objective", "npo_beta", "seed", "adapter")
+RETAIN_OPTIONS = STEP_OPTIONS + ("retain_weight",)  # a second loss, weighted against the forget objective
+CIRCUIT_OPTIONS = RETAIN_OPTIONS + ("retain_specific", "circuits", "thresholds", "groups")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
+    """One method: how it steps (objective, second loss, rule; none for retrain) and the facts every caller asks."""
+
     method: UnlearningMethod
-    objective: str  # the forget objective's name in OBJECTIVES (descended)
+    objective: str | None  # the forget objective's name in OBJECTIVES (descended); None: no steps (retrain)
     second: Callable[[StepContext], torch.Tensor] | None  # the second loss (retain BCE, KL), or none
-    rule: Callable[[Grads, Grads, StepContext], Step]
-    uses_circuits: bool = False
-    uses_saliency: bool = False
+    rule: Callable[[Grads, Grads, StepContext], Step] | None  # None: no steps (retrain)
+    options: tuple[str, ...] = ()  # the UnlearnConfig fields it reads (see STEP_OPTIONS)
+
+    @property
+    def steps(self) -> bool:
+        """False for retrain: it trains the original's recipe without the forgotten data, no unlearning step."""
+        return self.rule is not None
+
+    @property
+    def uses_circuits(self) -> bool:
+        """Its rule reads circuit groups: the run discovers (or is given) them first."""
+        return "circuits" in self.options
+
+    @property
+    def uses_saliency(self) -> bool:
+        return "saliency" in self.options
+
+    @property
+    def plan(self) -> str:
+        """Its progress plan: a name in progress.PLANS, not the stages themselves, since the measured stage costs
+        (cache/timings.json) are stored under that name and a plan passed as stages would not keep them."""
+        if not self.steps:
+            return "retrain"
+        return "unlearn" if self.uses_circuits else "unlearn-baseline"
 
 
 OBJECTIVES: dict[str, Callable[[StepContext], torch.Tensor]] = {"ascent": bce_ascent, "npo": npo_objective}
 
 REGISTRY: dict[UnlearningMethod, MethodSpec] = {spec.method: spec for spec in (
-    MethodSpec(UnlearningMethod.GA, "ascent", None, ascent_only),
-    MethodSpec(UnlearningMethod.GRADDIFF, "ascent", retain_bce, uniform_rule),
-    MethodSpec(UnlearningMethod.NPO, "npo", retain_bce, uniform_rule),
-    MethodSpec(UnlearningMethod.KL, "ascent", kl_to_original, uniform_rule),
-    MethodSpec(UnlearningMethod.PCGRAD, "ascent", retain_bce, pcgrad_rule),
-    MethodSpec(UnlearningMethod.SALUN, "ascent", retain_bce, saliency_rule, uses_saliency=True),
-    MethodSpec(UnlearningMethod.CURE, "npo", retain_bce, circuit_rule, uses_circuits=True),
-    MethodSpec(UnlearningMethod.SELECTIVE, "npo", retain_bce, circuit_rule, uses_circuits=True),
+    # the exact answer, the lab's judge: it reads none of the config (lab.retrain_for trains the original's recipe)
+    MethodSpec(UnlearningMethod.RETRAIN, None, None, None),
+    MethodSpec(UnlearningMethod.GA, "ascent", None, ascent_only, STEP_OPTIONS),  # ascent_only has no retain weight
+    MethodSpec(UnlearningMethod.GRADDIFF, "ascent", retain_bce, uniform_rule, RETAIN_OPTIONS),
+    MethodSpec(UnlearningMethod.NPO, "npo", retain_bce, uniform_rule, RETAIN_OPTIONS),
+    MethodSpec(UnlearningMethod.KL, "ascent", kl_to_original, uniform_rule, RETAIN_OPTIONS),
+    MethodSpec(UnlearningMethod.PCGRAD, "ascent", retain_bce, pcgrad_rule, RETAIN_OPTIONS),
+    MethodSpec(UnlearningMethod.SALUN, "ascent", retain_bce, saliency_rule, RETAIN_OPTIONS + ("saliency",)),
+    # random_groups: the ablation of CURE's circuit (ablation.py); selective's groups are the user's modules
+    MethodSpec(UnlearningMethod.CURE, "npo", retain_bce, circuit_rule, CIRCUIT_OPTIONS + ("random_groups",)),
+    MethodSpec(UnlearningMethod.SELECTIVE, "npo", retain_bce, circuit_rule, CIRCUIT_OPTIONS + ("modules",)),
 )}
 
 
-def spec_of(method: UnlearningMethod) -> MethodSpec:
-    if method not in REGISTRY:
-        raise ValueError(f"{method.value} is not a step method (retrain trains from scratch)")
-    return REGISTRY[method]
+def spec_of(method: UnlearningMethod | str) -> MethodSpec:
+    """Any method's spec, retrain's included (its facts: circuits, saliency, progress plan, options)."""
+    return REGISTRY[parse_unlearning_method(method)]
+
+
+def step_spec_of(method: UnlearningMethod | str) -> MethodSpec:
+    """The spec of a method that takes unlearning steps (the loop's)."""
+    spec = spec_of(method)
+    if not spec.steps:
+        raise ValueError(f"{spec.method.value} is not a step method (retrain trains from scratch)")
+    return spec

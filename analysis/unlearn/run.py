@@ -12,7 +12,7 @@ forgotten users are indistinguishable from never-seen users on the validation-pe
 matched attack (attack.AttackStop: the retrain-free rule of strength.py, applied while the
 run goes); `stop="loss"`, the older rule, ends it when the forget samples' loss reaches the
 original's loss on held-out samples like them, which on MovieLens fires at once (see
-`held_out_loss`). Nothing in a run reads the retrain. A non-finite or exploding loss stops with TrainingError. The
+`start.held_out_loss`). Nothing in a run reads the retrain. A non-finite or exploding loss stops with TrainingError. The
 original model is deep-copied, never touched, and a run is only visible in the cache once
 it is complete.
 
@@ -25,38 +25,35 @@ MLPs) carry gradient; the output projections' per-head columns of A follow once 
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..circuits.adapter_ownership import adapter_table
 from ..clock import StageClock
 from ..circuits.discover import CircuitSettings
-from ..circuits.sampling import retain_samples
 from ..circuits.groups import Group, GroupThresholds
 from ..data.forget import ForgetSet
 from ..errors import SettingsError, TrainingError
-from ..model.adapters import AdapterConfig, attach, inner, require_backbone
+from ..model.adapters import AdapterConfig
+from ..model.objectives import bce, prompt_scores
 from ..model.recommender import Recommender
-from ..model.sequences import PromptBuilder
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .attack import AttackStop
-from .conflict import ConflictMap, conflict_map, conflict_maps, gradients, is_conflict
+from .conflict import conflict_maps, gradients, is_conflict
 from .methods import UnlearningMethod, RetainSpecific, Step, parse_unlearning_method
-from .modules import parse_modules, recommender_table
-from .objectives import bce, ga_loss, prompt_scores
-from .registry import OBJECTIVES, StepContext, retain_bce, saliency_mask, spec_of
+from .modules import parse_modules
+from .record import ConflictRecord, ConflictSummary, Stopped
+from .registry import OBJECTIVES, MethodSpec, StepContext, retain_bce, saliency_mask, spec_of, step_spec_of
+from .start import CONFLICT_SAMPLES, Batches, held_out_loss, raw_conflict, trainable_copy
 
 RUN = "run.json"
 MODEL = "model"
 EXPLODING = 1e3
-CONFLICT_SAMPLES = 256  # forget and retain samples behind a before/after conflict map
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -75,7 +72,7 @@ class UnlearnConfig:
     batch_size: int = 64
     steps: int | None = None  # an explicit step count instead of epochs
     optimizer: str = "adam"
-    stop: str = "budget"  # "auto": forgotten users look never seen (attack.AttackStop); "loss": see held_out_loss
+    stop: str = "budget"  # "auto": forgotten users look never seen (attack.AttackStop); "loss": see start.held_out_loss
     saliency: float = 0.5  # salun: share of parameter elements updated
     objective: str | None = None  # the forget objective (registry.OBJECTIVES); None: the method's own
     retain_weight: float = 1.0
@@ -103,7 +100,7 @@ class UnlearnConfig:
             object.__setattr__(self, "groups", tuple(sorted((str(m), Group(g).value) for m, g in pairs)))
         except ValueError as e:
             raise SettingsError(f"unknown circuit group in given groups: {e}; use {[g.value for g in Group]}") from e
-        if self.random_groups is not None and self.method is not UnlearningMethod.CURE:
+        if self.random_groups is not None and "random_groups" not in self.spec.options:
             raise SettingsError(f"random groups are an ablation of cure, not of {self.method.value}")
         if self.groups and not self.uses_circuits:
             raise SettingsError(f"given circuit groups only apply to cure and selective, not {self.method.value}")
@@ -121,22 +118,27 @@ class UnlearnConfig:
             raise SettingsError(f"saliency must be a share in (0, 1], got {self.saliency}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SettingsError(f"the learning rate must be a positive number, got {self.lr}")
-        if self.method is UnlearningMethod.SELECTIVE and not self.modules:
+        if "modules" in self.spec.options and not self.modules:
             raise SettingsError("selective unlearning needs --modules (e.g. a0.h1,m2)")
-        if self.adapter is not None and self.method is UnlearningMethod.RETRAIN:
+        if self.adapter is not None and "adapter" not in self.spec.options:
             raise SettingsError("retrain trains the original's own recipe; an unlearning adapter applies to the "
                                 "step methods only")
 
     @property
     def forget_objective(self) -> str:
         """The objective this run descends: the one asked for, else the method's own (retrain: none)."""
-        if self.method is UnlearningMethod.RETRAIN:
+        if not self.spec.steps:
             return "none"
-        return self.objective or spec_of(self.method).objective
+        return self.objective or self.spec.objective
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's spec (registry.py): its facts and the options it reads."""
+        return spec_of(self.method)
 
     @property
     def uses_circuits(self) -> bool:
-        return self.method in (UnlearningMethod.CURE, UnlearningMethod.SELECTIVE)
+        return self.spec.uses_circuits
 
     def n_steps(self, n_forget: int) -> int:
         return self.steps if self.steps is not None else max(1, math.ceil(self.epochs * n_forget / self.batch_size))
@@ -153,7 +155,7 @@ class UnlearnConfig:
             d["random_groups"] = self.random_groups
         if self.adapter is not None:
             d["adapter"] = self.adapter.key()
-        if self.method is not UnlearningMethod.SALUN:
+        if not self.spec.uses_saliency:  # only salun reads it
             d.pop("saliency")
         d["method"], d["retain_specific"] = self.method.value, self.retain_specific.value
         d["objective"] = self.forget_objective  # resolved: a method whose default changes gets new keys
@@ -162,36 +164,6 @@ class UnlearnConfig:
         elif self.uses_circuits:
             d["circuits"], d["thresholds"] = self.circuits.key(), self.thresholds.as_dict()
         return d
-
-
-class Batches:
-    """Seeded forget and retain batches of canonical prompts (rendered when drawn)."""
-
-    def __init__(self, ws: Workspace, rec: Recommender, forget: ForgetSet, batch_size: int, seed: int) -> None:
-        self.builder = PromptBuilder(rec.fmt, ws.interactions)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.rows = {"forget": forget.forget_samples, "retain": retain_samples(ws, forget)}
-
-    def draw(self, side: str, size: int | None = None, rng: np.random.Generator | None = None):
-        rows = self.rows[side]
-        rng = rng or self.rng
-        return self._render(rows.iloc[rng.choice(len(rows), size=min(size or self.batch_size, len(rows)), replace=False)])
-
-    def _render(self, picked):
-        return self.builder.prompts(picked), torch.tensor(picked["label"].to_numpy())
-
-    def forget_epochs(self):
-        """Forget batches that walk the whole forget set in a seeded order, epoch after epoch: (prompts, labels,
-        the samples' positions in the forget set)."""
-        rows = self.rows["forget"]
-        rng = np.random.default_rng(20_000 + self.seed)
-        while True:
-            order = rng.permutation(len(rows))
-            for start in range(0, len(order), self.batch_size):
-                picked = order[start : start + self.batch_size]
-                yield (*self._render(rows.iloc[picked]), picked)
 
 
 def _groups_for(cfg: UnlearnConfig, labels: dict[str, Group], known) -> dict[str, Group]:
@@ -225,49 +197,34 @@ def _check(name: str, loss: torch.Tensor, step: int) -> float:
     return value
 
 
-def raw_conflict(model, rec: Recommender, batches: Batches, table) -> ConflictMap:
-    """cos(g_forget, g_retain) per module, g_forget from the forget objective of GA (-BCE).
+@dataclass(frozen=True)
+class StepsResult:
+    """What `unlearn_steps` hands back: the updated model (and peft's wrapper, with an adapter) and what the run
+    measured on the way; lab.unlearn stores the measurements in the RunRecord and the model beside it."""
+    model: torch.nn.Module | None
+    adapter: Any | None  # peft's wrapper, None for a full-parameter run
+    seconds: float
+    stage_seconds: dict[str, float] | None
+    curves: list[dict]
+    rules: dict[str, str]
+    stopped: Stopped | None
+    steps_run: int
+    steps_budget: int
+    conflict: ConflictRecord | None
 
-    The samples come from their own seed, so before, after and any model compare on the
-    same prompts.
-    """
-    rng = np.random.default_rng(10_000 + batches.seed)
-    fp, fl = batches.draw("forget", CONFLICT_SAMPLES, rng)
-    rp, rl = batches.draw("retain", CONFLICT_SAMPLES, rng)
-    score = lambda p: prompt_scores(model, p, rec.pad_id, rec.fmt.yes_id, rec.fmt.no_id)  # noqa: E731
-    g_f = gradients(model, ga_loss(score(fp), fl))
-    g_r = gradients(model, bce(score(rp), rl))
-    return conflict_map(table, g_f, g_r)
-
-
-HELD_OUT_SAMPLES = 2000
-
-
-def held_out_loss(ws: Workspace, original: Recommender, forget: ForgetSet) -> float:
-    """The auto stop's target: the original's mean BCE on held-out samples *like* the forget set (the
-    forgotten users' or the genre's validation samples; see ForgetSet.held_out).
-
-    Measured on the default model, users:0.1 draw 0: the original's loss on the forgotten users' own
-    validation samples (0.516) is *below* its loss on their training samples (0.563): validation samples
-    come later in each user's time line and are easier, so the target is met before unlearning starts and
-    every method stopped at the first 5-step window, forget AUC moved <= 0.003. Loss is also the wrong
-    signal for memorisation here: graddiff took forget log-loss from 0.551 past retrain's 0.586 (to 0.722)
-    in those 5 steps while forget AUC moved 0.7766 -> 0.7735 (retrain 0.7431). Hence an option only.
-    """
-    rows = forget.held_out()
-    if len(rows) > HELD_OUT_SAMPLES:
-        rows = rows.sample(HELD_OUT_SAMPLES, random_state=0)
-    scores = torch.as_tensor(original.score_prompts(PromptBuilder(original.fmt, ws.interactions).prompts(rows)))
-    return float(bce(scores.float(), torch.tensor(rows["label"].to_numpy())))
+    @classmethod
+    def none(cls, seconds: float) -> "StepsResult":
+        """No step ran (the retrain "method": its time is the retrain's training time)."""
+        return cls(None, None, seconds, None, [], {}, None, 0, 0, None)
 
 
 def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
                   groups: dict[str, Group] | None, progress: ProgressFn | None = None,
-                  on_step: Callable[[dict], None] | None = None) -> dict:
+                  on_step: Callable[[dict], None] | None = None) -> StepsResult:
     """Run the budget on a copy of the original; returns the model and everything measured."""
     progress = or_silent(progress)
     torch.manual_seed(cfg.seed)
-    spec = spec_of(cfg.method)
+    spec = step_spec_of(cfg.method)
     objective = OBJECTIVES[cfg.forget_objective]
     neurons = cfg.uses_circuits and cfg.circuits.granularity == "neurons"
     model, params, table, wrapper = trainable_copy(original, cfg.adapter, neurons)
@@ -296,7 +253,7 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     update_cos: list[float] = []
     rules: dict[str, str] = {}
     recent: list[float] = []
-    stopped = {"reason": "budget", "step": n_steps, "target_loss": target}
+    stopped = Stopped("budget", n_steps, target_loss=target)
     memo: dict = {}  # the run's memo (StepContext.run_memo)
     start = time.perf_counter()
     for step in range(n_steps):
@@ -355,24 +312,21 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
             on_step(curves[-1])
         progress("unlearn", step + 1, n_steps)
         if seen is not None and seen.indistinguishable:
-            stopped = {"reason": "forgotten users indistinguishable from never-seen users (validation attack)",
-                       "step": step + 1, "attack": seen.auc, "low": seen.low, "high": seen.high}
+            stopped = Stopped("forgotten users indistinguishable from never-seen users (validation attack)",
+                              step + 1, attack=seen.auc, low=seen.low, high=seen.high)
             progress("unlearn", n_steps, n_steps)
             break
         if target is not None and len(recent) == STOP_WINDOW and np.mean(recent) >= target:
-            stopped = {"reason": "forget loss reached the held-out loss", "step": step + 1, "target_loss": target}
+            stopped = Stopped("forget loss reached the held-out loss", step + 1, target_loss=target)
             progress("unlearn", n_steps, n_steps)  # done early: the bar completes, never goes back
             break
     seconds = time.perf_counter() - start
     with clock("conflict before/after"):
         after = raw_conflict(model, original, batches, table)
-    summary = lambda cos: {"negative_share": sum(map(is_conflict, cos)) / len(cos) if cos else float("nan"),  # noqa: E731
-                           "mean_cos": float(np.mean(cos)) if cos else float("nan"), "module_steps": len(cos)}
-    return {"model": model, "adapter": wrapper, "seconds": seconds, "stage_seconds": clock.seconds,
-            "curves": curves, "rules": rules,
-            "stopped": stopped, "steps_run": len(curves), "steps_budget": n_steps,
-            "conflict": {"before": before.to_json(), "after": after.to_json(), "applied": summary(rule_cos),
-                         "applied_update": summary(update_cos)}}
+    summary = lambda cos: ConflictSummary(sum(map(is_conflict, cos)) / len(cos) if cos else float("nan"),  # noqa: E731
+                                          float(np.mean(cos)) if cos else float("nan"), len(cos))
+    return StepsResult(model, wrapper, seconds, clock.seconds, curves, rules, stopped, len(curves), n_steps,
+                       ConflictRecord(before, after, summary(rule_cos), summary(update_cos)))
 
 
 def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig, groups, saliency,
@@ -384,29 +338,3 @@ def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig,
                        groups, cfg.retain_specific, saliency, {} if memo is None else memo, forget_rows)
 
 
-def trainable_copy(original: Recommender, adapter: AdapterConfig | None, neurons: bool = False):
-    """A copy of the original to update, its trainable parameters, their node table, and peft's wrapper.
-
-    Full: every parameter, owned as ownership.py says (wrapper None). With an adapter: a fresh
-    LoRA adapter's factors (from torch's seed), owned as adapter_ownership.py says, over the
-    nodes of the original's own table, so circuit groups found on the original apply as they are.
-    """
-    require_backbone(adapter, original.meta.get("backbone"), f"{original.path or 'this model'}")
-    model = copy.deepcopy(original.model).eval()  # eval: no dropout, so every run is deterministic
-    table = recommender_table(original, neurons=neurons)
-    if adapter is None:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model, dict(model.named_parameters()), table, None
-    wrapper = attach(model, adapter)
-    model = inner(wrapper).eval()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return model, params, adapter_table(model, table), wrapper
-
-
-def conflict_of(ws: Workspace, rec: Recommender, forget: ForgetSet, seed: int = 0,
-                adapter: AdapterConfig | None = None) -> ConflictMap:
-    """The raw gradient conflict of a model for a deletion request (the heatmap's data); with `adapter`,
-    of a fresh adapter's gradients (only B's carry any at the start: B = 0 makes A's vanish)."""
-    model, _, table, _ = trainable_copy(rec, adapter)
-    return raw_conflict(model, rec, Batches(ws, rec, forget, CONFLICT_SAMPLES, seed), table)

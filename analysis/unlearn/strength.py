@@ -94,5 +94,5 @@ def strength_sweep(ws: Workspace, original: Recommender, forget: ForgetSet, cfg:
         # each run's steps advance one "strength" bar over all the runs: it never goes back between runs
         inner = lambda stage, k, n, i=i: progress("strength", i * n + k, len(ordered) * n)  # noqa: E731
         steps = unlearn_steps(ws, original, forget, replace(cfg, lr=lr), labels, inner)
-        points.append(StrengthPoint(lr, attack.check(steps["model"].eval())))
+        points.append(StrengthPoint(lr, attack.check(steps.model.eval())))
     return choose_strength(points, before)

@@ -11,7 +11,7 @@ with state.readable_errors():
     facts = tour_facts(ws, rec, state.request(), settings, thresholds, state.baseline(ws, ws.fingerprint),
                        tuple(state.selected_modules()))
     steps = tour_steps(facts)
-    step = min(st.session_state.setdefault("tour_step", 0), len(steps) - 1)
+    step = min(state.tour_step(), len(steps) - 1)
     current = steps[step]
     st.progress((step + 1) / len(steps), text=f"Step {step + 1} of {len(steps)}")
     st.subheader(current.title)
@@ -19,8 +19,8 @@ with state.readable_errors():
     st.page_link(current.page, label=f"Open: {current.title[3:]}", icon=":material/arrow_forward:")
     c1, c2 = st.columns(2)
     if c1.button("Previous", disabled=step == 0, key="tour_prev"):
-        st.session_state["tour_step"] = step - 1
+        state.set_tour_step(step - 1)
         st.rerun()
     if c2.button("Next", disabled=step == len(steps) - 1, key="tour_next"):
-        st.session_state["tour_step"] = step + 1
+        state.set_tour_step(step + 1)
         st.rerun()
