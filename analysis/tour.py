@@ -16,7 +16,11 @@ import numpy as np
 from .circuits.describe import describe
 from .circuits.discover import CircuitSettings, cached_circuits
 from .circuits.groups import GroupThresholds
+from .data.forget import ForgetSpec
+from .model.evaluate import ModelCard, Scorecard
 from .progress import TIMINGS, measured_seconds, typical_seconds
+from .unlearn.methods import UnlearningMethod
+from .unlearn.record import RunRecord
 
 TREND_WINDOW = 5  # steps averaged at each end of a loss curve (one batch is noisy)
 
@@ -64,15 +68,16 @@ def _minutes(s: float) -> str:
     return f"about {s:.0f} s" if s < 90 else f"about {s / 60:.0f} min"
 
 
-def run_facts(run: dict) -> RunFacts:
-    curves = run.get("curves") or []
+def run_facts(run: RunRecord) -> RunFacts:
+    curves = run.curves
     f = [c["forget_bce"] for c in curves] or [float("nan")]
     r = [c["retain_bce"] for c in curves] or [float("nan")]
     w = TREND_WINDOW
-    return RunFacts(run["method"], int(run.get("steps_run") or len(curves)),
-                    (run["metrics"].get("gap_closed") or {}).get("auc_forget"), float(run["metrics"]["utility_cost"]),
+    y = run.yardstick
+    return RunFacts(run.method.value, int(run.steps_run or len(curves)), y.gap_closed.auc_forget,
+                    float(y.utility_cost),
                     (float(np.mean(f[:w])), float(np.mean(f[-w:]))), (float(np.mean(r[:w])), float(np.mean(r[-w:]))),
-                    run["metrics"].get("retrain_distance"), (float(f[0]), float(f[-1])) if curves else None)
+                    y.retrain_distance, (float(f[0]), float(f[-1])) if curves else None)
 
 
 def _overview(f: TourFacts) -> TourStep:
@@ -199,14 +204,14 @@ def _has_retrain(ws, original, forget) -> bool:
         return False
 
 
-def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds: GroupThresholds,
-               baseline: dict, picked: tuple[str, ...] = ()) -> TourFacts:
+def tour_facts(ws, original, request: ForgetSpec, settings: CircuitSettings, thresholds: GroupThresholds,
+               baseline: Scorecard, picked: tuple[str, ...] = ()) -> TourFacts:
     """Everything the tour states, read from cache/ (nothing is computed if it is missing)."""
     from .study.report import list_reports
     from .unlearn.lab import list_runs
 
     forget = ws.forget_set(request)
-    m = original.meta["metrics"]
+    m = ModelCard.of(original).scorecard
     result = cached_circuits(ws, original, forget, settings, thresholds)
     groups = stability = None
     rows = 0
@@ -217,11 +222,10 @@ def tour_facts(ws, original, request: str, settings: CircuitSettings, thresholds
         stability = s["jaccard"] if s else None
         rows = result.node_groups.sizes_by_kind().get("item-row", {}).get("forget-specific", 0)
         sentences = tuple(g.sentence for g in describe(result.node_groups))
-    runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(forget.spec) and r["method"] == "cure"]
+    runs = [r for r in list_runs(ws.root) if r.forget.spec == str(forget.spec) and r.method is UnlearningMethod.CURE]
     costs = Path(ws.root) / TIMINGS
-    return TourFacts(request, m["test"]["auc"], baseline["test"]["auc"], m["ranking"]["hr@10"],
-                     baseline["ranking"]["hr@10"], groups, stability, rows, tuple(picked),
-                     run_facts(runs[0]) if runs else None, len(list_reports(ws.root)),
+    return TourFacts(str(forget.spec), m.auc, baseline.auc, m.hr_at_10, baseline.hr_at_10, groups, stability, rows,
+                     tuple(picked), run_facts(runs[0]) if runs else None, len(list_reports(ws.root)),
                      typical_seconds("circuits", costs),
                      # what a first CURE run of this request still has to do here: cached stages cost nothing
                      typical_seconds("unlearn", costs, tuple(name for name, done in (

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from .cache import cache_root
-from .config import DataConfig
-from .data.forget import ForgetSet, select_forget_set
+from .config import CODE_VERSION, DataConfig
+from .data.forget import ForgetSet, ForgetSpec, select_forget_set
 from .data.loaders import load_dataset
 from .data.samples import Interactions, build_interactions
 from .data.schema import RatingsData
@@ -32,8 +32,22 @@ class Workspace:
             h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
         return f"{self.data.name}-{h.hexdigest()[:12]}"
 
-    def forget_set(self, spec: str, seed: int = 0) -> ForgetSet:
+    def forget_set(self, spec: ForgetSpec | str, seed: int = 0) -> ForgetSet:
+        """The request's forget set; a string is parsed here (the CLI and the app parse once where a request
+        enters and pass the ForgetSpec)."""
         return select_forget_set(self.interactions, spec, seed=seed)
+
+    def key_core(self, model: str | None = None, forget: ForgetSet | None = None) -> dict:
+        """What every cached artefact's key starts from: the code version, the data's content and the history
+        length; the model's identity and the deletion request where the artefact depends on them. Each builder
+        adds its own settings (train.model_key, discover.circuits_key, lab.run_key, compare.reference_view,
+        report.report_key)."""
+        core = {"code": CODE_VERSION, "data": self.fingerprint, "history": self.config.history}
+        if model is not None:
+            core["model"] = model
+        if forget is not None:
+            core["forget"] = forget.key
+        return core
 
     def title(self, item_id: int) -> str:
         return self._titles.get(int(item_id), f"item {item_id}")

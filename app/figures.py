@@ -4,6 +4,10 @@ from __future__ import annotations
 import networkx as nx
 import plotly.graph_objects as go
 
+from analysis.circuits.faithfulness import CurvePoint
+from analysis.circuits.view import DrawStability, NodeView
+from analysis.unlearn.record import UserRecognition
+
 GROUP_COLOURS = {"forget-specific": "#d62728", "retain-specific": "#1f77b4", "task-shared": "#9467bd",
                  "inactive": "#c7c7c7", None: "#2ca02c"}  # None: input and logits
 
@@ -169,16 +173,16 @@ def _row_edges(fig: go.Figure, graph: nx.DiGraph, nodes: dict[str, dict], pos: d
             hovertext=[nodes[n].get("edge_hover", n) for n in names], hoverinfo="text"))
 
 
-def stability_figure(by_draw: dict[str, dict]) -> go.Figure:
+def stability_figure(by_draw: dict[str, DrawStability]) -> go.Figure:
     """Jaccard per group, one bar group per kind of draw (prompt seeds, retain samples); the bar text gives
     the group's size on each draw, and a group empty on every draw says so instead of showing a 0."""
     fig = go.Figure()
     for kind, s in by_draw.items():
-        groups = list(s["jaccard"])
-        values = [s["jaccard"][g] for g in groups]
+        groups = list(s.jaccard)
+        values = [s.jaccard[g] for g in groups]
         fig.add_trace(go.Bar(
-            x=groups, y=[v if v is not None else 0.0 for v in values], name=f"{kind}s {s['seeds']}",
-            text=["empty on every draw" if v is None else f"{v:.2f} (sizes {'/'.join(map(str, s['sizes'][g]))})"
+            x=groups, y=[v if v is not None else 0.0 for v in values], name=f"{kind}s {s.seeds}",
+            text=["empty on every draw" if v is None else f"{v:.2f} (sizes {'/'.join(map(str, s.sizes[g]))})"
                   for g, v in zip(groups, values)], textposition="outside", cliponaxis=False))
     fig.update_layout(height=320, barmode="group", title="Group stability: Jaccard over draws",
                       yaxis={"range": [0, 1.15], "title": "mean pairwise Jaccard"}, margin={"t": 40},
@@ -186,13 +190,13 @@ def stability_figure(by_draw: dict[str, dict]) -> go.Figure:
     return fig
 
 
-def faithfulness_figure(curve: list[dict], at: dict) -> go.Figure:
-    share = [p["share"] for p in curve]
+def faithfulness_figure(curve: tuple[CurvePoint, ...], at: CurvePoint) -> go.Figure:
+    share = [p.share for p in curve]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=share, y=[p["recovery"] for p in curve], mode="lines+markers", name="recovery"))
-    fig.add_trace(go.Scatter(x=share, y=[p["faithfulness"] for p in curve], mode="lines+markers",
+    fig.add_trace(go.Scatter(x=share, y=[p.recovery for p in curve], mode="lines+markers", name="recovery"))
+    fig.add_trace(go.Scatter(x=share, y=[p.faithfulness for p in curve], mode="lines+markers",
                              name="faithfulness", line={"dash": "dot"}))
-    fig.add_trace(go.Scatter(x=[at["share"]], y=[at["recovery"]], mode="markers", name="returned circuit",
+    fig.add_trace(go.Scatter(x=[at.share], y=[at.recovery], mode="markers", name="returned circuit",
                              marker={"size": 14, "symbol": "star", "color": "black"}))
     fig.update_layout(height=320, xaxis={"title": "share of edges kept", "tickformat": ".0%"},
                       yaxis={"title": "of the full model's metric"}, margin={"t": 30})
@@ -237,28 +241,28 @@ def attention_figure(pattern, labels: list[str], title: str, width: int = 28) ->
     return fig
 
 
-def specificity_figure(nodes: list[dict], tau: float, floor_of: dict[str, float], title: str) -> go.Figure:
+def specificity_figure(nodes: list[NodeView], tau: float, floor_of: dict[str, float], title: str) -> go.Figure:
     """Forget importance vs retain importance per node (log axes), coloured by group; hover shows
     the specificity interval. Dotted lines: the tau band around the diagonal."""
     import math
 
     fig = go.Figure()
-    lo = min([min(n["forget_importance"], n["retain_importance"]) for n in nodes
-              if min(n["forget_importance"], n["retain_importance"]) > 0] or [1e-4])
-    hi = max([max(n["forget_importance"], n["retain_importance"]) for n in nodes] or [1.0])
+    lo = min([min(n.forget_importance, n.retain_importance) for n in nodes
+              if min(n.forget_importance, n.retain_importance) > 0] or [1e-4])
+    hi = max([max(n.forget_importance, n.retain_importance) for n in nodes] or [1.0])
     tiny = lo / 3  # nodes with 0 on a side sit on the axis edge instead of vanishing off a log axis
     for group in ("forget-specific", "retain-specific", "task-shared", "inactive"):
-        members = [n for n in nodes if n["group"] == group]
+        members = [n for n in nodes if n.group == group]
         if not members:
             continue
         fig.add_trace(go.Scatter(
-            x=[max(n["retain_importance"], tiny) for n in members], y=[max(n["forget_importance"], tiny) for n in members],
-            mode="markers", name=f"{group} ({len(members)})", customdata=[n["name"] for n in members],
-            marker={"color": GROUP_COLOURS[group], "size": [11 if n["kind"] != "item-row" else 6 for n in members],
-                    "symbol": ["circle" if n["kind"] != "item-row" else "diamond" for n in members]},
-            hovertext=[f"<b>{n['label']}</b> ({n['kind']})<br>specificity log(I_f/I_r) "
-                       f"{n['specificity']['estimate']:+.2f} [{n['specificity']['low']:+.2f}, "
-                       f"{n['specificity']['high']:+.2f}]<br>floor {floor_of.get(n['kind'], 0):.2g}"
+            x=[max(n.retain_importance, tiny) for n in members], y=[max(n.forget_importance, tiny) for n in members],
+            mode="markers", name=f"{group} ({len(members)})", customdata=[n.name for n in members],
+            marker={"color": GROUP_COLOURS[group], "size": [11 if n.kind != "item-row" else 6 for n in members],
+                    "symbol": ["circle" if n.kind != "item-row" else "diamond" for n in members]},
+            hovertext=[f"<b>{n.label}</b> ({n.kind})<br>specificity log(I_f/I_r) "
+                       f"{n.specificity.estimate:+.2f} [{n.specificity.low:+.2f}, "
+                       f"{n.specificity.high:+.2f}]<br>floor {floor_of.get(n.kind, 0):.2g}"
                        for n in members], hoverinfo="text"))
     for ratio, dash in ((1.0, "solid"), (tau, "dot"), (1 / tau, "dot")):
         fig.add_trace(go.Scatter(x=[tiny, hi * 2], y=[tiny * ratio, hi * 2 * ratio], mode="lines", showlegend=False,
@@ -274,23 +278,23 @@ def specificity_figure(nodes: list[dict], tau: float, floor_of: dict[str, float]
     return fig
 
 
-def interval_figure(nodes: list[dict], tau: float, title: str) -> go.Figure:
+def interval_figure(nodes: list[NodeView], tau: float, title: str) -> go.Figure:
     """Specificity estimates with their bootstrap intervals, one trace per group (a scalar colour: error bars in
     the group's colour, where an array colour drew them black and logged 'Invalid color specifier'); every node
     labelled on the x axis, in the given order. Dotted: ±log(tau)."""
     import math
 
-    labels = [n["label"] for n in nodes]
+    labels = [n.label for n in nodes]
     fig = go.Figure()
-    for group in dict.fromkeys(n["group"] for n in nodes):
-        members = [n for n in nodes if n["group"] == group]
+    for group in dict.fromkeys(n.group for n in nodes):
+        members = [n for n in nodes if n.group == group]
         fig.add_trace(go.Scatter(
-            x=[n["label"] for n in members], y=[n["specificity"]["estimate"] for n in members], mode="markers",
+            x=[n.label for n in members], y=[n.specificity.estimate for n in members], mode="markers",
             name=group, marker={"color": GROUP_COLOURS[group], "size": 9},
             error_y={"type": "data", "symmetric": False, "color": GROUP_COLOURS[group],
-                     "array": [n["specificity"]["high"] - n["specificity"]["estimate"] for n in members],
-                     "arrayminus": [n["specificity"]["estimate"] - n["specificity"]["low"] for n in members]},
-            hovertext=[f"{n['name']}: {n['group']}" for n in members], hoverinfo="text+y"))
+                     "array": [n.specificity.high - n.specificity.estimate for n in members],
+                     "arrayminus": [n.specificity.estimate - n.specificity.low for n in members]},
+            hovertext=[f"{n.name}: {n.group}" for n in members], hoverinfo="text+y"))
     for y in (math.log(tau), -math.log(tau)):
         fig.add_hline(y=y, line_dash="dot", line_color="#999")
     fig.update_layout(height=420, title=title, yaxis={"title": "log(I_forget / I_retain)"}, margin={"t": 40},
@@ -316,12 +320,12 @@ def loss_curves(rows: list[dict]) -> go.Figure:
     return fig
 
 
-def recognisability(per_user: list[dict]) -> go.Figure:
+def recognisability(per_user: tuple[UserRecognition, ...]) -> go.Figure:
     """Per forgotten user, the share of never-seen users they out-score on the matched attack: before (do
     nothing), after (this run) and under the retrain; 0.5 = a typical never-seen user."""
     fig = go.Figure()
     for key, name in (("before", "do nothing"), ("after", "this run"), ("retrain", "retrain (gold)")):
-        fig.add_trace(go.Histogram(x=[r[key] for r in per_user], name=name, opacity=0.6,
+        fig.add_trace(go.Histogram(x=[getattr(r, key) for r in per_user], name=name, opacity=0.6,
                                    xbins={"start": 0, "end": 1.0001, "size": 0.1}))
     fig.add_vline(x=0.5, line_dash="dash", annotation_text="typical never-seen user")
     fig.update_layout(barmode="overlay", height=320, margin={"t": 30},

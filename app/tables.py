@@ -3,11 +3,14 @@ distance and utility cost, with do nothing and the retrain beside them (display 
 analysis.unlearn.lab's summaries)."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 import streamlit as st
 
 from analysis.pareto import rank_runs
 from analysis.unlearn.lab import reference_summaries, run_summary
+from analysis.unlearn.record import RunRecord
 
 COLUMNS = {"method": "method", "steps": "steps", "lr": "lr", "retrain_distance": "distance to retrain",
            "gap_closed": "gap closed (signed)", "utility_cost": "utility cost", "matched_attack": "matched attack",
@@ -22,22 +25,21 @@ FORMATS = {"lr": "{:g}", "steps": "{:.0f}", "distance to retrain": "{:.2f}", "ga
 MISSING = "–"  # steps and lr of do nothing and the retrain: Streamlit draws a missing number as a grey "None"
 
 
-def runs_table(runs: list[dict], references: bool = True) -> pd.DataFrame:
+def runs_table(runs: list[RunRecord], references: bool = True) -> pd.DataFrame:
     """Best first (rank_runs: an over-forgetting run does not rank above one on target), then, with
     `references`, do nothing and the retrain; every cell formatted text, one precision per column, a dash
     where a row has no value (a Styler's na_rep does not reach Streamlit's grid)."""
-    order = rank_runs([r["metrics"].get("retrain_distance") for r in runs],
-                      [r["metrics"].get("utility_cost") or 0.0 for r in runs])
+    order = rank_runs([r.yardstick.retrain_distance for r in runs], [r.yardstick.utility_cost or 0.0 for r in runs])
     rows = [run_summary(runs[i]) for i in order]
     if references and runs:
         rows += reference_summaries(runs[0])
-    table = pd.DataFrame(rows, columns=list(COLUMNS)).rename(columns=COLUMNS).astype(object)
+    table = pd.DataFrame([asdict(row) for row in rows], columns=list(COLUMNS)).rename(columns=COLUMNS).astype(object)
     for column, fmt in FORMATS.items():
         table[column] = [MISSING if pd.isna(v) else fmt.format(v) for v in table[column]]
     return table.fillna(MISSING)
 
 
-def show_runs(runs: list[dict], key: str) -> None:
+def show_runs(runs: list[RunRecord], key: str) -> None:
     """The runs table as the lab and Evidence draw it: numbers right-aligned although they are text."""
     right = {name: st.column_config.TextColumn(name, alignment="right") for name in FORMATS}
     st.dataframe(runs_table(runs), width="stretch", hide_index=True, key=key, column_config=right)

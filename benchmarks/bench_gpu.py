@@ -110,8 +110,8 @@ def default_model(device: str, scratch: Path) -> list[dict]:
         for method in ("cure", "npo"):
             run, s, peak = _timed(device, lambda: unlearn(ws, rec, forget, UnlearnConfig(method=method)))
             rows.append(_show({"part": "default", "device": device, "step": f"{method} run (+ retrain when not cached)",
-                         "seconds": s, "peak_gib": peak, "steps_seconds": run["seconds"],
-                         "retrain_seconds": run["retrain_seconds"], "auc_forget": run["metrics"]["auc_forget"]}))
+                         "seconds": s, "peak_gib": peak, "steps_seconds": run.seconds,
+                         "retrain_seconds": run.retrain_seconds, "auc_forget": run.metrics.auc_forget}))
     return rows
 
 

@@ -47,8 +47,9 @@ from analysis.config import ModelConfig, TrainConfig  # noqa: E402
 from analysis.model.train import train_recommender  # noqa: E402
 from analysis.unlearn.lab import retrain_cached, unlearn  # noqa: E402
 from analysis.unlearn.modules import recommender_table  # noqa: E402
-from analysis.unlearn.objectives import prompt_scores  # noqa: E402
-from analysis.unlearn.run import Batches, UnlearnConfig, unlearn_steps  # noqa: E402
+from analysis.model.objectives import prompt_scores  # noqa: E402
+from analysis.unlearn.run import UnlearnConfig, unlearn_steps  # noqa: E402
+from analysis.unlearn.start import Batches  # noqa: E402
 from analysis.workspace import open_workspace  # noqa: E402
 from benchmarks.bench_gpu import REDUCED, Stages, _title_backbone, title_recommender  # noqa: E402
 
@@ -100,9 +101,9 @@ def step(ws, rec, rows: list[dict], n_steps: int) -> None:
     for method in ("npo", "cure"):
         cfg = UnlearnConfig(method=method, steps=n_steps)
         out = unlearn_steps(ws, rec, forget, cfg, groups if method == "cure" else None)
-        clock = out.get("stage_seconds") or {}  # (a run before the clock existed has none)
+        clock = out.stage_seconds or {}
         split = {k: v / n_steps for k, v in clock.items() if k != "conflict before/after"}
-        _show(rows, {"part": "step", "what": f"{method} step, batch 64 (+ 64 retain)", "seconds": out["seconds"] / n_steps,
+        _show(rows, {"part": "step", "what": f"{method} step, batch 64 (+ 64 retain)", "seconds": out.seconds / n_steps,
                      "by_stage": split, "per_run": {"conflict before/after": clock.get("conflict before/after")}})
 
 
@@ -112,11 +113,11 @@ def lab(ws, rec, rows: list[dict]) -> None:
     start = time.perf_counter()
     run = unlearn(ws, rec, forget, UnlearnConfig(method="npo"))
     wall = time.perf_counter() - start
-    retrain = 0.0 if had_retrain else run["retrain_seconds"]
-    _show(rows, {"part": "lab", "what": f"npo lab run, {REQUEST}, {run['steps_run']} steps", "seconds": wall,
-                 "by_stage": {"retrain (not cached)": retrain, "steps": run["seconds"],
-                              "evaluation and cache I/O": wall - retrain - run["seconds"]},
-                 "retrain_was_cached": had_retrain, "stage_seconds": run.get("stage_seconds")})
+    retrain = 0.0 if had_retrain else run.retrain_seconds
+    _show(rows, {"part": "lab", "what": f"npo lab run, {REQUEST}, {run.steps_run} steps", "seconds": wall,
+                 "by_stage": {"retrain (not cached)": retrain, "steps": run.seconds,
+                              "evaluation and cache I/O": wall - retrain - run.seconds},
+                 "retrain_was_cached": had_retrain, "stage_seconds": run.stage_seconds})
 
 
 def train(ws, rows: list[dict], scratch: Path) -> None:

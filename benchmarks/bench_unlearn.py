@@ -21,6 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from analysis.progress import StderrBars
 from analysis.unlearn.attack import AttackResult
 from analysis.unlearn.strength import StrengthPoint, choose_strength
 from analysis.unlearn.lab import retrain_for, unlearn
+from analysis.unlearn.record import RunRecord
 from analysis.unlearn.run import UnlearnConfig
 from analysis.workspace import Workspace, open_workspace
 
@@ -49,25 +51,24 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def row(run: dict, request: str, draw: int) -> dict:
-    m, o, r = run["metrics"], run["original"], run["retrain"]
-    closed = m.get("gap_closed") or {}
-    return {"request": request, "draw": draw, "method": run["method"], "lr": run["config"].get("lr"),
-            "retrain_distance": m.get("retrain_distance"),
-            "gap_closed": closed.get("auc_forget"), "gap_closed_logloss": closed.get("logloss_forget"),
-            "gap_closed_mia": closed.get("mia_auc"), "jsd_ratio": m.get("jsd_ratio"), "utility_cost": m.get("utility_cost"),
-            "valid_drop": o["auc_valid"] - m["auc_valid"], "auc_test": m["auc_test"], "auc_forget": m["auc_forget"],
-            "mia_auc": m["mia_auc"], "mia_retrain": r["mia_auc"], "jsd_forget": m["jsd_forget"],
-            "mia_never_seen_auc": m.get("mia_never_seen_auc"), "mia_never_seen_retrain": r.get("mia_never_seen_auc"),
-            "mia_never_seen_original": o.get("mia_never_seen_auc"),
-            "mia_never_seen_valid_auc": m.get("mia_never_seen_valid_auc"),
-            "mia_never_seen_valid_low": ((m.get("mia_never_seen_valid") or {}).get("interval") or {}).get("run",
-                                                                                                        [None])[0],
-            "auc_forget_unseen": m.get("auc_forget_unseen"),
-            "gap": run["yardstick"]["gap"], "over_forgetting": run["yardstick"]["over_forgetting"],
-            "steps_run": run.get("steps_run"), "steps_budget": run.get("steps_budget"),
-            "stopped": (run.get("stopped") or {}).get("reason"), "seconds": run["seconds"],
-            "applied_update_negative_share": ((run["conflict"] or {}).get("applied_update") or {}).get("negative_share")}
+def row(run: RunRecord, request: str, draw: int) -> dict:
+    m, o, r, y = run.metrics, run.original, run.retrain, run.yardstick
+    valid_attack, update = run.comparison.attack_valid, run.conflict.applied_update if run.conflict else None
+    return {"request": request, "draw": draw, "method": run.method.value, "lr": run.lr,
+            "retrain_distance": y.retrain_distance,
+            "gap_closed": y.gap_closed.auc_forget, "gap_closed_logloss": y.gap_closed.logloss_forget,
+            "gap_closed_mia": y.gap_closed.mia_auc, "jsd_ratio": y.jsd_ratio, "utility_cost": y.utility_cost,
+            "valid_drop": o.auc_valid - m.auc_valid, "auc_test": m.auc_test, "auc_forget": m.auc_forget,
+            "mia_auc": m.mia_auc, "mia_retrain": r.mia_auc, "jsd_forget": m.jsd_forget,
+            "mia_never_seen_auc": m.mia_never_seen_auc, "mia_never_seen_retrain": r.mia_never_seen_auc,
+            "mia_never_seen_original": o.mia_never_seen_auc,
+            "mia_never_seen_valid_auc": m.mia_never_seen_valid_auc,
+            "mia_never_seen_valid_low": valid_attack.interval.run[0] if valid_attack else None,
+            "auc_forget_unseen": m.auc_forget_unseen,
+            "gap": asdict(y.gap), "over_forgetting": y.over_forgetting,
+            "steps_run": run.steps_run, "steps_budget": run.steps_budget,
+            "stopped": run.stopped.reason if run.stopped else None, "seconds": run.seconds,
+            "applied_update_negative_share": update.negative_share if update else None}
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -139,11 +140,11 @@ def timing(ws: Workspace, original, request: str, bars, bigger: bool = False) ->
         shutil.rmtree(tmp, ignore_errors=True)
     return {"request": request, "model": "8 layers x d256 (2x deeper, 2x wider)" if bigger else "default 4 x d128",
             "retrain_seconds": retrain_seconds, "lean_discovery_seconds": lean_seconds,
-            "cure_steps_seconds": run["seconds"], "cure_warm_over_retrain": run["seconds"] / retrain_seconds,
-            "cure_cold_over_retrain": (run["seconds"] + lean_seconds) / retrain_seconds,
-            "cure_gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
-            "cure_retrain_distance": run["metrics"].get("retrain_distance"),
-            "cure_utility_cost": run["metrics"].get("utility_cost")}
+            "cure_steps_seconds": run.seconds, "cure_warm_over_retrain": run.seconds / retrain_seconds,
+            "cure_cold_over_retrain": (run.seconds + lean_seconds) / retrain_seconds,
+            "cure_gap_closed": run.yardstick.gap_closed.auc_forget,
+            "cure_retrain_distance": run.yardstick.retrain_distance,
+            "cure_utility_cost": run.yardstick.utility_cost}
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
 from analysis.study.summary import mean_interval
 from analysis.unlearn.attack import AttackResult
+from analysis.unlearn.record import RunRecord
 from analysis.unlearn.lab import unlearn
 from analysis.unlearn.run import UnlearnConfig
 from analysis.unlearn.strength import StrengthPoint, choose_strength
@@ -47,22 +48,24 @@ ARMS = {"npo": {"method": "npo"}, "npo+pcgrad": {"method": "pcgrad", "objective"
 KEYS = ("retrain_distance", "gap_closed", "utility_cost", "attack", "attack_valid", "unseen_minus_retrain")
 
 
-def row(run: dict, arm: str, draw: int, seed: int) -> dict:
-    m, o, r = run["metrics"], run["original"], run["retrain"]
-    attack, valid = m.get("mia_never_seen") or {}, m.get("mia_never_seen_valid") or {}
-    return {"arm": arm, "draw": draw, "seed": seed, "lr": run["config"]["lr"],
-            "retrain_distance": m.get("retrain_distance"), "gap_closed": (m.get("gap_closed") or {}).get("auc_forget"),
-            "utility_cost": m["utility_cost"], "retrain_cost": o["auc_test"] - r["auc_test"],
-            "auc_forget": m["auc_forget"], "auc_forget_original": o["auc_forget"], "auc_forget_retrain": r["auc_forget"],
-            "attack": attack.get("run"), "attack_original": attack.get("original"),
-            "attack_retrain": attack.get("retrain"), "attack_interval": attack.get("interval"),
-            "attack_valid": valid.get("run"), "attack_valid_low": (valid.get("interval") or {}).get("run", [None])[0],
-            "attack_valid_original": valid.get("original"), "attack_valid_retrain": valid.get("retrain"),
+def row(run: RunRecord, arm: str, draw: int, seed: int) -> dict:
+    m, o, r, y = run.metrics, run.original, run.retrain, run.yardstick
+    attack, valid = run.comparison.attack, run.comparison.attack_valid
+    return {"arm": arm, "draw": draw, "seed": seed, "lr": run.lr,
+            "retrain_distance": y.retrain_distance, "gap_closed": y.gap_closed.auc_forget,
+            "utility_cost": y.utility_cost, "retrain_cost": o.auc_test - r.auc_test,
+            "auc_forget": m.auc_forget, "auc_forget_original": o.auc_forget, "auc_forget_retrain": r.auc_forget,
+            "attack": attack.auc.run if attack else None, "attack_original": attack.auc.original if attack else None,
+            "attack_retrain": attack.auc.retrain if attack else None,
+            "attack_interval": {k: list(v) for k, v in attack.interval.to_json().items()} if attack else None,
+            "attack_valid": valid.auc.run if valid else None, "attack_valid_low": valid.interval.run[0] if valid else None,
+            "attack_valid_original": valid.auc.original if valid else None,
+            "attack_valid_retrain": valid.auc.retrain if valid else None,
             # on the forgotten users' never-trained samples the original-retrain gap is ~0.002 (nothing to close), so
             # the run's AUC there against the retrain's: negative = collateral damage below retraining
-            "unseen_gap": o["auc_forget_unseen"] - r["auc_forget_unseen"],
-            "unseen_minus_retrain": m["auc_forget_unseen"] - r["auc_forget_unseen"],
-            "auc_forget_unseen": m.get("auc_forget_unseen"), "seconds": run["seconds"]}
+            "unseen_gap": o.auc_forget_unseen - r.auc_forget_unseen,
+            "unseen_minus_retrain": m.auc_forget_unseen - r.auc_forget_unseen,
+            "auc_forget_unseen": m.auc_forget_unseen, "seconds": run.seconds}
 
 
 def interval(values: list[float | None]) -> dict:

@@ -1,4 +1,4 @@
-"""The `cure` command line and the minimal app, on a tiny GroupLens folder written here."""
+"""The `cure` command line and the minimal app, on a tiny GroupLens folder (written by support/datasets.py)."""
 from __future__ import annotations
 
 import json
@@ -7,26 +7,7 @@ from pathlib import Path
 import pytest
 
 from analysis.cli import main
-
-
-def write_ml100k_folder(data, folder: Path) -> Path:
-    """Write a RatingsData in the GroupLens ml-100k layout (u.data, u.item, u.user)."""
-    folder.mkdir(parents=True)
-    r = data.ratings
-    (folder / "u.data").write_text("".join(
-        f"{u}\t{i}\t{int(x)}\t{t}\n" for u, i, x, t in zip(r.user_id, r.item_id, r.rating, r.timestamp)))
-    genres = list(data.genres)
-    lines = []
-    for item_id, title, gs in zip(data.items.item_id, data.items.title, data.items.genres):
-        flags = "|".join("1" if g in gs else "0" for g in genres)
-        lines.append(f"{item_id}|{title}|01-Jan-1995||http://x|{flags}\n")
-    (folder / "u.item").write_text("".join(lines), encoding="latin-1", errors="replace")
-    (folder / "u.genre").write_text("".join(f"{g}|{k}\n" for k, g in enumerate(genres)))
-    ages = {"under18": 15, "18-24": 20, "25-34": 30, "35-44": 40, "45-49": 47, "50-55": 52, "56+": 60}
-    (folder / "u.user").write_text("".join(
-        f"{u}|{ages[a]}|{g}|{o}|00000\n"
-        for u, a, g, o in zip(data.users.user_id, data.users.age_group, data.users.gender, data.users.occupation)))
-    return folder
+from support.datasets import write_ml100k_folder
 
 
 @pytest.fixture
@@ -42,7 +23,7 @@ def run_json(capsys, *argv: str) -> dict:
 def test_prepare_train_evaluate_rank(tiny_folder, tmp_path, capsys):
     common = ["--data", str(tiny_folder), "--history", "5", "--cache", str(tmp_path / "cache")]
     prepared = run_json(capsys, "prepare", *common)
-    assert prepared["data"]["users"] == 40 and prepared["split"]["samples"]["test"] > 0
+    assert prepared["data"]["users"] == 40 and prepared["split"]["test"] > 0
     trained = run_json(capsys, "train", *common, "--epochs", "1")
     assert Path(trained["model_dir"]).is_dir()
     for key in ("auc", "acc", "logloss"):
@@ -131,8 +112,10 @@ def test_conflict_and_unlearn_cli(tiny_folder, tmp_path, capsys):
         assert 0 <= run["conflict"][when]["negative_share"] <= 1
     assert run["seconds"] > 0 and run["retrain_seconds"] > 0
     # the verdict: retrain distance beside signed gap closed, the matched attack with intervals, unseen samples
-    m = run["metrics"]
-    assert "retrain_distance" in m and set(m["gap_closed"]) == {"auc_forget", "logloss_forget", "mia_auc"}
+    m = run["metrics"]  # the CLI prints run.json: the yardstick's numbers once, under "yardstick"
+    y = run["yardstick"]
+    assert "retrain_distance" in y and set(y["gap_closed"]) == {"auc_forget", "logloss_forget", "mia_auc"}
+    assert "retrain_distance" not in m and "gap_closed" not in m
     assert {"run", "original", "retrain", "interval"} <= set(m["mia_never_seen"])
     assert set(m["forget_unseen"]["auc"]) == {"run", "original", "retrain"} and m["forget_unseen"]["n"] > 0
     assert {u["user"] for u in run["per_user"]} == {3, 5}

@@ -98,7 +98,7 @@ def test_the_whole_pipeline_runs_in_bfloat16(tiny_ws):
         assert circuits.node_groups.sizes()
         run = unlearn(tiny_ws, rec, forget, UnlearnConfig(method="cure", steps=2, lr=0.01, batch_size=8,
                                                           circuits=SMALL_CIRCUITS))
-        assert np.isfinite(run["metrics"]["auc_test"]) and np.isfinite(run["retrain"]["auc_test"])
+        assert np.isfinite(run.metrics.auc_test) and np.isfinite(run.retrain.auc_test)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -60,7 +60,7 @@ def test_users_fraction(ml100k_interactions):
     # the chosen users keep their valid/test rows (they are never part of a forget set)
     assert (f[f["user_id"].isin(fs.users)]["split"].isin((VALID, TEST))).sum() > 0
     check_retained(inter, fs)
-    assert fs.summary()["users_touched"] == 90
+    assert fs.summary().users_touched == 90
     assert fs.key == {"spec": "users:0.1", "seed": 0}
 
 

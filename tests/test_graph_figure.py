@@ -8,6 +8,7 @@ import random
 import pytest
 
 from analysis.circuits.graph import CircuitGraph
+from analysis.circuits.view import CircuitView, DrawStability
 from app import circuit_view, figures
 from app.state import graph_selection, sync_graph_selection
 
@@ -52,11 +53,11 @@ def result_json(n_forget_rows: int = 9, n_retain_rows: int = 3, seed: int = 0) -
 
 
 def page_graph(j: dict | None = None):
-    j = j or result_json()
+    view = CircuitView.from_json(j or result_json())
     base = CircuitGraph.from_shape(4, 4).to_networkx()
-    for e in j["edges"]:
-        base.edges[e["from"], e["to"]]["score"] = e["score"]
-    return circuit_view.build_graph(base, j)
+    for e in view.edges:
+        base.edges[e.source, e.target]["score"] = e.score
+    return circuit_view.build_graph(base, view)
 
 
 def seg_distance(p, a, b) -> float:
@@ -161,8 +162,7 @@ def test_row_edges_are_drawn_apart_from_the_ranked_edges():
 
 
 def test_item_row_table_lists_group_members_before_inactive_rows():
-    j = result_json()
-    rows = circuit_view.rows_table([n for n in j["nodes"] if n["kind"] == "item-row"])
+    rows = circuit_view.rows_table(CircuitView.from_json(result_json()).of_kind("item-row"))
     assert [r["group"] for r in rows][:12] == ["forget-specific"] * 9 + ["retain-specific"] * 3
     assert rows[-1]["node"] == "row:900"  # estimate 12, the most extreme of all, but inactive: last
     assert rows[0]["specificity"] == 11.0 and rows[9]["specificity"] == -5.0  # most specific first in each group
@@ -185,14 +185,15 @@ def test_a_graph_selection_adds_rows_to_the_row_picker_and_ignores_the_more_node
 
 def test_sentences_and_rule_line_come_from_the_result():
     j = result_json()
-    assert circuit_view.summary_markdown(j).splitlines() == [f"- {g}: a sentence." for g in
+    view = CircuitView.from_json(j)
+    assert circuit_view.summary_markdown(view).splitlines() == [f"- {g}: a sentence." for g in
                                                              ("forget-specific", "retain-specific", "task-shared")]
-    rule = circuit_view.rule_line(j)
+    rule = circuit_view.rule_line(view)
     assert "tau = 2" in rule and "false-discovery level 0.05 (Benjamini-Hochberg over 46 tests)" in rule
     assert "at least 5 users" in rule and "95%" in rule and "Target items are not scored" in rule
-    scored = circuit_view.rule_line({**j, "targets_scored": True})
+    scored = circuit_view.rule_line(CircuitView.from_json({**j, "targets_scored": True}))
     assert "Target items are scored" in scored
-    threshold = circuit_view.rule_line({**j, "thresholds": {**j["thresholds"], "rule": "threshold"}})
+    threshold = circuit_view.rule_line(CircuitView.from_json({**j, "thresholds": {**j["thresholds"], "rule": "threshold"}}))
     assert "Benjamini-Hochberg" not in threshold and "no test" in threshold
 
 
@@ -201,7 +202,7 @@ def test_stability_figure_shows_both_kinds_of_draw_and_says_empty():
                                "sizes": {"forget-specific": [0, 0], "task-shared": [159, 157]}},
                "retain sample": {"jaccard": {"forget-specific": None, "task-shared": 0.7}, "seeds": [0, 101, 102],
                                  "sizes": {"forget-specific": [0, 0, 0], "task-shared": [159, 170, 162]}}}
-    fig = figures.stability_figure(by_draw)
+    fig = figures.stability_figure({kind: DrawStability(**d) for kind, d in by_draw.items()})
     assert [t.name for t in fig.data] == ["prompt seeds [0, 1]", "retain samples [0, 101, 102]"]
     assert list(fig.data[0].text) == ["empty on every draw", "0.68 (sizes 159/157)"]
     assert list(fig.data[1].text) == ["empty on every draw", "0.70 (sizes 159/170/162)"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from analysis.circuits.ownership import ownership_count
 from analysis.config import DataConfig, ModelConfig, TrainConfig
 from analysis.errors import SettingsError
 from analysis.model.adapters import AdapterConfig, attach, inner, merged_copy
-from analysis.unlearn.objectives import prompt_scores
+from analysis.model.objectives import prompt_scores
 
 N_HEADS = 4
 
@@ -163,7 +162,10 @@ def test_default_keys_are_unchanged_and_an_adapter_enters_them_only_when_used():
     from analysis.model.train import model_key
     from analysis.unlearn.run import UnlearnConfig
 
-    ws = SimpleNamespace(fingerprint="fixed-fingerprint", config=DataConfig())
+    from analysis.workspace import Workspace
+
+    ws = Workspace(None, None, DataConfig(), Path("unused"))  # no data: only the key core's fields are read
+    ws.__dict__["fingerprint"] = "fixed-fingerprint"  # (a cached_property: set, not computed)
     # pinned: the values computed without adapters (issue 24 moved them on purpose: code version 2 and the
     # never-seen share in the model key, was 1d3b258c20868c70; the default lr 1e-4, was cure 582a95fdd6f55cbc,
     # ga c8a03289735667d0, salun 89bd5acd1c0c905e)
@@ -198,7 +200,7 @@ def lora_ws(ml100k, tmp_path_factory):
 
     from analysis.data.samples import build_interactions
     from analysis.workspace import Workspace
-    from tests.conftest import subset
+    from support.datasets import subset
 
     data = subset(ml100k, 12)
     data = replace(data, items=data.items[data.items["item_id"].isin(data.ratings["item_id"])].reset_index(drop=True))
@@ -273,10 +275,10 @@ def test_cure_with_a_lora_adapter_moves_only_what_the_groups_allow(lora_ws, lora
     cfg = UnlearnConfig(method="cure", steps=2, lr=0.05, batch_size=8, groups=given, adapter=AdapterConfig(rank=2))
     steps = unlearn_steps(lora_ws, rec, lora_ws.forget_set("users:0.2"), cfg, cfg.given_groups)
     assert all(torch.equal(p, before[n]) for n, p in rec.model.named_parameters())  # the original: untouched
-    assert steps["rules"]["a1.h1"] == "forget only" and steps["rules"]["a0.h1"] == "frozen"
-    assert set(steps["conflict"]["before"]["modules"]) == {f"a{l}.h{h}" for l in range(2) for h in range(4)} | \
+    assert steps.rules["a1.h1"] == "forget only" and steps.rules["a0.h1"] == "frozen"
+    assert set(steps.conflict.before.modules) == {f"a{l}.h{h}" for l in range(2) for h in range(4)} | \
         {"m0", "m1"}  # only heads and MLPs own adapter factors
-    after = dict(save_and_merge(steps["adapter"], tmp_path / "adapter").named_parameters())
+    after = dict(save_and_merge(steps.adapter, tmp_path / "adapter").named_parameters())
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     dh = rec.model.config.head_dim
     changed = {n for n in after if not torch.equal(after[n], before[n])}
@@ -300,17 +302,18 @@ def test_the_baselines_update_the_adapter_only(lora_ws, lora_rec, method):
     rec, _ = lora_rec
     cfg = UnlearnConfig(method=method, steps=1, lr=0.05, batch_size=8, adapter=AdapterConfig(rank=2))
     steps = unlearn_steps(lora_ws, rec, lora_ws.forget_set("users:0.2"), cfg, None)
-    trainable = {n for n, p in steps["model"].named_parameters() if p.requires_grad}
+    trainable = {n for n, p in steps.model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     before = dict(rec.model.named_parameters())
-    changed = {n for n, p in merged_copy(steps["adapter"]).named_parameters() if not torch.equal(p, before[n])}
+    changed = {n for n, p in merged_copy(steps.adapter).named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(any(f".{m}." in n for m in PROJECTIONS) for n in changed)
 
 
 def test_a_cure_run_with_a_lora_adapter_discovers_circuits_and_stores_adapter_and_merged_model(lora_ws, lora_rec):
     from analysis.model.recommender import load_recommender
     from analysis.unlearn.lab import unlearn
-    from analysis.unlearn.run import UnlearnConfig, conflict_of
+    from analysis.unlearn.run import UnlearnConfig
+    from analysis.unlearn.start import conflict_of
     from tests.test_unlearn import SMALL_CIRCUITS
 
     rec, _ = lora_rec
@@ -319,21 +322,21 @@ def test_a_cure_run_with_a_lora_adapter_discovers_circuits_and_stores_adapter_an
     cfg = UnlearnConfig(method="cure", steps=2, lr=0.01, batch_size=8, circuits=SMALL_CIRCUITS,
                         adapter=AdapterConfig(rank=2))
     run = unlearn(lora_ws, rec, forget, cfg)
-    assert len(run["curves"]) == 2 and run["circuits"]["groups"] and run["config"]["adapter"]["rank"] == 2
-    folder = Path(run["model_dir"])
+    assert len(run.curves) == 2 and run.circuits["groups"] and run.config["adapter"]["rank"] == 2
+    folder = Path(run.model_dir)
     assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "model.safetensors").is_file()
     unlearned = load_recommender(folder, lora_ws.data)
     assert unlearned.meta["adapter"] == rec.meta["adapter"]  # the training recipe, for the retrain
     assert {n for n, p in unlearned.model.named_parameters() if not torch.equal(p, before[n])} <= \
         {n for n in before if any(f".{m}." in n for m in PROJECTIONS)}
-    assert run["retrain"]["jsd_forget"] == 0.0 and "auc_test" in run["metrics"]
+    assert run.retrain.jsd_forget == 0.0 and 0 < run.metrics.auc_test < 1
     cmap = conflict_of(lora_ws, rec, forget, adapter=AdapterConfig(rank=2))
-    assert set(cmap.modules) == set(run["conflict"]["before"]["modules"])
+    assert set(cmap.modules) == set(run.conflict.before.modules)
 
 
 def test_unlearning_a_from_scratch_model_with_an_adapter_is_a_settings_error():
     from analysis.model.recommender import Recommender
-    from analysis.unlearn.run import trainable_copy
+    from analysis.unlearn.start import trainable_copy
 
     rec = Recommender(_gpt2(), None, None, {"backbone": None})
     with pytest.raises(SettingsError, match="backbone"):

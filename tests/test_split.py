@@ -87,10 +87,10 @@ def test_real_ml100k_counts(ml100k_interactions):
     assert inter.dropped_users == ()
     s = inter.summary()
     # 47 of 943 users (5%, seeded) are never seen: their 3,783 ratings are in no split a model trains on
-    assert s["samples"] == {"train": 69741, "valid": 8758, "test": 8758}
-    assert s["history_only"] == 8960
-    assert s["never_seen_users"] == 47 and s["never_seen_ratings"] == 3783
-    assert s["dropped_users"] == 0
+    assert (s.train, s.valid, s.test) == (69741, 8758, 8758)
+    assert s.history_only == 8960
+    assert s.never_seen_users == 47 and s.never_seen_ratings == 3783
+    assert s.dropped_users == 0
     assert len(inter.samples) == 69741 + 2 * 8758
     assert len(inter.training) == 69741 + 8960
     assert len(inter.seen_user_ids) == 896 and len(inter.never_seen("train")) == 2641
@@ -166,7 +166,7 @@ def test_hand_made_dropped_users_are_counted(hand_data):
     inter = build_interactions(hand_data, history=H)
     assert inter.dropped_users == (2, 4)
     assert inter.user_ids == frozenset({1, 3, 5})
-    assert inter.summary()["dropped_users"] == 2
+    assert inter.summary().dropped_users == 2
     check_split(inter, hand_data.ratings, history=H)
 
 

@@ -17,7 +17,8 @@ from analysis.study.grid import StudyConfig, summarise
 from analysis.study.noise import study_noise
 from analysis.study.report import figures, list_reports
 from analysis.workspace import Workspace
-from tests.conftest import TINY_MODEL, TINY_TRAIN, subset
+from support.datasets import subset
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 
 TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=("users:0.1", "users:0.2"),
                          levels=("users:0.2", "interactions:0.1", "genre:Drama"), steps=2,

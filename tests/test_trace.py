@@ -72,10 +72,10 @@ def test_rank_changes_report_where_each_item_was_before(tiny_ws):
 
     rec = train_recommender(tiny_ws, None, TINY_MODEL, TINY_TRAIN)
     same = rank_changes(rec, rec, tiny_ws, 1, k=5)
-    assert [r["change"] for r in same] == [0] * 5 and [r["rank_before"] for r in same] == [1, 2, 3, 4, 5]
-    assert [r["item_id"] for r in same] == [r["item_id"] for r in top_k(rec, tiny_ws, 1, 5)]
-    assert all(r["rank_retrain"] is None for r in same)  # no retrain given
+    assert [r.change for r in same] == [0] * 5 and [r.rank_before for r in same] == [1, 2, 3, 4, 5]
+    assert [r.item_id for r in same] == [r.item_id for r in top_k(rec, tiny_ws, 1, 5)]
+    assert all(r.rank_retrain is None for r in same)  # no retrain given
     other = train_recommender(tiny_ws, tiny_ws.forget_set("users:1"), TINY_MODEL, TINY_TRAIN)
     with_gold = rank_changes(rec, rec, tiny_ws, 1, k=5, gold=other)
-    gold_ranks = {r["item_id"]: r["rank"] for r in top_k(other, tiny_ws, 1, len(tiny_ws.interactions.item_ids))}
-    assert [r["rank_retrain"] for r in with_gold] == [gold_ranks[r["item_id"]] for r in with_gold]
+    gold_ranks = {r.item_id: r.rank for r in top_k(other, tiny_ws, 1, len(tiny_ws.interactions.item_ids))}
+    assert [r.rank_retrain for r in with_gold] == [gold_ranks[r.item_id] for r in with_gold]

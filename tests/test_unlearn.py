@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +14,7 @@ from analysis.errors import SettingsError, TrainingError
 from analysis.model.train import train_recommender
 from analysis.unlearn.conflict import ConflictMap, conflict_map
 from analysis.unlearn.lab import list_runs, unlearn
+from analysis.unlearn.record import RunRecord
 from analysis.unlearn.methods import UnlearningMethod, RetainSpecific, circuit_rules, project_off
 from analysis.circuits.ownership import recommender_table
 from analysis.unlearn.modules import flat, module_map, owned_mask, parse_modules
@@ -159,27 +161,29 @@ def test_every_method_runs_on_a_copy_and_is_compared_with_retrain(tiny_ws, tiny_
     cfg = UnlearnConfig(method=method, steps=3, lr=0.01, batch_size=8, circuits=SMALL_CIRCUITS)
     run = unlearn(tiny_ws, tiny_rec, forget, cfg)
     assert all(torch.equal(original[n], p) for n, p in tiny_rec.model.state_dict().items())
-    for who in ("metrics", "retrain", "original"):
-        assert {"jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc"} <= set(run[who])
-    assert run["retrain"]["jsd_forget"] == 0.0
-    assert run["retrain_seconds"] > 0 and run["seconds"] > 0
+    for who in (run.metrics, run.retrain, run.original):
+        assert all(np.isfinite([who.jsd_forget, who.jsd_test, who.auc_test, who.auc_forget, who.mia_auc]))
+    assert run.retrain.jsd_forget == 0.0
+    assert run.retrain_seconds > 0 and run.seconds > 0
     if method != "retrain":
-        assert len(run["curves"]) == 3
-        for when in ("before", "after"):
-            assert 0 <= run["conflict"][when]["negative_share"] <= 1
-        assert 0 <= run["conflict"]["applied"]["negative_share"] <= 1
-        assert (tiny_ws.root / "runs" / run["run_dir"].split("/")[-1] / "model" / "model.safetensors").is_file()
-        assert {"forward", "backward", "rule", "conflict maps"} <= set(run["stage_seconds"])
-        assert sum(run["stage_seconds"].values()) <= run["seconds"] + sum(  # the split never exceeds the run
-            v for k, v in run["stage_seconds"].items() if k == "conflict before/after") + 1e-6
-    assert run["run_dir"] in {r["run_dir"] for r in list_runs(tiny_ws.root)}
+        assert len(run.curves) == 3
+        for when in (run.conflict.before, run.conflict.after):
+            assert 0 <= when.negative_share <= 1
+        assert 0 <= run.conflict.applied.negative_share <= 1
+        assert (tiny_ws.root / "runs" / run.name / "model" / "model.safetensors").is_file()
+        assert {"forward", "backward", "rule", "conflict maps"} <= set(run.stage_seconds)
+        assert sum(run.stage_seconds.values()) <= run.seconds + sum(  # the split never exceeds the run
+            v for k, v in run.stage_seconds.items() if k == "conflict before/after") + 1e-6
+    stored = {r.run_dir: r for r in list_runs(tiny_ws.root)}
+    assert stored[run.run_dir] == run  # what a reader loads is what the run handed back
+    assert RunRecord.from_json(run.to_json(), run.run_dir) == run  # and the JSON round trip loses nothing
 
 
 def test_cure_applies_no_conflicting_forget_update_while_graddiff_does(tiny_ws, tiny_rec):
     forget = tiny_ws.forget_set("users:0.2")
     share = {m: unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method=m, steps=3, lr=0.01, batch_size=8,
                                                                  circuits=SMALL_CIRCUITS))
-             ["conflict"]["applied"]["negative_share"] for m in ("cure", "graddiff")}
+             .conflict.applied.negative_share for m in ("cure", "graddiff")}
     assert share["cure"] == 0.0 and share["graddiff"] > 0.0
 
 
@@ -189,7 +193,7 @@ def test_selective_updates_only_the_named_modules(tiny_ws, tiny_rec):
     forget = tiny_ws.forget_set("users:0.2")
     run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a1.h0",), steps=2, lr=0.05,
                                                            batch_size=8, circuits=SMALL_CIRCUITS))
-    after = load_recommender(run["model_dir"], tiny_ws.data).model
+    after = load_recommender(run.model_dir, tiny_ws.data).model
     mapping = recommender_table(tiny_rec).owners
     before = dict(tiny_rec.model.named_parameters())
     changed = {m for m, slices in mapping.items()
@@ -197,7 +201,7 @@ def test_selective_updates_only_the_named_modules(tiny_ws, tiny_rec):
                       for s in slices)}
     # a1.h0 and the ln_1 all heads of layer 1 read (so those heads count as touched too)
     assert changed == {"a1.h0", "a1.h1"}
-    assert run["rules"]["a1.h0"] == "projected forget + retain" and run["rules"]["m0"] == "frozen"
+    assert run.rules["a1.h0"] == "projected forget + retain" and run.rules["m0"] == "frozen"
     with pytest.raises(SettingsError, match="unknown modules"):
         unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="selective", modules=("a7.h0",), steps=1,
                                                          circuits=SMALL_CIRCUITS))
@@ -238,8 +242,8 @@ def test_cure_with_given_groups_uses_them_instead_of_discovering(tiny_ws, tiny_r
     given = {m: "inactive" for m in table.scored} | {"a1.h1": "forget-specific"}
     run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="cure", steps=2, lr=0.05, batch_size=8,
                                                            groups=given))
-    assert run["circuits"]["given"] and run["circuits"]["groups"]["a1.h1"] == "forget-specific"
-    after = dict(load_recommender(run["model_dir"], tiny_ws.data).model.named_parameters())
+    assert run.circuits["given"] and run.circuits["groups"]["a1.h1"] == "forget-specific"
+    after = dict(load_recommender(run.model_dir, tiny_ws.data).model.named_parameters())
     before = dict(tiny_rec.model.named_parameters())
     changed = {m for m, slices in mapping.items()
                if any(not torch.equal(s.of(after[s.param]), s.of(before[s.param])) for s in slices)}
@@ -295,20 +299,20 @@ def test_a_run_stored_without_rankings_gets_its_agreement_on_demand(tiny_ws, tin
 
     forget = tiny_ws.forget_set("users:0.2")
     run = unlearn(tiny_ws, tiny_rec, forget, UnlearnConfig(method="npo", steps=2, batch_size=8), rankings=False)
-    assert run["ranking_agreement"] is None and run["metrics"]["retrain_distance"] is not None
-    model = load_recommender(run["model_dir"], tiny_ws.data)
+    assert run.comparison.ranking_agreement is None and run.yardstick.retrain_distance is not None
+    model = load_recommender(run.model_dir, tiny_ws.data)
     later = ranking_agreement(model, tiny_rec, tiny_ws, forget)
     retrain, _ = retrain_for(tiny_ws, tiny_rec, forget)
-    stored = compare_to_retrain(model, retrain, tiny_rec, tiny_ws, forget)["ranking_agreement"]
-    assert later == stored and set(later) == {"forget_users", "retain_users"}
-    assert all(0.0 <= v <= 1.0 for v in later.values() if v is not None)
+    stored = compare_to_retrain(model, retrain, tiny_rec, tiny_ws, forget).ranking_agreement
+    assert later == stored
+    assert all(0.0 <= v <= 1.0 for v in (later.forget_users, later.retain_users) if v is not None)
 
 
 def test_npo_reads_the_originals_forget_scores_once_per_sample_for_the_whole_run(tiny_ws, tiny_rec):
     """The frozen original's scores are remembered per forget sample: a second epoch costs no reference
     pass, and the remembered scores equal scoring the batch afresh."""
     from analysis.unlearn.registry import StepContext, reference_forget_scores
-    from analysis.unlearn.run import Batches
+    from analysis.unlearn.start import Batches
 
     forget = tiny_ws.forget_set("users:0.2")
     batches = Batches(tiny_ws, tiny_rec, forget, 8, 0)
@@ -319,7 +323,7 @@ def test_npo_reads_the_originals_forget_scores_once_per_sample_for_the_whole_run
         return tiny_rec_scores(model, prompts)
 
     def tiny_rec_scores(model, prompts):
-        from analysis.unlearn.objectives import prompt_scores
+        from analysis.model.objectives import prompt_scores
         return prompt_scores(model, prompts, tiny_rec.pad_id, tiny_rec.fmt.yes_id, tiny_rec.fmt.no_id)
 
     memo: dict = {}

@@ -19,11 +19,15 @@ from analysis.study.grid import chosen_by_attack, strongest_baselines
 from analysis.study.report import distance_pareto_figure
 from analysis.unlearn.ablation import random_groups
 from analysis.unlearn.attack import AttackResult, attack_rows, matched_attack
+from analysis.unlearn.methods import UnlearningMethod
+from analysis.data.forget import ForgetSummary
+from analysis.unlearn.record import Comparison, ModelMetrics, RunRecord, Trio
 from analysis.unlearn.run import UnlearnConfig
 from analysis.unlearn.strength import StrengthPoint, choose_strength, strength_sweep
 from analysis.unlearn.yardstick import retrain_distance, yardstick
 from analysis.workspace import Workspace
-from tests.conftest import TINY_MODEL, TINY_TRAIN, subset
+from support.datasets import subset
+from tests.conftest import TINY_MODEL, TINY_TRAIN
 from tests.test_yardstick import _metrics, _scores
 
 
@@ -44,39 +48,42 @@ def test_a_synthetic_over_forgetting_run_never_outranks_a_run_nearer_the_retrain
     wiped = 0.2 * retrain + 0.3 * rng.standard_normal(len(y))  # ascent past the retrain: gap closed > 1
     runs = {name: yardstick({"run": s, "retrain": retrain, "original": original}, y, _metrics())
             for name, s in (("near", near), ("over", wiped), ("noop", original))}
-    assert runs["over"]["gap_closed"]["auc_forget"] > runs["near"]["gap_closed"]["auc_forget"]  # signed: would win
-    assert runs["over"]["retrain_distance"] > runs["near"]["retrain_distance"]
-    assert runs["noop"]["retrain_distance"] == pytest.approx(1.0)
+    assert runs["over"].gap_closed.auc_forget > runs["near"].gap_closed.auc_forget  # signed: would win
+    assert runs["over"].retrain_distance > runs["near"].retrain_distance
+    assert runs["noop"].retrain_distance == pytest.approx(1.0)
     names = list(runs)
-    order = rank_runs([runs[n]["retrain_distance"] for n in names], [0.0] * 3)
+    order = rank_runs([runs[n].retrain_distance for n in names], [0.0] * 3)
     assert names[order[0]] == "near"
     # ... and it pays the same or more utility: still never first, and a run with no distance ranks last
-    order = rank_runs([runs["over"]["retrain_distance"], runs["near"]["retrain_distance"], None], [0.004, 0.004, 0.0])
+    order = rank_runs([runs["over"].retrain_distance, runs["near"].retrain_distance, None], [0.004, 0.004, 0.0])
     assert order == [1, 0, 2]
 
     # the study's choice of the strongest baselines and the Pareto figure agree
-    summary = [{"method": "ga", "lr": 1e-3, "retrain_distance": runs["over"]["retrain_distance"],
-                "gap_closed": runs["over"]["gap_closed"]["auc_forget"], "utility_cost": 0.01, "auc_test": 0.79},
-               {"method": "npo", "lr": 1e-3, "retrain_distance": runs["near"]["retrain_distance"],
-                "gap_closed": runs["near"]["gap_closed"]["auc_forget"], "utility_cost": 0.004, "auc_test": 0.796}]
+    summary = [{"method": "ga", "lr": 1e-3, "retrain_distance": runs["over"].retrain_distance,
+                "gap_closed": runs["over"].gap_closed.auc_forget, "utility_cost": 0.01, "auc_test": 0.79},
+               {"method": "npo", "lr": 1e-3, "retrain_distance": runs["near"].retrain_distance,
+                "gap_closed": runs["near"].gap_closed.auc_forget, "utility_cost": 0.004, "auc_test": 0.796}]
     assert strongest_baselines(summary, 1e-3, n=1) == ["npo"]
     fig = distance_pareto_figure(summary, original_auc=0.80, retrain_auc=0.79)
     front = next(t for t in fig.data if t.name == "Pareto front")
-    assert runs["over"]["retrain_distance"] not in list(front.x)
+    assert runs["over"].retrain_distance not in list(front.x)
     assert 0.0 in list(front.x)  # the retrain: the ideal point
 
     # the runs table of the lab and the Evidence page: the run near the retrain first, do nothing and retrain beside
     from app.tables import runs_table
 
-    def stored(name: str, cost: float) -> dict:
-        y_ = runs[name]
-        return {"method": name, "config": {"lr": 1e-4}, "seconds": 1.0, "retrain_seconds": 9.0, "run_dir": f"/x/{name}",
-                "metrics": {"retrain_distance": y_["retrain_distance"], "gap_closed": y_["gap_closed"],
-                            "utility_cost": cost, "auc_test": 0.79, "auc_forget": 0.7, "jsd_forget": 0.01},
-                "original": {"auc_test": 0.80, "auc_forget": 0.75, "jsd_forget": 0.02},
-                "retrain": {"auc_test": 0.797, "auc_forget": 0.72, "jsd_forget": 0.0}}
-    shown = runs_table([stored("over", 0.004), stored("noop", 0.0), stored("near", 0.004)])
-    assert list(shown["method"]) == ["near", "noop", "over", "do nothing (original)", "retrain (gold)"]
+    def metrics(auc_test: float, auc_forget: float, jsd_forget: float) -> ModelMetrics:
+        return ModelMetrics(auc_test, 0.7, 0.5, auc_test, 0.5, auc_forget, 0.7, 0.5, 0.5, jsd_forget, 0.0)
+
+    def stored(name: str, method: str, cost: float) -> RunRecord:
+        comparison = Comparison(Trio(metrics(0.79, 0.7, 0.01), metrics(0.80, 0.75, 0.02), metrics(0.797, 0.72, 0.0)),
+                                replace(runs[name], utility_cost=cost), None, None, None, None, ())
+        return RunRecord(UnlearningMethod(method), {"lr": 1e-4}, ForgetSummary("users:0.1", 0, 10, 5, 0.01, 2), 1.0,
+                         9.0, False, None, {}, None, (), None, 3, 3, comparison, "/x/original", "/x/retrain",
+                         f"/x/{name}")
+    # over-forgetting GA, a no-op KL and NPO near the retrain
+    shown = runs_table([stored("over", "ga", 0.004), stored("noop", "kl", 0.0), stored("near", "npo", 0.004)])
+    assert list(shown["method"]) == ["npo", "kl", "ga", "do nothing (original)", "retrain (gold)"]
     assert list(shown["distance to retrain"])[-2:] == ["1.00", "0.00"]
     assert list(shown["utility cost"])[-1] == "+0.0030"  # the retrain's own cost, beside the runs
     # the references have no steps or lr and no matched attack here: a dash, never None or nan
@@ -185,10 +192,10 @@ def test_the_auto_stop_ends_once_forgotten_users_look_never_seen(wide_data, tmp_
     monkeypatch.setattr("analysis.unlearn.lab.retrain_for", lambda *a, **k: pytest.fail("the run read the retrain"))
     forget = ws.forget_set("users:0.2")
     out = unlearn_steps(ws, original, forget, UnlearnConfig(method="ga", epochs=3, lr=3e-3, stop="auto"), None)
-    checks = [c for c in out["curves"] if c["stop_attack"] is not None]
+    checks = [c for c in out.curves if c["stop_attack"] is not None]
     assert checks and all(c["step"] % 10 == 0 for c in checks)
-    assert out["stopped"]["reason"].startswith("forgotten users indistinguishable")
-    assert out["stopped"]["low"] <= 0.5 and out["steps_run"] == checks[-1]["step"] < out["steps_budget"]
+    assert out.stopped.reason.startswith("forgotten users indistinguishable")
+    assert out.stopped.low <= 0.5 and out.steps_run == checks[-1]["step"] < out.steps_budget
     with pytest.raises(Exception, match="interaction-level"):  # no forgotten users to compare
         unlearn_steps(ws, original, ws.forget_set("interactions:0.1"), UnlearnConfig(method="ga", stop="auto"), None)
 

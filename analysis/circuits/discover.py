@@ -20,12 +20,12 @@ import torch
 from scipy.stats import spearmanr
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
-from ..config import CODE_VERSION
 from ..data.forget import ForgetSet, ForgetSpec, parse_forget_spec
 from ..errors import SettingsError, parse_choice
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
+from .view import CircuitView
 from .attribution import Attribution, AttributionMethod, parse_attribution_method, patch_embedding_nodes, patch_nodes
 from .corrupt import Corruption
 from .coverage import coverage_view
@@ -223,6 +223,10 @@ class CircuitResult:
             return {"forget_grad_share": None}
         return coverage_view(table, self.coverage["blocks"], self.coverage["total"], self.labels)
 
+    def view(self) -> CircuitView:
+        """The typed view the app and the tour read (its layout is to_json's: one writer, one reader)."""
+        return CircuitView.from_json(self.to_json())
+
     def to_json(self) -> dict:
         """The CLI/app view plus everything needed to rebuild the result (`from_json`)."""
         g = self.graph
@@ -352,7 +356,7 @@ def compute_circuits(ws: Workspace, rec: Recommender, forget: ForgetSet, setting
     seconds["coverage"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - t0
     groups = d.groups(works, thresholds)
-    return CircuitResult(settings, thresholds, forget.summary(), runner.n_layers, runner.n_heads,
+    return CircuitResult(settings, thresholds, asdict(forget.summary()), runner.n_layers, runner.n_heads,
                          _attribution_dict(f_attr, sampled["forget"]), _attribution_dict(r_attr, sampled["retain"]),
                          patched, curve, at, groups, coverage, seconds, table=table)
 
@@ -361,8 +365,7 @@ FORMAT = 3  # 3: whole-request input scores, per-user sums with presence, draws 
 
 
 def circuits_key(ws: Workspace, rec: Recommender, forget: ForgetSet, settings: CircuitSettings) -> str:
-    return config_key({"code": CODE_VERSION, "format": FORMAT, "data": ws.fingerprint, "history": ws.config.history,
-                       "model": model_identity(rec), "forget": forget.key, "settings": settings.key()})
+    return config_key({**ws.key_core(model_identity(rec), forget), "format": FORMAT, "settings": settings.key()})
 
 
 def _store(tmp: Path, result: CircuitResult) -> None:

@@ -141,16 +141,25 @@ class ForgetSet:
             rows = frame[valid]
         return rows if len(rows) >= min_rows else frame[valid]
 
-    def summary(self) -> dict:
+    def summary(self) -> "ForgetSummary":
         training = self.interactions.training
-        return {
-            "spec": str(self.spec),
-            "seed": self.seed,
-            "forgotten_interactions": int(self.mask.sum()),
-            "forget_samples": int(len(self.forget_samples)),
-            "share_of_training": round(float(self.mask.sum()) / len(training), 4),
-            "users_touched": len(self.users),
-        }
+        return ForgetSummary(str(self.spec), self.seed, int(self.mask.sum()), int(len(self.forget_samples)),
+                             round(float(self.mask.sum()) / len(training), 4), len(self.users))
+
+
+@dataclass(frozen=True)
+class ForgetSummary:
+    """A deletion request as results record it (runs, circuits, models): the canonical spec, its draw, its size."""
+    spec: str
+    seed: int
+    forgotten_interactions: int
+    forget_samples: int
+    share_of_training: float
+    users_touched: int
+
+    @property
+    def parsed(self) -> ForgetSpec:
+        return parse_forget_spec(self.spec)
 
 
 def retained_training(interactions: Interactions, forget: ForgetSet | None) -> pd.DataFrame:

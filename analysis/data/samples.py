@@ -92,17 +92,26 @@ class Interactions:
     def item_ids(self) -> frozenset[int]:
         return frozenset(self.data.items["item_id"].tolist())
 
-    def summary(self) -> dict:
+    def summary(self) -> "SplitSummary":
         counts = self.frame["split"].value_counts().to_dict()
-        return {
-            "history_length": self.history,
-            "samples": {s: int(counts.get(s, 0)) for s in (TRAIN, VALID, TEST)},
-            "history_only": int(counts.get(HISTORY, 0)),
-            "never_seen_users": len(self.never_seen_user_ids),
-            "never_seen_ratings": int(counts.get(UNSEEN, 0)),
-            "dropped_users": len(self.dropped_users),
-            "train_like_rate": round(float(self.split(TRAIN)["label"].mean()), 4),
-        }
+        return SplitSummary(self.history, int(counts.get(TRAIN, 0)), int(counts.get(VALID, 0)),
+                            int(counts.get(TEST, 0)), int(counts.get(HISTORY, 0)), len(self.never_seen_user_ids),
+                            int(counts.get(UNSEEN, 0)), len(self.dropped_users),
+                            round(float(self.split(TRAIN)["label"].mean()), 4))
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """Samples per split and who was left out (Overview, `cure prepare`)."""
+    history_length: int
+    train: int
+    valid: int
+    test: int
+    history_only: int
+    never_seen_users: int
+    never_seen_ratings: int
+    dropped_users: int
+    train_like_rate: float
 
 
 def build_interactions(data: RatingsData, history: int = 10, fraction: float = 0.1,

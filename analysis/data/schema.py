@@ -31,6 +31,19 @@ def age_group(age: int) -> str:
 
 
 @dataclass(frozen=True)
+class DatasetSummary:
+    """The dataset card (Overview, `cure prepare`)."""
+    name: str
+    source: str
+    users: int
+    items: int
+    rated_items: int
+    ratings: int
+    like_rate: float  # share of ratings >= 4
+    genres: dict[str, int]  # movies per genre
+
+
+@dataclass(frozen=True)
 class RatingsData:
     """Ratings, item metadata and (optional) user attributes of one dataset.
 
@@ -46,19 +59,12 @@ class RatingsData:
     genres: tuple[str, ...] = field(default=())
     source: str = ""
 
-    def summary(self) -> dict:
+    def summary(self) -> "DatasetSummary":
         liked = float(likes(self.ratings["rating"]).mean())
         genre_counts = {g: 0 for g in self.genres}
         for gs in self.items["genres"]:
             for g in gs:
                 genre_counts[g] = genre_counts.get(g, 0) + 1
-        return {
-            "name": self.name,
-            "source": self.source,
-            "users": int(self.ratings["user_id"].nunique()),
-            "items": int(len(self.items)),
-            "rated_items": int(self.ratings["item_id"].nunique()),
-            "ratings": int(len(self.ratings)),
-            "like_rate": round(liked, 4),
-            "genres": genre_counts,
-        }
+        return DatasetSummary(self.name, self.source, int(self.ratings["user_id"].nunique()), int(len(self.items)),
+                              int(self.ratings["item_id"].nunique()), int(len(self.ratings)), round(liked, 4),
+                              genre_counts)

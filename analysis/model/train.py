@@ -27,12 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from ..cache import build_or_load, config_key
 from ..compute import current, initialised_on_cpu, place
-from ..config import CODE_VERSION, ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..data.forget import ForgetSet, retained_training
 from ..errors import DataError, SettingsError, TrainingError
 from ..progress import ProgressFn, or_silent, within
 from ..workspace import Workspace
 from .adapters import ADAPTER, AdapterConfig, attach, inner, require_backbone, save_and_merge, trainable_count
+from .evaluate import evaluate_model, evaluate_split
 from .prompts import build_word_tokenizer, make_format
 from .recommender import Recommender, answer_scores, final_hidden, load_recommender
 from .sequences import PromptBuilder, Sequence, pad_batch, tail_attention
@@ -54,8 +55,12 @@ def backbone_fingerprint(path: Path) -> dict:
 
 def model_key(ws: Workspace, forget: ForgetSet | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
               backbone: Path | None, adapter: AdapterConfig | None = None) -> str:
+    core = ws.key_core()
+    # models were keyed "version" before the shared core existed: renaming it would retrain every stored model
+    # (test_lora pins a model key)
+    core["version"] = core.pop("code")
     key = {
-        "kind": "recommender", "version": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
+        **core, "kind": "recommender",
         "split": ws.config.split_fraction, "never_seen": ws.config.never_seen, "forget": forget.key if forget else None,
         "model": backbone_fingerprint(backbone) if backbone else asdict(model_cfg), "train": asdict(train_cfg),
     }
@@ -107,8 +112,6 @@ def _lr_lambda(total: int, warmup: float):
 
 def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainConfig,
          progress: ProgressFn) -> dict:
-    from ..evaluate import evaluate_split  # evaluation imports the model package; avoid a cycle
-
     builder = PromptBuilder(rec.fmt, ws.interactions)
     retained = retained_training(ws.interactions, forget)
     rng = np.random.default_rng(cfg.seed)
@@ -176,8 +179,6 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
 
     With `adapter` (a backbone only), a LoRA adapter is trained on the backbone's frozen weights.
     """
-    from ..evaluate import evaluate_model
-
     model_cfg, train_cfg = model_cfg or ModelConfig(), train_cfg or TrainConfig()
     backbone = Path(backbone) if backbone else None
     require_backbone(adapter, backbone, "training")
@@ -190,7 +191,7 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
         model = place(model)
         fmt = make_format(kind, tokenizer, ws.data)
         meta = {"prompt_format": kind, "key": key, "data": ws.fingerprint, "history": ws.config.history,
-                "forget": forget.summary() if forget else None, "model_config": asdict(model_cfg),
+                "forget": asdict(forget.summary()) if forget else None, "model_config": asdict(model_cfg),
                 "train_config": asdict(train_cfg), "backbone": str(backbone) if backbone else None,
                 "n_params": sum(p.numel() for p in model.parameters()), "compute": current().describe()}
         wrapper = None

@@ -96,20 +96,20 @@ def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConf
     # no top-10 lists: no section reads them (Compare computes a study run's ranking agreement on demand)
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress,
                   rankings=False)
-    relative = {"gap_closed": (run["metrics"].get("gap_closed") or {}).get("auc_forget"),
-                "retrain_distance": run["metrics"].get("retrain_distance"),
-                "jsd_ratio": run["metrics"].get("jsd_ratio"), "utility_cost": run["metrics"].get("utility_cost")}
-    valid_attack = run["metrics"].get("mia_never_seen_valid") or {}
+    y, valid_attack = run.yardstick, run.comparison.attack_valid
+    relative = {"gap_closed": y.gap_closed.auc_forget, "retrain_distance": y.retrain_distance,
+                "jsd_ratio": y.jsd_ratio, "utility_cost": y.utility_cost}
+    # one row of the study's table (a DataFrame, stored as parquet): flat columns by design
     row = {**{k: v for k, v in asdict(cell).items() if k != "groups"}, "arm": cell.arm,
-           **{m: run["metrics"].get(m) for m in METRICS},
-           "mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("run", [None, None])[0],
-           "original_mia_never_seen_valid_low": (valid_attack.get("interval") or {}).get("original", [None, None])[0],
-           **relative, "valid_drop": run["original"]["auc_valid"] - run["metrics"]["auc_valid"],
-           **{f"retrain_{m}": run["retrain"].get(m) for m in METRICS},
-           **{f"original_{m}": run["original"].get(m) for m in METRICS},  # "do nothing", the bar to clear
-           "seconds": run["seconds"], "retrain_seconds": run["retrain_seconds"],
-           "applied_conflict": (run["conflict"] or {}).get("applied", {}).get("negative_share"),
-           "run_dir": run["run_dir"]}
+           **{m: getattr(run.metrics, m) for m in METRICS},
+           "mia_never_seen_valid_low": valid_attack.interval.run[0] if valid_attack else None,
+           "original_mia_never_seen_valid_low": valid_attack.interval.original[0] if valid_attack else None,
+           **relative, "valid_drop": run.original.auc_valid - run.metrics.auc_valid,
+           **{f"retrain_{m}": getattr(run.retrain, m) for m in METRICS},
+           **{f"original_{m}": getattr(run.original, m) for m in METRICS},  # "do nothing", the bar to clear
+           "seconds": run.seconds, "retrain_seconds": run.retrain_seconds,
+           "applied_conflict": run.conflict.applied.negative_share if run.conflict else None,
+           "run_dir": run.run_dir}
     return row
 
 

@@ -327,8 +327,7 @@ def render_html(result: dict, meta: dict) -> str:
 
 
 def report_key(ws: Workspace, original: Recommender, result: dict) -> str:
-    return config_key({"code": CODE_VERSION, "report": REPORT_VERSION, "data": ws.fingerprint, "history": ws.config.history,
-                       "model": model_identity(original), "study": result["config"],
+    return config_key({**ws.key_core(model_identity(original)), "report": REPORT_VERSION, "study": result["config"],
                        "transfer_dataset": result.get("transfer_dataset")})
 
 

@@ -15,9 +15,8 @@ import pandas as pd
 from ..cache import build_or_load, config_key, read_json, write_json_atomic
 from ..circuits.discover import model_identity
 from ..circuits.sampling import retain_samples
-from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
-from ..data.samples import TEST, VALID
+from ..data.samples import TEST, TRAIN, VALID
 from ..metrics import classification, jsd
 from ..model.recommender import Recommender
 from ..model.sequences import PromptBuilder
@@ -26,6 +25,8 @@ from ..recommend import top_k
 from ..workspace import Workspace
 from .attack import PHASES, AttackResult, attack_rows, forget_unseen_rows, matched_attack
 from .mia import ATTACK_SAMPLES, features, mia_auc
+from .record import (MODELS, AttackView, Comparison, ModelMetrics, RankingAgreement, Trio, UnseenView,
+                     UserRecognition)
 from .yardstick import retrain_distance, yardstick
 
 RANK_USERS = 20  # per side (forget users, retained users)
@@ -77,7 +78,7 @@ def score_sets(rec: Recommender, builder: PromptBuilder, sets: dict[str, pd.Data
 def top_lists(rec: Recommender, ws: Workspace, forget: ForgetSet, builder: PromptBuilder | None = None) -> dict:
     """The model's top-10 unrated items for each ranking user (keys: user ids as text, as stored)."""
     builder = builder or PromptBuilder(rec.fmt, ws.interactions)
-    return {str(u): [r["item_id"] for r in top_k(rec, ws, u, RANK_K, builder=builder)]
+    return {str(u): [r.item_id for r in top_k(rec, ws, u, RANK_K, builder=builder)]
             for side in ranking_users(ws, forget).values() for u in side}
 
 
@@ -89,12 +90,12 @@ def model_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: Pro
     return {"scores": scores, "top10": top_lists(rec, ws, forget, builder) if rankings else None}
 
 
-def _agreement(original_top: dict, run_top: dict, ws: Workspace, forget: ForgetSet) -> dict:
-    return {side: float(np.mean([_overlap(original_top[str(u)], run_top[str(u)]) for u in users])) if users else None
-            for side, users in ranking_users(ws, forget).items()}
+def _agreement(original_top: dict, run_top: dict, ws: Workspace, forget: ForgetSet) -> RankingAgreement:
+    return RankingAgreement(**{side: float(np.mean([_overlap(original_top[str(u)], run_top[str(u)]) for u in users]))
+                               if users else None for side, users in ranking_users(ws, forget).items()})
 
 
-def ranking_agreement(run: Recommender, original: Recommender, ws: Workspace, forget: ForgetSet) -> dict:
+def ranking_agreement(run: Recommender, original: Recommender, ws: Workspace, forget: ForgetSet) -> RankingAgreement:
     """The share of do nothing's top-10 items a run keeps, per side: for runs stored without it (a study's
     cells skip their rankings, which no study section reads: 17% of a cell's time, profiled)."""
     return _agreement(reference_view(original, ws, forget)["top10"], top_lists(run, ws, forget), ws, forget)
@@ -102,8 +103,7 @@ def ranking_agreement(run: Recommender, original: Recommender, ws: Workspace, fo
 
 def reference_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: ProgressFn | None = None) -> dict:
     """model_view of a model every run of a request compares to (retrain, original): cached on disk."""
-    key = config_key({"code": CODE_VERSION, "model": model_identity(rec), "data": ws.fingerprint,
-                      "history": ws.config.history, "forget": forget.key, "seed": SEED, "k": RANK_K,
+    key = config_key({**ws.key_core(model_identity(rec), forget), "seed": SEED, "k": RANK_K,
                       "attack": ATTACK_SAMPLES, "users": RANK_USERS})
 
     def build(tmp: Path) -> None:
@@ -132,14 +132,13 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
             "mia_auc": mia_auc(feats["members"], feats["non_members"], feats["forget"], feats["test"])}
 
 
-def _attack_view(results: dict[str, AttackResult]) -> dict:
+def _attack_view(results: dict[str, AttackResult]) -> AttackView:
     """One phase of the matched attack for run / original / retrain, intervals beside (None where a half has one
     user: nothing to resample; NaN would also break strict JSON and equality between stored records)."""
     bound = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
-    return {**{name: r.auc for name, r in results.items()},
-            "interval": {name: [bound(r.low), bound(r.high)] for name, r in results.items()},
-            "indistinguishable": {name: r.indistinguishable for name, r in results.items()},
-            "resamples": "users (scipy.stats.bootstrap, percentile, 1000)"}
+    trio = lambda f: Trio(*(f(results[name]) for name in MODELS))  # noqa: E731
+    return AttackView(trio(lambda r: r.auc), trio(lambda r: (bound(r.low), bound(r.high))),
+                      trio(lambda r: r.indistinguishable), "users (scipy.stats.bootstrap, percentile, 1000)")
 
 
 # Below this original-retrain AUC gap on never-trained samples there is nothing to close: twice the training-seed
@@ -148,15 +147,13 @@ def _attack_view(results: dict[str, AttackResult]) -> dict:
 UNSEEN_MIN_GAP = 0.004
 
 
-def _unseen_view(metrics: dict[str, dict], n: int) -> dict:
+def _unseen_view(metrics: dict[str, dict], n: int) -> UnseenView:
     """Forget metrics on the request's never-trained samples: run, original, retrain; the run's AUC against the
     retrain's (negative: below what retraining gives, i.e. collateral damage); a distance only where there is a gap."""
-    out = {m: {name: metrics[name][f"{m}_forget_unseen"] for name in metrics} for m in ("auc", "logloss")}
-    auc = out["auc"]
-    gap = auc["original"] - auc["retrain"]
-    return {**out, "n": n, "gap": gap, "run_minus_retrain": auc["run"] - auc["retrain"],
-            "retrain_distance": (retrain_distance(auc["original"], auc["run"], auc["retrain"])
-                                 if abs(gap) >= UNSEEN_MIN_GAP else None)}
+    auc, loss = (Trio(*(metrics[name][f"{m}_forget_unseen"] for name in MODELS)) for m in ("auc", "logloss"))
+    gap = auc.original - auc.retrain
+    return UnseenView(auc, loss, n, gap, auc.run - auc.retrain,
+                      retrain_distance(auc.original, auc.run, auc.retrain) if abs(gap) >= UNSEEN_MIN_GAP else None)
 
 
 def _overlap(a: list[int], b: list[int]) -> float:
@@ -164,9 +161,9 @@ def _overlap(a: list[int], b: list[int]) -> float:
 
 
 def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recommender, ws: Workspace,
-                       forget: ForgetSet, progress: ProgressFn | None = None, rankings: bool = True) -> dict:
-    """metrics[name] for run / retrain / original, each with JSD to retrain on forget and test; without
-    `rankings`, no top-10 lists for the run (ranking_agreement None: `ranking_agreement` computes it later)."""
+                       forget: ForgetSet, progress: ProgressFn | None = None, rankings: bool = True) -> Comparison:
+    """Metrics for run / retrain / original, each with JSD to retrain on forget and test; without `rankings`,
+    no top-10 lists for the run (ranking_agreement None: `ranking_agreement` computes it later)."""
     sets = sample_sets(ws, forget)
     views = {"run": model_view(run, ws, forget, progress, rankings),
              "retrain": reference_view(retrain, ws, forget, progress),
@@ -180,20 +177,21 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
     agreement = _agreement(views["original"]["top10"], views["run"]["top10"], ws, forget) if rankings else None
     relative = yardstick({name: view["scores"]["forget"] for name, view in views.items()},
                          sets["forget"]["label"].to_numpy(), metrics)
-    metrics["run"].update({k: relative[k] for k in ("gap_closed", "retrain_distance", "jsd_ratio", "utility_cost")})
-    per_user = []
+    attacks: dict[str, AttackView] = {}
+    per_user: tuple[UserRecognition, ...] = ()
     for phase in PHASES:
         rows = attack_rows(forget, phase)
         if rows is None:
             continue
         results = {name: matched_attack(rows, view["scores"]) for name, view in views.items()}
-        suffix = "" if phase == "train" else f"_{phase}"
+        suffix = "" if phase == TRAIN else f"_{phase}"
         for name, r in results.items():
             metrics[name][f"mia_never_seen{suffix}_auc"] = r.auc
-        metrics["run"][f"mia_never_seen{suffix}"] = _attack_view(results)
-        if phase == "train":  # how recognisable each forgotten user is, before (original) and after (run)
-            per_user = [{"user": u, "before": results["original"].per_user[u], "after": results["run"].per_user[u],
-                         "retrain": results["retrain"].per_user[u]} for u in sorted(results["run"].per_user)]
-    if "forget_unseen" in sets:
-        metrics["run"]["forget_unseen"] = _unseen_view(metrics, len(sets["forget_unseen"]))
-    return {"metrics": metrics, "ranking_agreement": agreement, "yardstick": relative, "per_user": per_user}
+        attacks[phase] = _attack_view(results)
+        if phase == TRAIN:  # how recognisable each forgotten user is, before (original) and after (run)
+            per_user = tuple(UserRecognition(u, results["original"].per_user[u], results["run"].per_user[u],
+                                             results["retrain"].per_user[u]) for u in sorted(results["run"].per_user))
+    unseen = _unseen_view(metrics, len(sets["forget_unseen"])) if "forget_unseen" in sets else None
+    return Comparison(Trio(*(ModelMetrics.from_json(metrics[name]) for name in MODELS)), relative,
+                      attacks.get(TRAIN), attacks.get(VALID), unseen,
+                      agreement, per_user)

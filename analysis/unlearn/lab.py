@@ -9,13 +9,13 @@ and wall times. Nothing is visible before the run is complete.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..cache import artefact_dir, build_or_load, config_key, read_json, write_json_atomic
 from ..circuits.discover import model_identity
 from ..circuits.lean import discover_groups
-from ..config import CODE_VERSION
 from ..data.forget import ForgetSet
 from ..errors import CacheError
 from ..model.adapters import ADAPTER, adapter_of, save_and_merge
@@ -26,7 +26,8 @@ from ..workspace import Workspace
 from .ablation import random_groups
 from .compare import compare_to_retrain
 from .methods import UnlearningMethod
-from .run import MODEL, RUN, UnlearnConfig, unlearn_steps
+from .record import RunRecord
+from .run import MODEL, RUN, StepsResult, UnlearnConfig, unlearn_steps
 
 RUNS = "runs"
 
@@ -50,14 +51,13 @@ def retrain_for(ws: Workspace, original: Recommender, forget: ForgetSet,
 
 def run_key(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig) -> str:
     # the config's key names the budget (epochs, optimizer, stop), so no run of the SGD era shares a key
-    return config_key({"code": CODE_VERSION, "data": ws.fingerprint, "history": ws.config.history,
-                       "model": model_identity(original), "forget": forget.key, "config": cfg.key()})
+    return config_key({**ws.key_core(model_identity(original), forget), "config": cfg.key()})
 
 
 def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: UnlearnConfig,
             progress: ProgressFn | None = None, on_step: Callable[[dict], None] | None = None,
-            rankings: bool = True) -> dict:
-    """Run (or load) one unlearning configuration; returns the stored run.json plus its folder.
+            rankings: bool = True) -> RunRecord:
+    """Run (or load) one unlearning configuration; returns its stored record.
 
     `on_step` receives each step's curve row while the run goes (for live plots). Without `rankings` the
     run stores no ranking agreement (compare.ranking_agreement computes it when Compare shows the run);
@@ -80,73 +80,73 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
                         "compute_seconds": result.seconds["total"], "from_full_result": result.from_full,
                         "sizes": result.node_groups.sizes(), "coverage": result.coverage_view(),
                         "groups": {m: g.value for m, g in groups.items()}, "random_groups": cfg.random_groups}
+        retrain_seconds = retrain.meta["training"]["train_seconds"]
         if cfg.method is UnlearningMethod.RETRAIN:
-            model_rec, steps = retrain, {"seconds": retrain.meta["training"]["train_seconds"], "curves": [],
-                                         "rules": {}, "conflict": None, "stopped": None, "steps_run": 0,
-                                         "steps_budget": 0}
+            model_rec, steps = retrain, StepsResult.none(retrain_seconds)
         else:
             steps = unlearn_steps(ws, original, forget, cfg, groups, progress, on_step)
-            meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": forget.summary(),
+            meta = {**original.meta, "unlearning": {"method": cfg.method.value, "forget": asdict(forget.summary()),
                                                    "config": cfg.key()}}
-            model, wrapper = steps.pop("model"), steps.pop("adapter")
-            if wrapper is not None:  # the adapter itself, then merged: what the bridge and the metrics read
-                model = save_and_merge(wrapper, tmp / MODEL / ADAPTER).eval()
+            model = steps.model
+            if steps.adapter is not None:  # the adapter itself, then merged: what the bridge and the metrics read
+                model = save_and_merge(steps.adapter, tmp / MODEL / ADAPTER).eval()
             model_rec = Recommender(model, original.tokenizer, original.fmt, meta)
             model_rec.save(tmp / MODEL)
             model_rec = load_recommender(tmp / MODEL, ws.data, check=False)
         comparison = compare_to_retrain(model_rec, retrain, original, ws, forget, progress, rankings)
-        write_json_atomic(tmp / RUN, {
-            "method": cfg.method.value, "config": cfg.key(), "forget": forget.summary(),
-            "seconds": steps["seconds"], "stage_seconds": steps.get("stage_seconds"),
-            "retrain_seconds": retrain.meta["training"]["train_seconds"],
-            "retrain_trained_in_this_run": trained_now, "circuits": circuits, "rules": steps["rules"],
-            "conflict": steps["conflict"], "curves": steps["curves"], "stopped": steps["stopped"],
-            "steps_run": steps["steps_run"], "steps_budget": steps["steps_budget"],
-            "metrics": comparison["metrics"]["run"], "retrain": comparison["metrics"]["retrain"],
-            "original": comparison["metrics"]["original"], "ranking_agreement": comparison["ranking_agreement"],
-            "yardstick": comparison["yardstick"], "per_user": comparison["per_user"],
-            "model_dir": str(retrain.path) if cfg.method is UnlearningMethod.RETRAIN else None,
-            "original_dir": str(original.path), "retrain_dir": str(retrain.path),
-        })
+        record = RunRecord(
+            cfg.method, cfg.key(), forget.summary(), steps.seconds, retrain_seconds, trained_now,
+            circuits, steps.rules, steps.conflict, tuple(steps.curves), steps.stopped, steps.steps_run,
+            steps.steps_budget, comparison, original_dir=str(original.path), retrain_dir=str(retrain.path),
+            model_dir=str(retrain.path) if cfg.method is UnlearningMethod.RETRAIN else "",
+            stage_seconds=steps.stage_seconds)
+        write_json_atomic(tmp / RUN, record.to_json())
 
     path = build_or_load(ws.root, RUNS, run_key(ws, original, forget, cfg), build, on_wait=lambda msg: progress(msg, 0, 1))
     return load_run(path)
 
 
-def load_run(path: Path) -> dict:
+def load_run(path: Path) -> RunRecord:
     path = Path(path)
-    run = read_json(path / RUN)
-    run["run_dir"] = str(path)
-    if run.get("model_dir") is None:
-        run["model_dir"] = str(path / MODEL)
-    return run
+    return RunRecord.from_json(read_json(path / RUN), path)
 
 
-def run_summary(run: dict) -> dict:
-    """One stored run in the runs table's terms (the lab and the Evidence page show the same)."""
-    m = run["metrics"]
-    return {"method": run["method"], "steps": run.get("steps_run"), "lr": run["config"].get("lr"),
-            "retrain_distance": m.get("retrain_distance"), "gap_closed": (m.get("gap_closed") or {}).get("auc_forget"),
-            "utility_cost": m.get("utility_cost"), "matched_attack": (m.get("mia_never_seen") or {}).get("run"),
-            "auc_test": m["auc_test"], "auc_forget": m["auc_forget"], "jsd_forget": m["jsd_forget"],
-            "seconds": run["seconds"], "run": Path(run["run_dir"]).name}
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the runs table (the lab and the Evidence page show the same); the references are rows too."""
+    method: str
+    retrain_distance: float | None
+    gap_closed: float | None
+    utility_cost: float | None
+    matched_attack: float | None
+    auc_test: float
+    auc_forget: float
+    jsd_forget: float
+    seconds: float
+    steps: int | None = None
+    lr: float | None = None
+    run: str | None = None
 
 
-def reference_summaries(run: dict) -> list[dict]:
+def run_summary(run: RunRecord) -> RunRow:
+    """One stored run in the runs table's terms."""
+    m, y, attack = run.metrics, run.yardstick, run.comparison.attack
+    return RunRow(run.method.value, y.retrain_distance, y.gap_closed.auc_forget, y.utility_cost,
+                  attack.auc.run if attack else None, m.auc_test, m.auc_forget, m.jsd_forget, run.seconds,
+                  run.steps_run, run.lr, run.name)
+
+
+def reference_summaries(run: RunRecord) -> list[RunRow]:
     """Do nothing (the original) and the retrain, as rows beside a request's runs: distance 1 and 0 by
     definition, the retrain's own utility cost, and both models' own metrics as the run stored them."""
-    o, r = run["original"], run["retrain"]
-    attack = run["metrics"].get("mia_never_seen") or {}
-    return [{"method": "do nothing (original)", "retrain_distance": 1.0, "gap_closed": 0.0, "utility_cost": 0.0,
-             "matched_attack": attack.get("original"), "auc_test": o["auc_test"], "auc_forget": o["auc_forget"],
-             "jsd_forget": o["jsd_forget"], "seconds": 0.0},
-            {"method": "retrain (gold)", "retrain_distance": 0.0, "gap_closed": 1.0,
-             "utility_cost": o["auc_test"] - r["auc_test"], "matched_attack": attack.get("retrain"),
-             "auc_test": r["auc_test"], "auc_forget": r["auc_forget"], "jsd_forget": 0.0,
-             "seconds": run["retrain_seconds"]}]
+    o, r, attack = run.original, run.retrain, run.comparison.attack
+    return [RunRow("do nothing (original)", 1.0, 0.0, 0.0, attack.auc.original if attack else None, o.auc_test,
+                   o.auc_forget, o.jsd_forget, 0.0),
+            RunRow("retrain (gold)", 0.0, 1.0, o.auc_test - r.auc_test, attack.auc.retrain if attack else None,
+                   r.auc_test, r.auc_forget, 0.0, run.retrain_seconds)]
 
 
-def list_runs(root: Path) -> list[dict]:
+def list_runs(root: Path) -> list[RunRecord]:
     """Every complete run under cache/runs (newest first); unreadable ones are skipped, not fatal."""
     runs = []
     for folder in sorted((Path(root) / RUNS).glob("[0-9a-f]*"), key=lambda p: p.stat().st_mtime, reverse=True):

@@ -22,7 +22,7 @@ None with that note, instead of a ratio of noise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -97,8 +97,47 @@ def gap_interval(original: np.ndarray, retrain: np.ndarray, labels: np.ndarray, 
     return GapInterval(_auc(o, y) - _auc(r, y), float(lo), float(hi))
 
 
+@dataclass(frozen=True)
+class GapClosed:
+    """Signed share of the original-retrain gap a run closed, per measure (None: no measurable gap)."""
+    auc_forget: float | None
+    logloss_forget: float | None
+    mia_auc: float | None
+
+
+@dataclass(frozen=True)
+class GapRecord:
+    """The forget-AUC gap as stored: estimate, bootstrap interval and how it was resampled."""
+    auc_forget: float
+    low: float
+    high: float
+    resamples: int
+    level: float
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """A run's numbers relative to doing nothing and to the retrain (module docstring)."""
+    retrain_distance: float | None
+    gap_closed: GapClosed
+    gap: GapRecord
+    measurable: bool
+    jsd_ratio: float | None
+    utility_cost: float
+    over_forgetting: bool
+    note: str
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Yardstick":
+        return cls(d["retrain_distance"], GapClosed(**d["gap_closed"]), GapRecord(**d["gap"]), d["measurable"],
+                   d["jsd_ratio"], d["utility_cost"], d["over_forgetting"], d["note"])
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, metrics: dict[str, dict],
-              seed: int = 0) -> dict:
+              seed: int = 0) -> Yardstick:
     """forget_scores and metrics for "run", "retrain", "original" -> the relative headline numbers."""
     f = {k: np.asarray(v, dtype=np.float64) for k, v in forget_scores.items()}
     y = np.asarray(forget_labels)
@@ -116,15 +155,14 @@ def yardstick(forget_scores: dict[str, np.ndarray], forget_labels: np.ndarray, m
     base = jsd(f["original"], f["retrain"])
     ratio = jsd(f["run"], f["retrain"]) / base if base > 0 else None
     over = closed["auc_forget"] is not None and closed["auc_forget"] > 1.0
-    return {
-        "retrain_distance": (retrain_distance(auc["original"], auc["run"], auc["retrain"]) if measurable else None),
-        "gap_closed": closed,
-        "gap": {"auc_forget": auc["original"] - auc["retrain"], "low": float(lo), "high": float(hi),
-                "resamples": RESAMPLES, "level": LEVEL},
-        "measurable": measurable,
-        "jsd_ratio": ratio,
-        "utility_cost": metrics["original"]["auc_test"] - metrics["run"]["auc_test"],
-        "over_forgetting": over,
-        "note": NO_GAP if not measurable else ("over-forgetting: forget samples now look less familiar than "
-                                               "never-seen ones, itself a membership signal" if over else ""),
-    }
+    return Yardstick(
+        retrain_distance=(retrain_distance(auc["original"], auc["run"], auc["retrain"]) if measurable else None),
+        gap_closed=GapClosed(**closed),
+        gap=GapRecord(auc["original"] - auc["retrain"], float(lo), float(hi), RESAMPLES, LEVEL),
+        measurable=measurable,
+        jsd_ratio=ratio,
+        utility_cost=metrics["original"]["auc_test"] - metrics["run"]["auc_test"],
+        over_forgetting=over,
+        note=NO_GAP if not measurable else ("over-forgetting: forget samples now look less familiar than "
+                                            "never-seen ones, itself a membership signal" if over else ""),
+    )

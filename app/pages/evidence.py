@@ -35,7 +35,7 @@ with state.readable_errors():
         path, _ = run_watched(lambda p: run_and_report(ws, rec, StudyConfig.quick(), p, executor=executor), progress)
         progress.finish()
         box.done()
-        st.session_state["evidence_pick"] = str(path)
+        state.set_evidence_pick(str(path))
         st.success(f"Report written to {path / 'report.html'}")
     reports = list_reports(ws.root)
     if not reports:
@@ -44,7 +44,7 @@ with state.readable_errors():
                 else f"has not run on this machine yet; budget about {typical_seconds('study', None) / 60:.0f} min "
                      "on 2 cores (cells already in the cache are not run again)."))
         request = state.request()
-        runs = [r for r in list_runs(ws.root) if r["forget"]["spec"] == str(ws.forget_set(request).spec)]
+        runs = [r for r in list_runs(ws.root) if r.forget.spec == str(request)]
         st.subheader(f"What the cache already knows about {request}")
         if runs:
             st.caption("The runs made so far, nearest the retrain first, with do nothing and the retrain beside them "
@@ -53,9 +53,9 @@ with state.readable_errors():
         else:
             st.caption("No runs of this request yet: the Unlearning lab makes one, or a quick study makes many.")
         st.stop()
-    result = state.pick_stored("Study", reports, "path", lambda r: f"{len(r['config']['seeds'])} seed(s) · "
+    result = state.pick_stored("Study", reports, lambda r: r["path"], lambda r: f"{len(r['config']['seeds'])} seed(s) · "
                                f"{len(r['rows'])} cells · {r['meta']['wall_seconds']:.0f} s · "
-                               f"{r['path'].split('/')[-1]}", "evidence_pick", "ev_pick")
+                               f"{r['path'].split('/')[-1]}", state.SessionKey.EVIDENCE_PICK, "ev_pick")
     path = result["path"]
     st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}.")
     for name, fig in figures(result).items():

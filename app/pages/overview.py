@@ -1,18 +1,20 @@
 """Overview: the dataset card, the model card and one example prompt, token by token."""
+from dataclasses import astuple
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from pathlib import Path
-
 from analysis.circuits.trace import token_labels
+from analysis.model.evaluate import ModelCard, Scorecard
 from analysis.model.sequences import PromptBuilder
 from app import figures, state
 
 
-def ranking_note(model: dict, base: dict) -> str:
+def ranking_note(model: Scorecard, base: Scorecard) -> str:
     """Say plainly where the model loses to the bias baseline (and why), from the numbers shown."""
-    lost = [name for key, name in (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"))
-            if model["ranking"][key] < base["ranking"][key]]
+    lost = [name for name, ours, theirs in (("HR@10", model.hr_at_10, base.hr_at_10),
+                                            ("NDCG@10", model.ndcg_at_10, base.ndcg_at_10)) if ours < theirs]
     if not lost:
         return "It is ahead of the bias baseline on every metric shown."
     return (f"It is behind the bias baseline on {' and '.join(lost)}: it only ever sees rated items, so it has "
@@ -30,40 +32,37 @@ with state.readable_errors():
     ws = state.workspace()
     s, split = ws.data.summary(), ws.interactions.summary()
     st.subheader("Dataset")
-    st.caption(s["source"])
+    st.caption(s.source)
     cols = st.columns(4)
-    cols[0].metric("Users", f"{s['users']:,}")
-    cols[1].metric("Items", f"{s['items']:,}")
-    cols[2].metric("Ratings", f"{s['ratings']:,}")
-    cols[3].metric("Like rate (rating ≥ 4)", f"{s['like_rate']:.1%}")
-    st.write(f"Samples with {split['history_length']} items of history: {split['samples']['train']:,} train, "
-             f"{split['samples']['valid']:,} validation, {split['samples']['test']:,} test.")
-    st.plotly_chart(figures.counts(s["genres"], "Movies per genre", "movies", "genre"), width="stretch",
+    cols[0].metric("Users", f"{s.users:,}")
+    cols[1].metric("Items", f"{s.items:,}")
+    cols[2].metric("Ratings", f"{s.ratings:,}")
+    cols[3].metric("Like rate (rating ≥ 4)", f"{s.like_rate:.1%}")
+    st.write(f"Samples with {split.history_length} items of history: {split.train:,} train, "
+             f"{split.valid:,} validation, {split.test:,} test.")
+    st.plotly_chart(figures.counts(s.genres, "Movies per genre", "movies", "genre"), width="stretch",
                     key="ov_genres")
 
     rec = state.original()
     base = state.baseline(ws, ws.fingerprint)
     st.subheader("Model")
-    cfg, m = rec.model.config, rec.meta["metrics"]
+    cfg, card = rec.model.config, ModelCard.of(rec)
+    m, backbone = card.scorecard, card.backbone
     cols = st.columns(4)
-    backbone = rec.meta.get("backbone")
     cols[0].metric("Backbone", "GPT-2" if not backbone else Path(backbone).name,
                    help=f"fine-tuned from {backbone}" if backbone else "a GPT-2-shaped model trained from scratch here")
     cols[1].metric("Layers x heads", f"{cfg.num_hidden_layers} x {cfg.num_attention_heads}")
-    cols[2].metric("Parameters", f"{rec.meta['n_params']:,}")
-    cols[3].metric("Train seconds", f"{rec.meta['training']['train_seconds']:.0f}")
-    table = pd.DataFrame({
-        "model": [m["test"]["auc"], m["test"]["acc"], m["test"]["logloss"], m["ranking"]["hr@10"], m["ranking"]["ndcg@10"]],
-        "user+item bias baseline": [base["test"]["auc"], base["test"]["acc"], base["test"]["logloss"],
-                                    base["ranking"]["hr@10"], base["ranking"]["ndcg@10"]],
-    }, index=["test AUC", "test ACC", "test LogLoss", "HR@10", "NDCG@10"])
+    cols[2].metric("Parameters", f"{card.n_params:,}")
+    cols[3].metric("Train seconds", f"{card.train_seconds:.0f}")
+    table = pd.DataFrame({"model": astuple(m), "user+item bias baseline": astuple(base)},
+                         index=["test AUC", "test ACC", "test LogLoss", "HR@10", "NDCG@10"])  # Scorecard's order
     st.dataframe(table.style.format("{:.4f}"), width="stretch")
     st.caption("From scratch: a GPT-2-shaped model trained on this data here. " + ranking_note(m, base))
     rows = ws.interactions.split("test").head(1)
     sample = rows.iloc[0]
     tokens = PromptBuilder(rec.fmt, ws.interactions).prompts(rows)[0]
     st.caption(f"Example prompt: user {sample['user_id']}'s first test sample, target {ws.title(sample['item_id'])}, "
-               f"after the {split['history_length']} movies they rated just before it (the prompt this sample is "
+               f"after the {split.history_length} movies they rated just before it (the prompt this sample is "
                "scored with; Trace shows a user's *latest* history instead, the one recommendations are ranked "
                "after). Token by token, items shown by title; the answer is read after the last token as "
                "logit(Yes) - logit(No):")
