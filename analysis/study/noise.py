@@ -120,7 +120,7 @@ def draw_noise(ws: Workspace, draw: int, forget: ForgetSet, originals: dict[int,
     """`originals` and `retrains` by training seed, `own` the original's seed. Forget scores come from the cached
     reference views, the ones every run of the request was scored with."""
     labels = forget.forget_samples["label"].to_numpy()  # compare.sample_sets' "forget" set
-    scores = lambda rec: reference_view(rec, ws, forget, progress)["scores"]["forget"]  # noqa: E731
+    scores = lambda rec: reference_view(rec, ws, forget, progress).scores["forget"]  # noqa: E731
     o_scores = {t: scores(m) for t, m in originals.items()}
     r_scores = {t: scores(m) for t, m in retrains.items()}
     pairs = []

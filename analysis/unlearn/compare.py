@@ -7,6 +7,7 @@ every run of a request compares to them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,20 @@ def top_lists(rec: Recommender, ws: Workspace, forget: ForgetSet, builder: Promp
             for side in ranking_users(ws, forget).values() for u in side}
 
 
+@dataclass(frozen=True)
+class ModelView:
+    """One model's scores on the request's sample sets (by set name: sample_sets) and, with rankings, its top-10
+    items per ranking user (user ids as text, as stored)."""
+    scores: dict[str, np.ndarray]
+    top10: dict[str, list[int]] | None
+
+
 def model_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: ProgressFn | None = None,
-               rankings: bool = True) -> dict:
+               rankings: bool = True) -> ModelView:
     """A model's scores on the sample sets and (with `rankings`) its top-10 items for the ranking users."""
     builder = PromptBuilder(rec.fmt, ws.interactions)
     scores = score_sets(rec, builder, sample_sets(ws, forget), or_silent(progress))
-    return {"scores": scores, "top10": top_lists(rec, ws, forget, builder) if rankings else None}
+    return ModelView(scores, top_lists(rec, ws, forget, builder) if rankings else None)
 
 
 def _agreement(original_top: dict, run_top: dict, ws: Workspace, forget: ForgetSet) -> RankingAgreement:
@@ -98,23 +107,24 @@ def _agreement(original_top: dict, run_top: dict, ws: Workspace, forget: ForgetS
 def ranking_agreement(run: Recommender, original: Recommender, ws: Workspace, forget: ForgetSet) -> RankingAgreement:
     """The share of do nothing's top-10 items a run keeps, per side: for runs stored without it (a study's
     cells skip their rankings, which no study section reads: 17% of a cell's time, profiled)."""
-    return _agreement(reference_view(original, ws, forget)["top10"], top_lists(run, ws, forget), ws, forget)
+    return _agreement(reference_view(original, ws, forget).top10, top_lists(run, ws, forget), ws, forget)
 
 
-def reference_view(rec: Recommender, ws: Workspace, forget: ForgetSet, progress: ProgressFn | None = None) -> dict:
+def reference_view(rec: Recommender, ws: Workspace, forget: ForgetSet,
+                   progress: ProgressFn | None = None) -> ModelView:
     """model_view of a model every run of a request compares to (retrain, original): cached on disk."""
     key = config_key({**ws.key_core(model_identity(rec), forget), "seed": SEED, "k": RANK_K,
                       "attack": ATTACK_SAMPLES, "users": RANK_USERS})
 
     def build(tmp: Path) -> None:
         view = model_view(rec, ws, forget, progress)
-        np.savez(tmp / "scores.npz", **view["scores"])
-        write_json_atomic(tmp / "top10.json", view["top10"])
+        np.savez(tmp / "scores.npz", **view.scores)
+        write_json_atomic(tmp / "top10.json", view.top10)
 
     path = build_or_load(ws.root, SCORES, key, build, on_wait=lambda msg: or_silent(progress)(msg, 0, 1))
     with np.load(path / "scores.npz") as z:
         scores = {k: z[k] for k in z.files}
-    return {"scores": scores, "top10": read_json(path / "top10.json")}
+    return ModelView(scores, read_json(path / "top10.json"))
 
 
 def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> dict:
@@ -170,12 +180,12 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
              "original": reference_view(original, ws, forget, progress)}
     metrics = {}
     for name, view in views.items():
-        s = view["scores"]
+        s = view.scores
         metrics[name] = _metrics(s, sets)
-        metrics[name]["jsd_forget"] = jsd(s["forget"], views["retrain"]["scores"]["forget"])
-        metrics[name]["jsd_test"] = jsd(s["test"], views["retrain"]["scores"]["test"])
-    agreement = _agreement(views["original"]["top10"], views["run"]["top10"], ws, forget) if rankings else None
-    relative = yardstick({name: view["scores"]["forget"] for name, view in views.items()},
+        metrics[name]["jsd_forget"] = jsd(s["forget"], views["retrain"].scores["forget"])
+        metrics[name]["jsd_test"] = jsd(s["test"], views["retrain"].scores["test"])
+    agreement = _agreement(views["original"].top10, views["run"].top10, ws, forget) if rankings else None
+    relative = yardstick({name: view.scores["forget"] for name, view in views.items()},
                          sets["forget"]["label"].to_numpy(), metrics)
     attacks: dict[str, AttackView] = {}
     per_user: tuple[UserRecognition, ...] = ()
@@ -183,7 +193,7 @@ def compare_to_retrain(run: Recommender, retrain: Recommender, original: Recomme
         rows = attack_rows(forget, phase)
         if rows is None:
             continue
-        results = {name: matched_attack(rows, view["scores"]) for name, view in views.items()}
+        results = {name: matched_attack(rows, view.scores) for name, view in views.items()}
         suffix = "" if phase == TRAIN else f"_{phase}"
         for name, r in results.items():
             metrics[name][f"mia_never_seen{suffix}_auc"] = r.auc
