@@ -9,6 +9,7 @@ the page colours, filters and labels by them.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 from .faithfulness import CurvePoint
 
@@ -144,6 +145,6 @@ class CircuitView:
     def of_kind(self, *kinds: str) -> list[NodeView]:
         return [n for n in self.nodes if n.kind in kinds]
 
-    @property
+    @cached_property  # the page and its graph both look nodes up by name: built once per view
     def by_name(self) -> dict[str, NodeView]:
         return {n.name: n for n in self.nodes}

@@ -26,8 +26,8 @@ from ..workspace import Workspace
 from .ablation import random_groups
 from .compare import compare_to_retrain
 from .methods import UnlearningMethod
-from .record import RunRecord
-from .run import MODEL, RUN, StepsResult, UnlearnConfig, unlearn_steps
+from .record import MODEL, RUN, RunRecord
+from .run import StepsResult, UnlearnConfig, unlearn_steps
 
 RUNS = "runs"
 

@@ -21,6 +21,8 @@ from .methods import UnlearningMethod
 from .yardstick import Yardstick
 
 T = TypeVar("T")
+RUN = "run.json"  # a run's folder: this record, and the unlearned model under MODEL
+MODEL = "model"
 MODELS = ("run", "original", "retrain")  # the three models every run is scored beside
 
 
@@ -256,7 +258,7 @@ class RunRecord:
             tuple(UserRecognition(**u) for u in d.get("per_user") or ()))
         stopped = d.get("stopped")
         run_dir = str(run_dir)
-        model_dir = d.get("model_dir") or (str(Path(run_dir) / "model") if run_dir else "")
+        model_dir = d.get("model_dir") or (str(Path(run_dir) / MODEL) if run_dir else "")
         return cls(UnlearningMethod(d["method"]), d["config"], ForgetSummary(**d["forget"]), d["seconds"],
                    d["retrain_seconds"], d.get("retrain_trained_in_this_run", False), d.get("circuits"),
                    d.get("rules") or {}, ConflictRecord.from_json(d.get("conflict")), tuple(d.get("curves") or ()),

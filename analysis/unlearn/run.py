@@ -51,8 +51,6 @@ from .record import ConflictRecord, ConflictSummary, Stopped
 from .registry import OBJECTIVES, MethodSpec, StepContext, retain_bce, saliency_mask, spec_of, step_spec_of
 from .start import CONFLICT_SAMPLES, Batches, held_out_loss, raw_conflict, trainable_copy
 
-RUN = "run.json"
-MODEL = "model"
 EXPLODING = 1e3
 
 
