@@ -33,9 +33,6 @@ CONTROLS = {
     "retain_specific": lambda col: col.selectbox(
         "Retain-specific nodes", [r.value for r in RetainSpecific],
         index=list(RetainSpecific).index(UnlearnConfig.retain_specific), key="lab_rs"),
-    "saliency": lambda col: float(col.number_input(
-        "Salient share of parameters", 0.01, 1.0, UnlearnConfig.saliency, 0.05, key="lab_saliency",
-        help="The share of parameter elements updated: those with the largest forget gradient, fixed at the start")),
     "optimizer": lambda col: col.selectbox("Optimiser", OPTIMIZERS, index=OPTIMIZERS.index(UnlearnConfig.optimizer),
                                            key="lab_opt"),
     "stop": lambda col: col.selectbox(
@@ -46,6 +43,9 @@ CONTROLS = {
     "steps": lambda col: int(col.number_input(
         "Max steps (0: the epochs decide)", 0, state.LIMITS.steps, 0, key="lab_steps",
         help=state.LIMITS.note(f"{state.LIMITS.steps} steps"))) or None,
+    "saliency": lambda col: float(col.number_input(
+        "Salient share of parameters", 0.01, 1.0, UnlearnConfig.saliency, 0.05, key="lab_saliency",
+        help="The share of parameter elements updated: those with the largest forget gradient, fixed at the start")),
 }
 
 
@@ -76,14 +76,15 @@ with state.readable_errors():
     rec = state.original()
     request, valid = state.request_input("lab_request")
     settings, thresholds = state.circuit_settings()
-    first, *beside = st.columns(4)
+    first, *row1 = st.columns(4)
+    row2 = st.columns(4)
     methods = [m.value for m in UnlearningMethod]
     method = first.selectbox("Method", methods, index=methods.index(UnlearnConfig.method.value), key="lab_method")
     spec = spec_of(method)
-    shown = [name for name in CONTROLS if name in spec.options]
-    # three beside the method, then rows of three (CURE's six: the 4 + 3 layout the page always had)
-    slots = beside + [col for _ in range(len(beside), len(shown), 3) for col in st.columns(3)]
-    values = {name: CONTROLS[name](slot) for name, slot in zip(shown, slots)}
+    # a fixed column per control, shown or not: a control that moved between columns when the method changed left
+    # its old copy in the browser for a moment (two "Max steps" boxes in CI's browser test)
+    slots = dict(zip(CONTROLS, row1 + row2))
+    values = {name: CONTROLS[name](slots[name]) for name in CONTROLS if name in spec.options}
     modules = tuple(state.selected_modules())
     if "modules" in spec.options:
         st.info(f"Selective unlearning updates only: {', '.join(modules) or 'nothing yet, pick modules on the '}"
