@@ -266,7 +266,7 @@ def _circuits(args, ws, progress) -> dict:
         null = discover_groups(ws, rec, forget, replace(settings, null=True), thresholds, progress).node_groups
         result["null"] = {"groups": null.sizes(), "groups_by_kind": null.sizes_by_kind(),
                           "tested": null.decisions().tested, "fdr": thresholds.fdr,
-                          "top_forget_specific": null.top(Group.FORGET)}
+                          "top_forget_specific": [v.to_json() for v in null.top(Group.FORGET)]}
     for bulky in ("attribution", "draws", "node_scores"):  # raw scores stay in the cached folder (`path`)
         result.pop(bulky)
     result["coverage"].pop("blocks", None)
@@ -459,14 +459,14 @@ def _run(args: argparse.Namespace, ws, progress) -> dict:
                 "tokens_per_second": training["tokens_per_second"], "peak_rss_mb": training["peak_rss_mb"],
                 "best_epoch": training["best_epoch"], "forget": rec.meta["forget"], "metrics": rec.meta["metrics"]}
     if args.command == "evaluate":
-        from .model.evaluate import baseline_metrics, evaluate_model
+        from .model.evaluate import ModelEvaluation, baseline_metrics, evaluate_model
 
         forget = _forget(args, ws)
-        metrics = rec.meta.get("metrics") if not args.model and "metrics" in rec.meta else None
-        metrics = metrics or evaluate_model(rec, ws, forget, progress=progress)
+        stored = not args.model and "metrics" in rec.meta
+        metrics = ModelEvaluation.of(rec) if stored else evaluate_model(rec, ws, forget, progress=progress)
         base = baseline_metrics(ws, forget)
-        return {"model_dir": str(rec.path), "metrics": metrics,
-                "baselines": {"user_item_bias": base["test"] | base["ranking"]}}
+        return {"model_dir": str(rec.path), "metrics": metrics.to_json(),
+                "baselines": {"user_item_bias": base.test.to_json() | base.ranking.to_json()}}
     from .recommend import top_k
 
     items = [asdict(r) for r in top_k(rec, ws, args.user, args.k)]

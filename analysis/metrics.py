@@ -1,6 +1,8 @@
 """Metrics on scores (logit differences) and labels. Pure numpy, no model code."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -29,15 +31,27 @@ def logloss(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def classification(labels: np.ndarray, scores: np.ndarray) -> dict:
-    if len(labels) == 0:  # e.g. "test of retained users" when a request touches every user
-        return {"auc": float("nan"), "acc": float("nan"), "logloss": float("nan"), "n": 0}
-    return {
-        "auc": auc(labels, scores),
-        "acc": accuracy(labels, scores),
-        "logloss": logloss(labels, scores),
-        "n": int(len(labels)),
-    }
+@dataclass(frozen=True)
+class Classification:
+    """Yes/No classification of one sample set: AUC, accuracy at score 0, log loss, and how many samples (0: the
+    set was empty, every number NaN; e.g. "test of retained users" when a request touches every user)."""
+    auc: float
+    acc: float
+    logloss: float
+    n: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Classification":
+        return cls(d["auc"], d["acc"], d["logloss"], d["n"])
+
+
+def classification(labels: np.ndarray, scores: np.ndarray) -> Classification:
+    if len(labels) == 0:
+        return Classification(float("nan"), float("nan"), float("nan"), 0)
+    return Classification(auc(labels, scores), accuracy(labels, scores), logloss(labels, scores), int(len(labels)))
 
 
 def jsd(scores_a: np.ndarray, scores_b: np.ndarray) -> float:

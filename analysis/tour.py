@@ -219,7 +219,7 @@ def tour_facts(ws, original, request: ForgetSpec, settings: CircuitSettings, thr
     if result is not None:
         groups = result.node_groups.sizes()
         s = result.node_groups.stability()
-        stability = s["jaccard"] if s else None
+        stability = s.jaccard if s else None
         rows = result.node_groups.sizes_by_kind().get("item-row", {}).get("forget-specific", 0)
         sentences = tuple(g.sentence for g in describe(result.node_groups))
     runs = [r for r in list_runs(ws.root) if r.forget.spec == str(forget.spec) and r.method is UnlearningMethod.CURE]

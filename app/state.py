@@ -278,7 +278,7 @@ def _compute() -> str:
 
 @st.cache_data(show_spinner=False)
 def baseline(_ws: Workspace, fingerprint: str) -> Scorecard:
-    return Scorecard.from_metrics(baseline_metrics(_ws))
+    return Scorecard.of(baseline_metrics(_ws))
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from analysis.config import DataConfig, ModelConfig, TrainConfig
-from analysis.model.evaluate import baseline_metrics
+from analysis.model.evaluate import ModelEvaluation, baseline_metrics
 from analysis.model.train import train_recommender
 from analysis.progress import StderrBars
 from analysis.workspace import open_workspace
@@ -50,9 +50,9 @@ def run_variant(ws, name: str, seed: int) -> dict:
         t0 = time.perf_counter()
         rec = train_recommender(replace(ws, root=Path(tmp)), None, model_cfg, train_cfg, progress=StderrBars())
         wall = time.perf_counter() - t0
-    m, tr = rec.meta["metrics"], rec.meta["training"]
-    return {"variant": name, "seed": seed, "test_auc": m["test"]["auc"], "test_acc": m["test"]["acc"],
-            "test_logloss": m["test"]["logloss"], "hr@10": m["ranking"]["hr@10"], "ndcg@10": m["ranking"]["ndcg@10"],
+    m, tr = ModelEvaluation.of(rec), rec.meta["training"]
+    return {"variant": name, "seed": seed, "test_auc": m.test.auc, "test_acc": m.test.acc,
+            "test_logloss": m.test.logloss, "hr@10": m.ranking.hit_rate, "ndcg@10": m.ranking.ndcg,
             "train_seconds": tr["train_seconds"], "wall_seconds_incl_eval": wall,
             "tokens_per_second": tr["tokens_per_second"], "best_epoch": tr["best_epoch"],
             "peak_rss_mb": tr["peak_rss_mb"], "n_params": rec.meta["n_params"],
@@ -70,8 +70,8 @@ def main() -> None:
     base = baseline_metrics(ws)
     base_seconds = time.perf_counter() - t0
     rows = [run_variant(ws, name, seed) for name in args.variants for seed in args.seeds]
-    bias = {"test_auc": base["test"]["auc"], "test_acc": base["test"]["acc"], "test_logloss": base["test"]["logloss"],
-            "hr@10": base["ranking"]["hr@10"], "ndcg@10": base["ranking"]["ndcg@10"], "seconds": base_seconds}
+    bias = {"test_auc": base.test.auc, "test_acc": base.test.acc, "test_logloss": base.test.logloss,
+            "hr@10": base.ranking.hit_rate, "ndcg@10": base.ranking.ndcg, "seconds": base_seconds}
     result = {
         "data": ws.data.name, "model": rows, "baseline_user_item_bias": bias,
         "config": {"model": asdict(ModelConfig()), "train": asdict(TrainConfig()), "history": ws.config.history},

@@ -34,6 +34,7 @@ from analysis.circuits.discover import CircuitSettings, discover_circuits  # noq
 from analysis.compute import resolve  # noqa: E402
 from analysis.config import ModelConfig, TrainConfig  # noqa: E402
 from analysis.model.adapters import AdapterConfig  # noqa: E402
+from analysis.model.evaluate import ModelEvaluation  # noqa: E402
 from analysis.model.prompts import make_format  # noqa: E402
 from analysis.model.recommender import Recommender  # noqa: E402
 from analysis.model.train import train_recommender  # noqa: E402
@@ -101,7 +102,7 @@ def default_model(device: str, scratch: Path) -> list[dict]:
     with resolve(device).active():
         rec, s, peak = _timed(device, lambda: train_recommender(ws, None, ModelConfig(), TrainConfig()))
         rows.append(_show({"part": "default", "device": device, "step": "train (3 epochs)", "seconds": s, "peak_gib": peak,
-                     "test_auc": rec.meta["metrics"]["test"]["auc"]}))
+                     "test_auc": ModelEvaluation.of(rec).test.auc}))
         forget = ws.forget_set(REQUEST)
         stages = Stages()
         found, s, peak = _timed(device, lambda: discover_circuits(ws, rec, forget, CircuitSettings(), progress=stages))

@@ -59,6 +59,10 @@ def genre_films(ws: Workspace, genre: str) -> set[str]:
     return {f"row:{i}" for i in items.loc[items["genres"].map(lambda gs: genre in gs), "item_id"]}
 
 
+def _json(nodes) -> list[dict]:
+    return [v.to_json() for v in nodes]
+
+
 def request_report(ws, rec, spec: str, settings: CircuitSettings, bars) -> dict:
     forget = ws.forget_set(spec)
     result, seconds = timed(lambda: discover_circuits(ws, rec, forget, settings, progress=bars))
@@ -68,16 +72,16 @@ def request_report(ws, rec, spec: str, settings: CircuitSettings, bars) -> dict:
     n = null.node_groups
     by_draw = j["stability"].get("by_draw", {})
     out = {"groups_by_kind": j["groups_by_kind"], "tested": j["tested"], "summary": j["summary"],
-           "top_forget_specific": ng.top(Group.FORGET, 20), "top_retain_specific": ng.top(Group.RETAIN, 10),
+           "top_forget_specific": _json(ng.top(Group.FORGET, 20)), "top_retain_specific": _json(ng.top(Group.RETAIN, 10)),
            "stability": {k: {"jaccard": v["jaccard"], "sizes": v["sizes"], "seeds": v["seeds"]} for k, v in by_draw.items()},
            "agreement": j["agreement"]["by_side"], "seconds": seconds, "targets_scored": j["targets_scored"],
            "null": {"groups_by_kind": n.sizes_by_kind(), "tested": n.decisions().tested,
-                    "top_forget_specific": n.top(Group.FORGET, 10), "summary": forget_summary(n),
+                    "top_forget_specific": _json(n.top(Group.FORGET, 10)), "summary": forget_summary(n),
                     "seconds": null_seconds}}
     if spec.startswith("genre:"):
         films = genre_films(ws, spec.split(":", 1)[1])
         top = [v["name"] for v in out["top_forget_specific"]]
-        forget_rows = {v["name"] for v in ng.top(Group.FORGET, 10_000)}
+        forget_rows = {v.name for v in ng.top(Group.FORGET, 10_000)}
         targets = set(f"row:{i}" for i in forget.forget_samples["item_id"])
         out["genre"] = {"top20_in_genre": sum(1 for n in top if n in films), "top20": len(top),
                         "forget_specific_rows": len(forget_rows), "of_them_in_genre": len(forget_rows & films),
@@ -95,8 +99,8 @@ def neurons_report(ws, rec, settings: CircuitSettings, bars) -> dict:
     neurons = [i for i, k in enumerate(ng.kinds) if k == "neuron"]
     leaning = sorted(neurons, key=lambda i: -spec.estimate[i])[:5]
     return {"groups": ng.sizes_by_kind().get("neuron"), "seconds": seconds,
-            "forget_specific": [ng.node_view(i) for i in neurons if ng.labels[ng.names[i]] is Group.FORGET],
-            "most_forget_leaning": [ng.node_view(i) for i in leaning]}
+            "forget_specific": _json(ng.node_view(i) for i in neurons if ng.labels[ng.names[i]] is Group.FORGET),
+            "most_forget_leaning": _json(ng.node_view(i) for i in leaning)}
 
 
 def timing_report(ws, rec, settings: CircuitSettings) -> dict:

@@ -44,6 +44,7 @@ from analysis.cache import cache_root  # noqa: E402
 from analysis.circuits.discover import CircuitSettings, discover_circuits  # noqa: E402
 from analysis.circuits.groups import Group  # noqa: E402
 from analysis.config import ModelConfig, TrainConfig  # noqa: E402
+from analysis.model.evaluate import ModelEvaluation  # noqa: E402
 from analysis.model.train import train_recommender  # noqa: E402
 from analysis.unlearn.lab import retrain_cached, unlearn  # noqa: E402
 from analysis.unlearn.modules import recommender_table  # noqa: E402
@@ -128,7 +129,7 @@ def train(ws, rows: list[dict], scratch: Path) -> None:
     loop = rec.meta["training"]["train_seconds"]
     _show(rows, {"part": "train", "what": "default recipe, 3 epochs", "seconds": wall,
                  "by_stage": {"training loop (validation per epoch included)": loop, "evaluation and I/O": wall - loop},
-                 "steps": rec.meta["training"]["steps"], "test_auc": rec.meta["metrics"]["test"]["auc"]})
+                 "steps": rec.meta["training"]["steps"], "test_auc": ModelEvaluation.of(rec).test.auc})
 
 
 REQUEST_SAMPLES = 256

@@ -199,7 +199,8 @@ def test_discovery_is_cached_relabels_for_free_and_round_trips(tiny_ws, tiny_rec
     assert set(table.modules) <= set(result.labels) and set(table.roles) <= set(result.labels)
     assert (result.path / "scores.safetensors").is_file()
     stability = result.stability()
-    assert set(stability["jaccard"]) == {g.value for g in Group} and len(stability["sizes"]["inactive"]) == 2
+    assert set(stability.jaccard) == {g.value for g in Group} and len(stability.sizes["inactive"]) == 2
+    assert stability.main == "prompt seed" and stability.jaccard == stability.by_draw["prompt seed"].jaccard
     j = result.to_json()
     assert {"nodes", "edges", "faithfulness", "agreement", "stability", "seconds", "groups", "coverage"} <= set(j)
     assert sum(j["groups"].values()) == len(table.scored)

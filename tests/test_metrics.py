@@ -9,7 +9,7 @@ import pytest
 
 from analysis.baselines import GRID, _fit, fit_bias_baseline
 from analysis.data.samples import TEST, VALID
-from analysis.metrics import accuracy, auc, classification, hit_ndcg_at_k, jsd, logloss, sigmoid
+from analysis.metrics import Classification, accuracy, auc, classification, hit_ndcg_at_k, jsd, logloss, sigmoid
 
 
 def brute_auc(labels, scores) -> float:
@@ -45,7 +45,7 @@ def test_auc_hand_values():
 @pytest.mark.parametrize("labels", [np.ones(5), np.zeros(5), np.array([1])])
 def test_auc_nan_for_one_class(labels):
     assert math.isnan(auc(labels, np.arange(len(labels), dtype=float)))
-    assert math.isnan(classification(labels, np.arange(len(labels), dtype=float))["auc"])
+    assert math.isnan(classification(labels, np.arange(len(labels), dtype=float)).auc)
 
 
 # ---------------------------------------------------------------- accuracy / logloss
@@ -72,9 +72,10 @@ def test_logloss_hand_values():
 
 def test_classification_bundle():
     out = classification(np.array([0, 1, 1, 0]), np.array([-1.0, 2.0, 0.5, 0.3]))
-    assert out["n"] == 4
-    assert out["auc"] == 1.0 and out["acc"] == 0.75
-    assert out["logloss"] == pytest.approx(logloss(np.array([0, 1, 1, 0]), np.array([-1.0, 2.0, 0.5, 0.3])))
+    assert out.n == 4
+    assert out.auc == 1.0 and out.acc == 0.75
+    assert Classification.from_json(out.to_json()) == out  # the layout a model's metadata stores
+    assert out.logloss == pytest.approx(logloss(np.array([0, 1, 1, 0]), np.array([-1.0, 2.0, 0.5, 0.3])))
 
 
 def test_sigmoid_stable():
@@ -258,4 +259,4 @@ def test_classification_of_an_empty_set_is_nan_not_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = classification(np.array([]), np.array([]))
-    assert out["n"] == 0 and all(math.isnan(out[k]) for k in ("auc", "acc", "logloss"))
+    assert out.n == 0 and all(math.isnan(v) for v in (out.auc, out.acc, out.logloss))

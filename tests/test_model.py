@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from analysis.data.forget import retained_training
 from analysis.errors import TrainingError
+from analysis.model.evaluate import ModelEvaluation
 from analysis.model.prompts import WordPrompt, build_word_tokenizer, item_token
 from analysis.model.recommender import load_recommender
 from analysis.model.recommender import answer_scores
@@ -164,10 +165,11 @@ def test_training_is_deterministic_and_cached(tiny_ws, tiny_rec, tmp_path):
 
 
 def test_metrics_are_recorded_and_sensible(tiny_rec):
-    m = tiny_rec.meta["metrics"]
-    for key in ("auc", "acc", "logloss"):
-        assert np.isfinite(m["test"][key])
-    assert 0.0 <= m["ranking"]["hr@10"] <= 1.0
+    m = ModelEvaluation.of(tiny_rec)
+    assert m.to_json() == tiny_rec.meta["metrics"]  # the typed record reads and writes the stored layout exactly
+    assert all(np.isfinite(v) for v in (m.test.auc, m.test.acc, m.test.logloss, m.valid.auc))
+    assert 0.0 <= m.ranking.hit_rate <= 1.0 and m.ranking.users > 0
+    assert m.forget is None and m.test_retained_users is None  # no forget set: nothing to report on one
     assert tiny_rec.meta["training"]["tokens"] > 0
 
 
@@ -176,7 +178,9 @@ def test_retrain_excludes_the_forget_set(tiny_ws, tiny_rec):
     retrain = train_recommender(tiny_ws, forget, TINY_MODEL, TINY_TRAIN)
     assert retrain.path != tiny_rec.path
     assert retrain.meta["forget"]["spec"] == "users:3,5"
-    assert "forget" in retrain.meta["metrics"] and "test_retained_users" in retrain.meta["metrics"]
+    m = ModelEvaluation.of(retrain)
+    assert m.forget.n > 0 and m.test_retained_users.n > 0
+    assert m.to_json() == retrain.meta["metrics"]
 
 
 def test_nan_loss_stops_training_and_writes_nothing(tiny_ws):
@@ -230,7 +234,7 @@ def test_pretrained_backbone_path_renders_titles_and_fine_tunes(tiny_ws, tmp_pat
     prompt = PromptBuilder(rec.fmt, tiny_ws.interactions).prompts(tiny_ws.interactions.split("test").head(1))[0]
     text = rec.tokenizer.decode(prompt)
     assert "stars." in text and text.rstrip().endswith(":")
-    assert np.isfinite(rec.meta["metrics"]["test"]["auc"])
+    assert np.isfinite(ModelEvaluation.of(rec).test.auc)
     reloaded = load_recommender(rec.path, tiny_ws.data)
     np.testing.assert_allclose(reloaded.score_prompts([prompt]), rec.score_prompts([prompt]))
     # multi-token titles through the shared-context cache equal full prompts

@@ -168,6 +168,8 @@ def test_lean_discovery_scores_the_whole_request_and_describes_it(tiny_ws, tiny_
     sentences = [s.sentence for s in describe(groups)]
     assert sentences[0].startswith("forget-specific:") and len(sentences) == 3
     view = groups.node_view(groups.names.index(groups.names[-1]))
-    assert set(view["presence"]) == {"forget", "retain"} and "q_forget" in view["specificity"]
+    assert view.name == groups.names[-1] and view.group == groups.labels[view.name].value
+    assert view.presence.forget >= 0 and view.specificity.low <= view.specificity.estimate <= view.specificity.high
+    assert set(view.to_json()["presence"]) == {"forget", "retain"} and "q_forget" in view.to_json()["specificity"]
     null = discover_groups(tiny_ws, tiny_rec, forget, replace(settings, null=True)).node_groups
     assert null.draws[0].forget[0].n_prompts == len(forget.forget_samples)

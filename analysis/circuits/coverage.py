@@ -6,6 +6,8 @@ GA, GradDiff and CURE descend.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 
 from ..model.objectives import ga_loss, prompt_scores
@@ -39,11 +41,24 @@ def forget_gradient_blocks(rec, table: NodeTable, prompts: list[list[int]], labe
     return blocks, total
 
 
-def coverage_view(table: NodeTable, block_sq: list[float], total: float, groups: dict[str, Group]) -> dict:
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the forget gradient the circuit's nodes own (its squared norm's share), and how that share
+    splits by the group whose rule each parameter block follows; None where the result holds no gradient."""
+    forget_grad_share: float | None
+    by_group: dict[str, float] | None = None
+    moved_by_cure: float | None = None  # the share in forget-specific and task-shared blocks: what CURE moves
+
+    def to_json(self) -> dict:
+        if self.by_group is None:
+            return {"forget_grad_share": self.forget_grad_share}
+        return asdict(self)
+
+
+def coverage_view(table: NodeTable, block_sq: list[float], total: float, groups: dict[str, Group]) -> Coverage:
     """Owned share of ||g_forget||^2 and its split by the group whose rule each block follows."""
     by_group = {g.value: 0.0 for g in Group}
     for block, sq in zip(table.blocks, block_sq):
         by_group[block_group(block.owners, groups).value] += sq / total if total > 0 else 0.0
     owned = sum(block_sq) / total if total > 0 else float("nan")
-    return {"forget_grad_share": owned, "by_group": by_group,
-            "moved_by_cure": by_group[Group.FORGET.value] + by_group[Group.SHARED.value]}
+    return Coverage(owned, by_group, by_group[Group.FORGET.value] + by_group[Group.SHARED.value])

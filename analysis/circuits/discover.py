@@ -25,10 +25,10 @@ from ..errors import SettingsError, parse_choice
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
-from .view import CircuitView
+from .view import CircuitView, GroupStability
 from .attribution import Attribution, AttributionMethod, parse_attribution_method, patch_embedding_nodes, patch_nodes
 from .corrupt import Corruption
-from .coverage import coverage_view
+from .coverage import Coverage, coverage_view
 from .engine import Discovery
 from .faithfulness import CurvePoint, circuit_points, faithfulness_curve, smallest_circuit, top_edges
 from .graph import CircuitGraph
@@ -186,7 +186,7 @@ class CircuitResult:
     def relabel(self, thresholds: GroupThresholds) -> "CircuitResult":
         return replace(self, thresholds=thresholds, node_groups=self.node_groups.relabel(thresholds))
 
-    def stability(self) -> dict | None:
+    def stability(self) -> GroupStability | None:
         return self.node_groups.stability()
 
     def agreement(self) -> dict:
@@ -217,10 +217,10 @@ class CircuitResult:
             out[f"n_{key}"] = len(a)
         return out
 
-    def coverage_view(self) -> dict:
+    def coverage_view(self) -> Coverage:
         table = self.table
         if table is None or not self.coverage.get("blocks"):
-            return {"forget_grad_share": None}
+            return Coverage(None)
         return coverage_view(table, self.coverage["blocks"], self.coverage["total"], self.labels)
 
     def view(self) -> CircuitView:
@@ -232,13 +232,13 @@ class CircuitResult:
         g = self.graph
         up = g.upstream
         ng = self.node_groups
-        agreement = self.agreement()
+        agreement, stability = self.agreement(), self.stability()
         f_mean, r_mean = ng.mean_scores()
         input_node = {"name": "input", "kind": "input", "label": "input", "group": None, "specificity": None,
                       "forget_score": self.forget["nodes"][0], "retain_score": self.retain["nodes"][0],
                       "forget_patching": self.patched["forget"].get("input"),
                       "retain_patching": self.patched["retain"].get("input")}
-        nodes = [input_node] + [{**ng.node_view(i), "forget_score": float(f_mean[i]), "retain_score": float(r_mean[i]),
+        nodes = [input_node] + [{**ng.node_view(i).to_json(), "forget_score": float(f_mean[i]), "retain_score": float(r_mean[i]),
                                  "forget_patching": self.patched["forget"].get(n),
                                  "retain_patching": self.patched["retain"].get(n)} for i, n in enumerate(ng.names)]
         return {
@@ -253,7 +253,7 @@ class CircuitResult:
             "nodes": nodes,
             "groups": ng.sizes(),
             "groups_by_kind": ng.sizes_by_kind(),
-            "top_forget_specific": ng.top(Group.FORGET),
+            "top_forget_specific": [v.to_json() for v in ng.top(Group.FORGET)],
             "summary": [g.as_dict() for g in describe(ng)],
             "tested": ng.decisions().tested if self.thresholds.rule is Rule.SPECIFICITY else None,
             "targets_scored": self.settings.replaces_target(parse_forget_spec(self.forget_summary["spec"])),
@@ -265,8 +265,8 @@ class CircuitResult:
             "agreement": {"spearman_vs_patching": agreement["all"], "by_side": agreement,
                           "over": "heads and MLPs (the input node is the whole corrupted run); roles and a "
                                   f"sample of up to {PATCHED_ROWS} item rows per side under by_side"},
-            "stability": {**(self.stability() or {"jaccard": None, "sizes": None}), "seeds": ng.seeds},
-            "coverage": {**self.coverage_view(), **self.coverage},
+            "stability": {**(stability.to_json() if stability else {"jaccard": None, "sizes": None}), "seeds": ng.seeds},
+            "coverage": {**self.coverage_view().to_json(), **self.coverage},
             "draws": [{"kind": dr.kind, "seed": dr.seed, "forget": f.tolist(), "retain": r.tolist()}
                       for dr, (f, r) in zip(ng.draws, (ng.mean_scores(k) for k in range(len(ng.draws))))],
             "node_scores": {"file": "scores.safetensors", **ng.layout()},

@@ -17,7 +17,7 @@ from ..data.forget import ForgetSet
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
-from .coverage import coverage_view
+from .coverage import Coverage, coverage_view
 from .discover import CircuitSettings, _table, circuits_key, discover_circuits
 from .engine import Discovery
 from .groups import Group, GroupThresholds
@@ -42,7 +42,7 @@ class GroupsResult:
     def labels(self) -> dict[str, Group]:
         return self.node_groups.labels
 
-    def coverage_view(self) -> dict:
+    def coverage_view(self) -> Coverage:
         return coverage_view(self.table, self.coverage["blocks"], self.coverage["total"], self.labels)
 
 

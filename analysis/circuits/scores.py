@@ -27,6 +27,9 @@ from .groups import (Decisions, Group, GroupThresholds, SideScores, Specificity,
                      Rule, label_by_specificity, label_modules, specificity)
 from .nodes import Kind, NodeTable
 from .request import Presence
+from .view import DrawStability, GroupedNode, GroupStability
+from .view import Presence as NodeCounts  # the per-node record; request.Presence is the per-item bookkeeping
+from .view import Specificity as NodeSpecificity  # one node's; groups.Specificity holds every node's arrays
 
 SCORES = "scores.safetensors"
 PROMPT_SEED, RETAIN_SAMPLE = "prompt seed", "retain sample"
@@ -189,22 +192,22 @@ class NodeGroups:
             out.append(torch.as_tensor(mean))
         return out[0], out[1]
 
-    def stability(self) -> dict | None:
-        """Per group and kind of draw: mean pairwise Jaccard (None = empty on every draw) and sizes."""
+    def stability(self) -> GroupStability | None:
+        """Per group and kind of draw: mean pairwise Jaccard (None = empty on every draw) and sizes; None with a
+        single draw."""
         out = {}
         for kind in (PROMPT_SEED, RETAIN_SAMPLE):
             idx = [0] + [i for i, d in enumerate(self.draws) if i > 0 and d.kind == kind]
             if len(idx) < 2:
                 continue
             labelings = [self.label(self.thresholds, i) for i in idx]
-            out[kind] = {"jaccard": group_stability(labelings), "sizes": group_sizes(labelings),
-                         "seeds": [self.draws[i].seed for i in idx]}
+            out[kind] = DrawStability(group_stability(labelings), group_sizes(labelings),
+                                      [self.draws[i].seed for i in idx])
         if not out:
             return None
-        main = out.get(PROMPT_SEED) or out[RETAIN_SAMPLE]
-        return {**main, "by_draw": out}
+        return GroupStability(out, PROMPT_SEED if PROMPT_SEED in out else RETAIN_SAMPLE)
 
-    def top(self, group: Group, n: int = 10) -> list[dict]:
+    def top(self, group: Group, n: int = 10) -> list[GroupedNode]:
         """The n nodes of a group with the highest specificity estimate (for forget) or lowest (retain)."""
         spec, labels = self.specificity(), self.labels
         idx = [i for i, name in enumerate(self.names) if labels[name] is group]
@@ -225,19 +228,16 @@ class NodeGroups:
         col = int(np.searchsorted(self._row_columns(), i))
         return "presence" if p.retain_population[col] == 0 and p.retain_users[col] == 0 else "use"
 
-    def node_view(self, i: int) -> dict:
+    def node_view(self, i: int) -> GroupedNode:
         spec, dec = self.specificity(), self.decisions()
         f_present, r_present = self.presence()
         nan_none = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
-        return {"name": self.names[i], "kind": self.kinds[i], "label": self.titles[i],
-                "group": self.labels[self.names[i]].value,
-                "specificity": {"estimate": float(spec.estimate[i]), "low": float(spec.low[i]),
-                                "high": float(spec.high[i]), "half_width": float(spec.half_width[i]),
-                                "q_forget": nan_none(dec.q_forget[i]), "q_retain": nan_none(dec.q_retain[i]),
-                                "basis": self.basis(i)},
-                "presence": {"forget": int(f_present[i]), "retain": int(r_present[i])},
-                "forget_importance": float(spec.forget_importance[i]),
-                "retain_importance": float(spec.retain_importance[i])}
+        return GroupedNode(
+            self.names[i], self.kinds[i], self.titles[i], self.labels[self.names[i]].value,
+            NodeSpecificity(float(spec.estimate[i]), float(spec.low[i]), float(spec.high[i]), float(spec.half_width[i]),
+                            nan_none(dec.q_forget[i]), nan_none(dec.q_retain[i]), self.basis(i)),
+            NodeCounts(int(f_present[i]), int(r_present[i])),
+            float(spec.forget_importance[i]), float(spec.retain_importance[i]))
 
     # --- storage ---------------------------------------------------------------------------
     def save(self, folder: Path) -> dict:

@@ -8,7 +8,7 @@ the page colours, filters and labels by them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 
 from .faithfulness import CurvePoint
@@ -33,6 +33,23 @@ class Presence:
     """How many users' prompts on each side hold the node (item rows: whether it can be tested at all)."""
     forget: int
     retain: int
+
+
+@dataclass(frozen=True)
+class GroupedNode:
+    """A node as its groups see it (NodeGroups.node_view): its group, the specificity behind it, on how many users'
+    prompts it occurs, and its importance on each side. The circuit's NodeView adds attribution and patching."""
+    name: str
+    kind: str
+    label: str
+    group: str
+    specificity: Specificity
+    presence: Presence
+    forget_importance: float
+    retain_importance: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,26 @@ class DrawStability:
     jaccard: dict[str, float | None]
     sizes: dict[str, list[int]]
     seeds: list[int]
+
+
+@dataclass(frozen=True)
+class GroupStability:
+    """NodeGroups.stability: every kind of draw a result holds, and the one the headline reads (prompt seeds when
+    there are several, else retain samples)."""
+    by_draw: dict[str, DrawStability]
+    main: str  # the kind of draw the headline reads
+
+    @property
+    def jaccard(self) -> dict[str, float | None]:
+        return self.by_draw[self.main].jaccard
+
+    @property
+    def sizes(self) -> dict[str, list[int]]:
+        return self.by_draw[self.main].sizes
+
+    def to_json(self) -> dict:
+        """The stored layout: the headline kind's fields at the top, every kind under by_draw."""
+        return {**asdict(self.by_draw[self.main]), "by_draw": {k: asdict(v) for k, v in self.by_draw.items()}}
 
 
 @dataclass(frozen=True)

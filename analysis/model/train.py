@@ -149,9 +149,9 @@ def _fit(rec: Recommender, ws: Workspace, forget: ForgetSet | None, cfg: TrainCo
             step += 1
             progress("train", step, total_steps)
         valid = evaluate_split(rec, ws, "valid")
-        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": valid["auc"]})
-        if valid["auc"] > best["valid_auc"]:
-            best = {"valid_auc": valid["auc"], "epoch": epoch,  # an adapter: its factors only, not the backbone
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": valid.auc})
+        if valid.auc > best["valid_auc"]:
+            best = {"valid_auc": valid.auc, "epoch": epoch,  # an adapter: its factors only, not the backbone
                     "state": {k: v.detach().clone() for k, v in rec.model.state_dict().items()
                               if not partial or k in trainable}}
     seconds = time.perf_counter() - t0
@@ -204,7 +204,7 @@ def train_recommender(ws: Workspace, forget: ForgetSet | None = None, model_cfg:
         meta["training"] = _fit(rec, ws, forget, train_cfg, progress)
         if wrapper is not None:  # evaluated and stored merged: what load_recommender and the bridge read
             rec.model = save_and_merge(wrapper, tmp / ADAPTER).eval()
-        meta["metrics"] = evaluate_model(rec, ws, forget, progress=within(progress, "train"))
+        meta["metrics"] = evaluate_model(rec, ws, forget, progress=within(progress, "train")).to_json()
         rec.save(tmp)
 
     path = build_or_load(ws.root, MODELS, key, build, on_event=lambda msg: progress(msg, 1, 1),

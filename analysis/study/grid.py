@@ -221,8 +221,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
     own_cure = cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
     reproducibility = {
-        "prompt_seeds": [(c.stability() or {}).get("jaccard") for c in circuits],
-        "prompt_seed_sizes": [(c.stability() or {}).get("sizes") for c in circuits],
+        "prompt_seeds": [s.jaccard if (s := c.stability()) else None for c in circuits],
+        "prompt_seed_sizes": [s.sizes if (s := c.stability()) else None for c in circuits],
         "deletion_draws": group_stability(labelings) if len(labelings) > 1 else None,
         "group_sizes": [{g.value: sum(1 for x in lab.values() if x is g) for g in Group} for lab in labelings],
         "groups_from_other_circuit_seed": {

@@ -132,13 +132,13 @@ def _metrics(scores: dict[str, np.ndarray], sets: dict[str, pd.DataFrame]) -> di
     test = classification(label["test"], scores["test"])
     fg = classification(label["forget"], scores["forget"])
     valid = classification(label["non_members"], scores["non_members"])  # validation samples: strength selection
-    unseen = (classification(label["forget_unseen"], scores["forget_unseen"]) if "forget_unseen" in sets
-              else {"auc": None, "logloss": None})
+    unseen = (classification(label["forget_unseen"], scores["forget_unseen"]) if "forget_unseen" in sets else None)
     feats = {k: features(scores[k], label[k]) for k in ("members", "non_members", "forget", "test")}
-    return {"auc_test": test["auc"], "acc_test": test["acc"], "logloss_test": test["logloss"],
-            "auc_valid": valid["auc"], "logloss_valid": valid["logloss"],
-            "auc_forget": fg["auc"], "acc_forget": fg["acc"], "logloss_forget": fg["logloss"],
-            "auc_forget_unseen": unseen["auc"], "logloss_forget_unseen": unseen["logloss"],
+    return {"auc_test": test.auc, "acc_test": test.acc, "logloss_test": test.logloss,
+            "auc_valid": valid.auc, "logloss_valid": valid.logloss,
+            "auc_forget": fg.auc, "acc_forget": fg.acc, "logloss_forget": fg.logloss,
+            "auc_forget_unseen": None if unseen is None else unseen.auc,
+            "logloss_forget_unseen": None if unseen is None else unseen.logloss,
             "mia_auc": mia_auc(feats["members"], feats["non_members"], feats["forget"], feats["test"])}
 
 

@@ -78,7 +78,7 @@ def unlearn(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: Unlear
                 groups = random_groups(groups, result.table, cfg.random_groups)
             circuits = {"path": str(result.path), "seconds_this_call": time.perf_counter() - start,
                         "compute_seconds": result.seconds["total"], "from_full_result": result.from_full,
-                        "sizes": result.node_groups.sizes(), "coverage": result.coverage_view(),
+                        "sizes": result.node_groups.sizes(), "coverage": result.coverage_view().to_json(),
                         "groups": {m: g.value for m, g in groups.items()}, "random_groups": cfg.random_groups}
         retrain_seconds = retrain.meta["training"]["train_seconds"]
         if cfg.method is UnlearningMethod.RETRAIN:
