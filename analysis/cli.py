@@ -137,11 +137,10 @@ def _study(args, ws, progress) -> dict:
     executor = make_executor(args.executor, args.address, cpus_per_cell=args.cpus_per_cell)
     path, result = run_and_report(ws, _original(argparse.Namespace(**{**vars(args), "forget": None}), ws, progress),
                                   config, progress, transfer, executor)
-    return {"report": str(path / "report.html"), "folder": str(path), "seconds": result["seconds"],
-            "compared_methods": result["compared_methods"], "headline": result.get("headline"),
-            "training_noise": result.get("training_noise"), "ablation": result.get("ablation"),
-            "pareto": result["pareto"],
-            "reproducibility": result["reproducibility"], "transfer": result["transfer"]}
+    j = result.to_json()
+    return {"report": str(path / "report.html"), "folder": str(path),
+            **{k: j[k] for k in ("seconds", "compared_methods", "headline", "training_noise", "ablation", "pareto",
+                                 "reproducibility", "transfer")}}
 
 
 def _original_args(p: argparse.ArgumentParser) -> None:

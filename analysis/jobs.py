@@ -35,6 +35,21 @@ WAIT_POLL_SECONDS = 0.25
 WAIT_TELL_SECONDS = 2.0
 
 
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One line of the queue's log: a job started, or ended (done, merged, failed, cancelled) after `seconds`."""
+    event: str
+    label: str
+    pid: int
+    at: float | None = None  # start lines: when (epoch seconds)
+    seconds: float | None = None  # end lines: how long it ran
+    nested: bool = False  # a job run inside another job's slot (it never waits for one)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "JobEvent":
+        return cls(d["event"], d["label"], d["pid"], d.get("at"), d.get("seconds"), d.get("nested", False))
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -255,14 +270,14 @@ class JobQueue:
         with open(self.dir / LOG, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[JobEvent]:
         path = self.dir / LOG
         if not path.is_file():
             return []
         out = []
         for line in path.read_text().splitlines():
             try:
-                out.append(json.loads(line))
-            except ValueError:
+                out.append(JobEvent.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a kill
         return out

@@ -207,7 +207,7 @@ def _has_retrain(ws, original, forget) -> bool:
 def tour_facts(ws, original, request: ForgetSpec, settings: CircuitSettings, thresholds: GroupThresholds,
                baseline: Scorecard, picked: tuple[str, ...] = ()) -> TourFacts:
     """Everything the tour states, read from cache/ (nothing is computed if it is missing)."""
-    from .study.report import list_reports
+    from .study.result import list_reports
     from .unlearn.lab import list_runs
 
     forget = ws.forget_set(request)

@@ -183,7 +183,7 @@ def jobs_run(cache: Path) -> dict:
 
     """Jobs that computed something, by kind: a job that found its artefact built by an identical one once
     it held a slot ends "merged" and is not counted."""
-    built = [e["label"].split()[0] for e in JobQueue(cache).history() if e["event"] == "done"]
+    built = [e.label.split()[0] for e in JobQueue(cache).history() if e.event == "done"]
     return dict(Counter(built))
 
 

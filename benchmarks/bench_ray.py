@@ -32,6 +32,7 @@ from analysis.model.train import train_recommender  # noqa: E402
 from analysis.study import run_and_report  # noqa: E402
 from analysis.study.executors import RayExecutor  # noqa: E402
 from analysis.study.grid import StudyConfig  # noqa: E402
+from analysis.study.result import StudyResult  # noqa: E402
 from analysis.workspace import Workspace  # noqa: E402
 
 STUDY = StudyConfig(seeds=(0,), request="users:0.2", lrs=(0.003,), rates=("users:0.2",), levels=("users:0.2",),
@@ -40,9 +41,9 @@ MODEL = ModelConfig(n_layer=2, n_head=2, d_model=32, d_mlp=64, dropout=0.0)
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=3e-3, targets_per_sequence=5)
 
 
-def _rows(result: dict) -> list[dict]:
+def _rows(result: StudyResult) -> list[dict]:
     return [{k: (Path(v).name if k == "run_dir" else v) for k, v in r.items() if k not in ("seconds", "retrain_seconds")}
-            for r in result["rows"]]
+            for r in result.rows]
 
 
 def main() -> None:

@@ -64,16 +64,16 @@ def main() -> None:
         config = replace(config, training_seeds=args.training_seeds)
     path, result = run_and_report(ws, original, config, bars, other)
     report = json.loads((path / "study.json").read_text())
-    first = next(s for s in result["pareto"] if s["method"] == "cure")
-    print(f"report: {path / 'report.html'}  ({len(result['rows'])} cells, seeds {list(config.seeds)})")
+    first = next(s for s in result.pareto if s["method"] == "cure")
+    print(f"report: {path / 'report.html'}  ({len(result.rows)} cells, seeds {list(config.seeds)})")
     print("\nOriginal model (doing nothing): "
           + ", ".join(f"{m} {first[f'original_{m}']:.4f}" for m in ("jsd_forget", "auc_forget", "mia_auc")))
     print("\n## Headline: each method at the strength chosen on validation (request " + config.request + ")\n"
-          + table(result["headline"], ("method", "lr")))
-    print("\n## Pareto (request " + config.request + ")\n" + table(result["pareto"], ("method", "lr")))
-    print("\n## Deletion rates\n" + table(result["rates"], ("request", "method")))
-    print("\n## Levels\n" + table(result["levels"], ("request", "method")))
-    print("\n## Reproducibility\n" + json.dumps(result["reproducibility"]["deletion_draws"]))
+          + table(result.headline, ("method", "lr")))
+    print("\n## Pareto (request " + config.request + ")\n" + table(result.pareto, ("method", "lr")))
+    print("\n## Deletion rates\n" + table(result.rates, ("request", "method")))
+    print("\n## Levels\n" + table(result.levels, ("request", "method")))
+    print("\n## Reproducibility\n" + json.dumps(result.reproducibility.deletion_draws))
     arms, diffs = ablation_rows(result)
     print("\n## Ablation (every arm on NPO, each at its rule-chosen strength)\n" + markdown(arms) + "\n\n"
           + markdown(diffs))
@@ -83,7 +83,8 @@ def main() -> None:
         print("transfer:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                             if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({k: result[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
+    stored = result.to_json()
+    OUT.write_text(json.dumps({k: stored[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
                                                       "rates",
                                                       "levels", "reproducibility", "transfer", "ablation",
                                                       "training_noise", "headline_with_training_noise")}

@@ -70,7 +70,7 @@ def row(run: RunRecord, arm: str, draw: int, seed: int) -> dict:
 
 def interval(values: list[float | None]) -> dict:
     """Mean [95% bootstrap interval over pairs] of the values present (study.summary.mean_interval)."""
-    return mean_interval([float(x) for x in values if x is not None])
+    return mean_interval([float(x) for x in values if x is not None]).to_json()
 
 
 def fmt(stat: dict, digits: int = 3) -> str:

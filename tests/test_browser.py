@@ -144,10 +144,11 @@ def _run_npo(page) -> None:
     page.screenshot(path=str(SHOTS / "lab-after-npo.png"), full_page=True)
 
 
-def _job_events(cache: Path) -> list[dict]:
+def _job_events(cache: Path) -> list[str]:
+    """What each top-level lab run's log lines say, in order (start, done, cancelled...)."""
     from analysis.jobs import JobQueue
 
-    return [e for e in JobQueue(cache).history() if e["label"].startswith("run ") and not e.get("nested")]
+    return [e.event for e in JobQueue(cache).history() if e.label.startswith("run ") and not e.nested]
 
 
 def _lab_tab(browser, server: str, steps: str):
@@ -175,9 +176,9 @@ def _closing_a_tab_stops_its_job(browser, server: str, cache: Path) -> None:
     expect(alone.get_by_text("stage 3 of 4: unlearning").first).to_be_visible(timeout=WAIT)
     alone.close()
     deadline = time.time() + 120
-    while time.time() < deadline and not any(e["event"] == "cancelled" for e in _job_events(cache)[before:]):
+    while time.time() < deadline and "cancelled" not in _job_events(cache)[before:]:
         time.sleep(0.5)
-    assert [e["event"] for e in _job_events(cache)[before:]] == ["start", "cancelled"], _job_events(cache)[before:]
+    assert _job_events(cache)[before:] == ["start", "cancelled"], _job_events(cache)[before:]
 
 
 def _a_closed_tab_s_job_runs_on_for_a_waiting_tab(browser, server: str, cache: Path) -> None:
@@ -194,7 +195,7 @@ def _a_closed_tab_s_job_runs_on_for_a_waiting_tab(browser, server: str, cache: P
     first.close()
     expect(second.get_by_text("cure finished")).to_be_visible(timeout=WAIT)
     expect(second.get_by_text("Waited")).to_be_visible(timeout=WAIT)  # it loaded the first tab's result
-    assert [e["event"] for e in _job_events(cache)[before:]] == ["start", "done"], _job_events(cache)[before:]
+    assert _job_events(cache)[before:] == ["start", "done"], _job_events(cache)[before:]
     second.close()
 
 

@@ -51,7 +51,7 @@ def test_slots_are_reentrant_within_a_job(tmp_path):
             pass
     with queue.slot("again"):  # released properly
         pass
-    events = [(e["label"].split()[0], e["event"], e.get("nested", False)) for e in queue.history()]
+    events = [(e.label.split()[0], e.event, e.nested) for e in queue.history()]
     assert events == [("outer", "start", False), ("inner", "start", True), ("inner", "done", True),
                       ("outer", "done", False), ("again", "start", False), ("again", "done", False)]
 
@@ -129,7 +129,7 @@ def test_identical_builds_are_merged_and_run_once(tmp_path):
     for t in threads:
         t.join(30)
     assert len(calls) == 1
-    assert [e["event"] for e in JobQueue(tmp_path).history()] == ["start", "done"]  # one job ran, and finished
+    assert [e.event for e in JobQueue(tmp_path).history()] == ["start", "done"]  # one job ran, and finished
     assert waits and all(w.startswith("waiting for another run that is building this run") for w in waits), waits
 
 
@@ -176,5 +176,5 @@ def test_a_job_that_finds_its_artefact_built_while_it_queued_is_logged_merged(tm
     for t in (blocker, first, second):
         t.join(30)
     assert len(calls) == 1
-    events = [(e["label"].split()[0], e["event"]) for e in JobQueue(tmp_path).history() if e["event"] != "start"]
+    events = [(e.label.split()[0], e.event) for e in JobQueue(tmp_path).history() if e.event != "start"]
     assert events == [("other", "done"), ("run", "done"), ("run", "merged")], events

@@ -48,9 +48,9 @@ def _in_cache(ws: Workspace, rec, root: Path):
     return other, load_recommender(target, ws.data)
 
 
-def _what(result: dict) -> list[dict]:
+def _what(result) -> list[dict]:
     return [{k: (Path(v).name if k == "run_dir" else v) for k, v in r.items() if k not in TIMING[:2]}
-            for r in result["rows"]]
+            for r in result.rows]
 
 
 def test_ray_cells_give_the_local_executors_results(ray_instance, tiny_ws, tmp_path, monkeypatch):
@@ -60,12 +60,12 @@ def test_ray_cells_give_the_local_executors_results(ray_instance, tiny_ws, tmp_p
     _, on_ray = run_and_report(tiny_ws, rec, RAY_STUDY, executor=executor)
     monkeypatch.setenv("CURE_JOBS", "2")  # two slots on 2 cores: one torch thread per job, as each Ray task has
     _, here = run_and_report(ws_local, rec_local, RAY_STUDY)
-    assert len(on_ray["rows"]) == len(here["rows"]) >= 10
+    assert len(on_ray.rows) == len(here.rows) >= 10
     assert _what(on_ray) == _what(here)  # every metric of every cell, bit for bit, and the same run keys
     for key in ("pareto", "headline", "rates", "levels", "compared_methods"):
         strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rows] \
             if isinstance(rows, list) and rows and isinstance(rows[0], dict) else rows  # noqa: E731
-        assert strip(on_ray[key]) == strip(here[key])
+        assert strip(getattr(on_ray, key)) == strip(getattr(here, key))
     assert len(executor.seconds_per_cell) >= 1  # overhead per cell is measured (bench_ray prints it)
 
 
@@ -99,7 +99,7 @@ def test_a_killed_workers_cell_is_retried_without_a_corrupted_entry(ray_instance
     worker.join(timeout=900)
     assert killed is not None, "no cell task was seen running"
     assert "result" in outcome, "the study did not finish after a worker was killed"
-    assert all(r["mia_auc"] is not None for r in outcome["result"]["rows"])
+    assert all(r["mia_auc"] is not None for r in outcome["result"].rows)
     for kind in ("runs", "models", "circuits"):
         folder = tiny_ws.root / kind
         for entry in folder.iterdir():

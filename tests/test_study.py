@@ -14,8 +14,8 @@ from analysis.data.samples import build_interactions
 from analysis.model.train import train_recommender
 from analysis.study import run_and_report
 from analysis.study.grid import StudyConfig, summarise
-from analysis.study.noise import study_noise
-from analysis.study.report import figures, list_reports
+from analysis.study.report import figures
+from analysis.study.result import StudyResult, list_reports, study_noise
 from analysis.workspace import Workspace
 from support.datasets import subset
 from tests.conftest import TINY_MODEL, TINY_TRAIN
@@ -25,10 +25,15 @@ TINY_STUDY = StudyConfig(seeds=(0, 1), request="users:0.2", lrs=(0.003,), rates=
                          circuits=CircuitSettings(n_prompts=8, stability_seeds=2, batch_size=8, ig_steps=2))
 
 
-def tiny_rec_auc(result: dict) -> float:
+def _same(a, b) -> bool:
+    """Equal as JSON (tuples and lists alike, NaN equal to NaN): what a record writes and reads back."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def tiny_rec_auc(result) -> float:
     """The original's test AUC as each stored run recorded it (one model, so one value; the reverse transfer's
     runs are made against the other dataset's model, the training-noise runs against a reseeded one)."""
-    values = {round(r["original_auc_test"], 12) for r in result["rows"]
+    values = {round(r["original_auc_test"], 12) for r in result.rows
               if r["section"] not in ("transfer_back", "training_seeds")}
     assert len(values) == 1
     return values.pop()
@@ -75,8 +80,8 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     path, result = run_and_report(tiny_ws, tiny_rec, TINY_STUDY, transfer=second_ws)
     after = {p.name: p.stat().st_mtime for p in runs.iterdir() if not p.name.startswith(".")}
     assert all(after[name] == mtime for name, mtime in finished.items())  # nothing finished was redone
-    unique_runs = {r["run_dir"] for r in result["rows"]}
-    retrain_cells = sum(1 for r in result["rows"] if r["method"] == "retrain")
+    unique_runs = {r["run_dir"] for r in result.rows}
+    retrain_cells = sum(1 for r in result.rows if r["method"] == "retrain")
     assert len(calls) - computed_first == len(unique_runs) - len(finished) - (retrain_cells - 0)  # retrain: no steps
 
     calls.clear()
@@ -84,86 +89,85 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert calls == [] and again == path
 
     # every section is there
-    assert {s["method"] for s in result["pareto"]} == {"ga", "graddiff", "npo", "kl", "pcgrad", "salun", "cure",
+    assert {s["method"] for s in result.pareto} == {"ga", "graddiff", "npo", "kl", "pcgrad", "salun", "cure",
                                                         "retrain"}
     # the headline: one row per method, at the strength chosen on validation, with the relative columns
-    assert {h["method"] for h in result["headline"]} == {s["method"] for s in result["pareto"]}
+    assert {h["method"] for h in result.headline} == {s["method"] for s in result.pareto}
     assert all({"retrain_distance", "gap_closed", "jsd_ratio", "utility_cost", "valid_drop", "chosen_by"} <= set(h)
-               for h in result["headline"])
-    assert all(s["n_seeds"] == 2 for s in result["pareto"])
-    assert result["compared_methods"][0] == "cure" and len(result["compared_methods"]) == 3
-    assert {s["request"] for s in result["rates"]} == set(TINY_STUDY.rates)
-    assert {s["request"] for s in result["levels"]} == set(TINY_STUDY.levels)
-    n_draws = {s["request"]: s["n_seeds"] for s in result["levels"]}
+               for h in result.headline)
+    assert all(s["n_seeds"] == 2 for s in result.pareto)
+    assert result.compared_methods[0] == "cure" and len(result.compared_methods) == 3
+    assert {s["request"] for s in result.rates} == set(TINY_STUDY.rates)
+    assert {s["request"] for s in result.levels} == set(TINY_STUDY.levels)
+    n_draws = {s["request"]: s["n_seeds"] for s in result.levels}
     assert n_draws == {"users:0.2": 2, "interactions:0.1": 2, "genre:Drama": 1}  # a genre is one set, not a draw
-    rep = result["reproducibility"]
-    assert len(rep["prompt_seeds"]) == 2 and set(rep["deletion_draws"]) == {
+    rep = result.reproducibility
+    assert len(rep.prompt_seeds) == 2 and set(rep.deletion_draws) == {
         "forget-specific", "retain-specific", "task-shared", "inactive"}
-    assert rep["groups_from_other_circuit_seed"]["cure_with_other_groups"]["method"] == "cure"
+    assert rep.other_seed.cure_with_other_groups["method"] == "cure"
     # the ablation: every arm on NPO (uniform, PCGrad, SalUn, CURE, CURE with random groups of the same sizes),
     # each at the rule's strength, paired with CURE by draw
-    ab = result["ablation"]
-    assert [a["arm"] for a in ab["arms"]] == ["npo", "npo+pcgrad", "npo+salun", "cure", "cure (random groups)"]
-    assert all(a["n_seeds"] == 2 for a in ab["arms"]) and set(ab["cure_minus"]) == {
+    ab = result.ablation
+    assert [a["arm"] for a in ab.arms] == ["npo", "npo+pcgrad", "npo+salun", "cure", "cure (random groups)"]
+    assert all(a["n_seeds"] == 2 for a in ab.arms) and set(ab.cure_minus) == {
         "npo", "npo+pcgrad", "npo+salun", "cure (random groups)"}
-    assert all(d["retrain_distance"]["n_draws"] in (0, 2) for d in ab["cure_minus"].values())
-    ablation_runs = [r for r in result["rows"] if r["section"] == "ablation"]
+    assert all(d["retrain_distance"]["n_draws"] in (0, 2) for d in ab.cure_minus.values())
+    ablation_runs = [r for r in result.rows if r["section"] == "ablation"]
     assert len(ablation_runs) == 6 and len({r["run_dir"] for r in ablation_runs}) == 6
     for r in ablation_runs:  # each ran what its arm says: NPO under PCGrad and SalUn, CURE's groups shuffled
         stored = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
         assert stored["config"]["objective"] == "npo" and stored["method"] == r["method"]
         assert (stored["circuits"] or {}).get("random_groups") == (0 if r["method"] == "cure" else None)
     # training noise: the original and each draw's retrain under a second training seed
-    noise = result["training_noise"]
+    noise = result.training_noise
     own = TINY_TRAIN.seed
-    assert list(noise["seeds"]) == [own, own + 1] and len(noise["draws"]) == 2
-    seeded = [r for r in result["rows"] if r["section"] == "training_seeds"]
+    assert list(noise.seeds) == [own, own + 1] and len(noise.draws) == 2
+    seeded = [r for r in result.rows if r["section"] == "training_seeds"]
     assert {(r["method"], r["seed"], r["training_seed"]) for r in seeded} == {
-        (m, s, own + 1) for m in ("retrain", *result["compared_methods"]) for s in (0, 1)}
+        (m, s, own + 1) for m in ("retrain", *result.compared_methods) for s in (0, 1)}
     for r in seeded:  # made against the reseeded original, never the study's own
         stored = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
         assert stored["original_dir"] != str(tiny_rec.path)
-    retrain_auc = {(r["seed"], r["training_seed"]): r["auc_forget"] for r in result["rows"]
+    retrain_auc = {(r["seed"], r["training_seed"]): r["auc_forget"] for r in result.rows
                    if r["method"] == "retrain" and r["section"] in ("pareto", "training_seeds")}
-    for d in noise["draws"]:
-        assert len(d["pairs"]) == 4  # every original seed against every retrain seed
-        if d["low"] is not None:  # the envelope holds every pair's interval
-            assert all(d["low"] <= p["low"] and p["high"] <= d["high"] for p in d["pairs"]
-                       if p["low"] == p["low"])
-        original = next(r["original_auc_forget"] for r in result["rows"]
-                        if r["section"] == "pareto" and r["method"] == "retrain" and r["seed"] == d["draw"])
-        own_retrain, other = retrain_auc[(d["draw"], None)], retrain_auc[(d["draw"], own + 1)]
+    for d in noise.draws:
+        assert len(d.pairs) == 4  # every original seed against every retrain seed
+        if d.low is not None:  # the envelope holds every pair's interval
+            assert all(d.low <= p.low and p.high <= d.high for p in d.pairs if p.low == p.low)
+        original = next(r["original_auc_forget"] for r in result.rows
+                        if r["section"] == "pareto" and r["method"] == "retrain" and r["seed"] == d.draw)
+        own_retrain, other = retrain_auc[(d.draw, None)], retrain_auc[(d.draw, own + 1)]
         expected = abs(other - own_retrain) / abs(original - own_retrain)  # from the stored runs' own metrics
-        assert d["retrain_seed_distance"] == pytest.approx(expected, rel=1e-6)
-        assert d["retrain_spread"] == pytest.approx(abs(other - own_retrain), abs=1e-9)
-    assert [h["pairs"] for h in result["headline_with_training_noise"]] == [4, 4, 4]
-    quoted = study_noise(tiny_ws, tiny_rec, noise["request"])  # what the lab says beside its one retrain
-    assert quoted is not None and quoted.retrain_seed_distance == pytest.approx(noise["retrain_seed_distance"])
-    assert f"{noise['retrain_seed_distance']:.2f}" in quoted.quote()
+        assert d.retrain_seed_distance == pytest.approx(expected, rel=1e-6)
+        assert d.retrain_spread == pytest.approx(abs(other - own_retrain), abs=1e-9)
+    assert [h["pairs"] for h in result.headline_with_training_noise] == [4, 4, 4]
+    quoted = study_noise(tiny_ws, tiny_rec, noise.request)  # what the lab says beside its one retrain
+    assert _same(quoted.to_json(), noise.to_json())  # read back from the stored report, field for field
+    assert f"{noise.retrain_seed_distance:.2f}" in quoted.quote()
     assert study_noise(tiny_ws, tiny_rec, "users:0.5") is None
-    assert all(r["mia_auc"] is not None for r in result["rows"])
+    assert all(r["mia_auc"] is not None for r in result.rows)
     star = next(t for t in figures(result)["pareto"].data if t.name == "original (do nothing)")
-    cure = next(s for s in result["pareto"] if s["method"] == "cure")
+    cure = next(s for s in result.pareto if s["method"] == "cure")
     assert star.y[0] == pytest.approx(cure["original_auc_test"]) and star.y[0] == pytest.approx(tiny_rec_auc(result))
-    draws, datasets = result["transfer"]["across_draws"], result["transfer"]["across_datasets"]
-    assert draws["groups_from"] == ["draw 1", "draw 0"]  # draw 0 unlearns with draw 1's groups and back
-    assert datasets["groups_from"] == ["latest-small users 1-40 draw 0", "latest-small users 1-40 draw 1"]
-    assert datasets["item_rows"].startswith("not transferred")
-    for sizes in datasets["sizes_here"] + datasets["sizes_there"]:  # the split per node kind on each dataset
+    draws, datasets = result.transfer["across_draws"], result.transfer["across_datasets"]
+    assert draws.groups_from == ["draw 1", "draw 0"]  # draw 0 unlearns with draw 1's groups and back
+    assert datasets.groups_from == ["latest-small users 1-40 draw 0", "latest-small users 1-40 draw 1"]
+    assert datasets.item_rows.startswith("not transferred")
+    for sizes in datasets.sizes_here + datasets.sizes_there:  # the split per node kind on each dataset
         assert sum(sizes["head"].values()) == 4 and sum(sizes["embedding"].values()) == 5  # 2 x 2 heads, 5 roles
     for t in (draws, datasets):
-        assert 0 <= t["same_groups"] <= 1 and t["cure_with_transferred_groups"]["n_seeds"] == 2
-    transfer_runs = [r for r in result["rows"] if r["section"] == "transfer"]
+        assert 0 <= t.same_groups <= 1 and t.cure_with_transferred_groups["n_seeds"] == 2
+    transfer_runs = [r for r in result.rows if r["section"] == "transfer"]
     assert len(transfer_runs) == 4 and all(r["method"] == "cure" for r in transfer_runs)
     for r in transfer_runs:  # each used exactly the groups it says it used
         used = json.loads((tiny_ws.root / "runs" / r["run_dir"].split("/")[-1] / "run.json").read_text())
         assert used["circuits"]["given"]
         if r["groups_from"].startswith("latest-small"):  # no item row of the other dataset came along
             assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
-    back = datasets["back"]  # the reverse: CURE on the other dataset with its own groups, and with ours
-    assert back["on"] == "latest-small users 1-40" and back["groups_from"] == tiny_ws.data.name
-    assert back["cure_with_own_groups"]["n_seeds"] == 2 and back["cure_with_transferred_groups"]["n_seeds"] == 2
-    back_runs = [r for r in result["rows"] if r["section"] == "transfer_back"]
+    back = datasets.back  # the reverse: CURE on the other dataset with its own groups, and with ours
+    assert back.on == "latest-small users 1-40" and back.groups_from == tiny_ws.data.name
+    assert back.cure_with_own_groups["n_seeds"] == 2 and back.cure_with_transferred_groups["n_seeds"] == 2
+    back_runs = [r for r in result.rows if r["section"] == "transfer_back"]
     assert len(back_runs) == 4 and {r["groups_from"] for r in back_runs} == {"", f"{tiny_ws.data.name} draw 0",
                                                                              f"{tiny_ws.data.name} draw 1"}
     for r in back_runs:
@@ -173,7 +177,7 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
             assert not any(m.startswith("row:") for m in used["circuits"]["groups"])
     # without a second dataset the section says why it is missing
     alone, no_second = run_and_report(tiny_ws, tiny_rec, TINY_STUDY)
-    assert alone != path and "skipped" in no_second["transfer"]["across_datasets"]
+    assert alone != path and no_second.transfer["across_datasets"].skipped is not None
     html = (path / "report.html").read_text()
     assert "The same request on both datasets, per node kind" in html and "not transferred" in html
     assert "reverse, on latest-small users 1-40" in html
@@ -183,9 +187,14 @@ def test_a_tiny_study_writes_every_section_and_resumes_without_recomputing(tiny_
     assert "plotly" in html.lower() and "wall_seconds" in html
     stored = json.loads((path / "study.json").read_text())
     assert stored["meta"]["seeds"] == [0, 1] and stored["meta"]["versions"]["torch"]
+    assert _same({k: v for k, v in stored.items() if k != "meta"}, result.to_json())  # what study.json holds
+    assert _same(StudyResult.from_json(stored).to_json(), result.to_json())  # and reads back, record for record
     header = (path / "table.csv").read_text().splitlines()[0]
     assert "jsd_forget" in header and "mia_auc" in header
-    assert [r["path"] for r in list_reports(tiny_ws.root)] == [str(alone), str(path)]  # newest first
+    listed = list_reports(tiny_ws.root)
+    assert [r.path for r in listed] == [alone, path]  # newest first
+    assert _same(listed[1].result.to_json(), result.to_json())
+    assert listed[1].meta.seeds == [0, 1] and "2 seed(s)" in listed[1].label
 
 
 def test_summaries_give_mean_and_spread_over_seeds():

@@ -38,7 +38,7 @@ def _ended(root: Path, seconds: float = 30) -> list[str]:
     """The job log's events once the (detached) job has ended."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        events = [e["event"] for e in JobQueue(root).history() if not e.get("nested")]
+        events = [e.event for e in JobQueue(root).history() if not e.nested]
         if events and events[-1] != "start":
             return events
         time.sleep(0.05)

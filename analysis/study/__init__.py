@@ -9,11 +9,12 @@ from ..progress import ProgressFn
 from ..workspace import Workspace
 from .grid import StudyConfig, run_study
 from .report import write_report
+from .result import StudyResult
 
 
 def run_and_report(ws: Workspace, original: Recommender, config: StudyConfig,
                    progress: ProgressFn | None = None, transfer: Workspace | None = None,
-                   executor=None) -> tuple[Path, dict]:
+                   executor=None) -> tuple[Path, StudyResult]:
     """Run (or resume) the study and write its report; returns the report folder and the results.
 
     `transfer`: a second dataset's workspace (same cache root) for the transfer section.

@@ -22,8 +22,9 @@ from ..unlearn.run import UnlearnConfig
 from ..workspace import Workspace
 from .executors import CellJob, LocalExecutor
 from .noise import TrainingNoise, draw_noise, noise_identity, reseeded, training_seeds
-from .summary import (BASELINES, METRICS, RELATIVE, ablation, arm_of, chosen_by_attack, cure_summary,  # noqa: F401
-                      mean_interval, paired_difference, strongest_baselines, summarise)
+from .result import OtherSeedGroups, Reproducibility, Row, StudyResult, TransferBack, TransferDataset, TransferSection
+from .summary import (BASELINES, METRICS, ablation, arm_of, chosen_by_attack, cure_summary,  # noqa: F401
+                      mean_interval, strongest_baselines, summarise)
 from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, same_recipe_model,
                        sizes_by_kind, transferable)
 
@@ -132,137 +133,162 @@ def with_training_noise(rows: list[dict], headline: list[dict], methods: list[st
         mine = [r for r in rows if r["method"] == h["method"] and r["lr"] == h["lr"]
                 and (r["section"] == "pareto" or r["section"] == "training_seeds")]
         out.append({"method": h["method"], "lr": h["lr"], "pairs": len(mine),
-                    **{k: mean_interval([r[k] for r in mine if r.get(k) is not None])
+                    **{k: mean_interval([r[k] for r in mine if r.get(k) is not None]).to_json()
                        for k in ("retrain_distance", "gap_closed", "utility_cost", "mia_never_seen_auc")},
                     "noise_floor": noise.retrain_seed_distance, "gap_measurable": noise.measurable})
     return out
 
 
+# the transfer sections: where their groups come from (transfer.GroupSource.kind) and why one may be skipped
+TRANSFER_SECTIONS = {"across_draws": ("draws", ONE_DRAW), "across_datasets": ("datasets", NO_SECOND_DATASET)}
+
+
+class _Grid:
+    """The cells run so far (rows, in order) and the progress count, which only grows: the grid's size is
+    known section by section (the later sections depend on what the Pareto section picks)."""
+
+    def __init__(self, ws: Workspace, original: Recommender, study: StudyConfig, progress: ProgressFn, executor):
+        self.ws, self.original, self.study, self.progress, self.executor = ws, original, study, progress, executor
+        self.rows: list[Row] = []
+        self.done = self.total = 0
+
+    def run(self, cells: list[Cell], on: tuple[Workspace, Recommender] | None = None) -> None:
+        data, model = on or (self.ws, self.original)
+
+        def one_done() -> None:
+            self.done += 1
+            self.progress("study", self.done, self.total)
+        self.rows += self.executor.run([CellJob(data, model, cell, self.study) for cell in cells], _run_cell,
+                                       self.progress, one_done)
+
+    def section(self, name: str, *more: str) -> list[Row]:
+        return [r for r in self.rows if r["section"] in (name, *more)]
+
+
 def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress: ProgressFn | None = None,
-              transfer: Workspace | None = None, executor=None) -> dict:
+              transfer: Workspace | None = None, executor=None) -> StudyResult:
     """Run (or load) every cell; returns the rows and each section's summary.
 
     `executor` (executors.py): where cells run, one after another here (default) or as Ray tasks."""
-    progress = or_silent(progress)
-    executor = executor or LocalExecutor()
     start = time.perf_counter()
+    grid = _Grid(ws, original, study, or_silent(progress), executor or LocalExecutor())
     default_lr = UnlearnConfig.lr if UnlearnConfig.lr in study.lrs else study.lrs[0]
     seeds = _draws(study.request, study)  # the Pareto, reproducibility and transfer sections' draws
     pareto_cells = [Cell("pareto", study.request, m, lr, s) for s in seeds for lr in study.lrs
                     for m in (*BASELINES, "cure")] + [Cell("pareto", study.request, "retrain", default_lr, s)
                                                        for s in seeds]
-    rows: list[dict] = []
-    done = 0
-
-    def run_all(cells: list[Cell], total: int, on: tuple[Workspace, Recommender] | None = None) -> list[dict]:
-        data, model = on or (ws, original)
-
-        def one_done() -> None:
-            nonlocal done
-            done += 1
-            progress("study", done, total)
-        return executor.run([CellJob(data, model, cell, study) for cell in cells], _run_cell, progress, one_done)
-
-    # the grid's size is known only after the Pareto section picks the two strongest baselines
-    # (reproducibility: 1 per draw; ablation: 3 arms per strength and draw; training noise: retrain + 3 methods)
-    estimate = len(pareto_cells) + planned(seeds, transfer) + len(seeds) * (
+    # a first estimate of the size (reproducibility: 1 per draw; ablation: 3 arms per strength and draw; training
+    # noise: retrain + 3 methods; rates and levels: 3 methods per draw)
+    grid.total = len(pareto_cells) + planned(seeds, transfer) + len(seeds) * (
         1 + 3 * len(study.lrs) + 4 * (study.training_seeds - 1)) + 3 * sum(
         len(_draws(spec, study)) for spec in (*study.rates, *study.levels))
-    rows += run_all(pareto_cells, estimate)
-    pareto = summarise([r for r in rows if r["section"] == "pareto"], ("method", "lr"))
+    grid.run(pareto_cells)
+    pareto = summarise(grid.section("pareto"), ("method", "lr"))
     chosen = ["cure", *strongest_baselines(pareto, default_lr)]
-    seed_list = training_seeds(original, study.training_seeds)
-    noise_methods = ("retrain", *chosen)
-    later = [Cell("rates", spec, m, default_lr, s) for spec in study.rates for m in chosen for s in _draws(spec, study)]
-    later += [Cell("levels", spec, m, default_lr, s) for spec in study.levels for m in chosen
-              for s in _draws(spec, study)]
-    later += [Cell("reproducibility", study.request, "cure", default_lr, s, study.other_circuit_seed)
-              for s in seeds]
-    # the ablation arms at every strength, so the rule picks each one's own (summary.ablation)
-    later += [Cell("ablation", study.request, m, lr, s, objective="npo") for s in seeds for lr in study.lrs
-              for m in ("pcgrad", "salun")]
-    later += [Cell("ablation", study.request, "cure", lr, s, random_groups=0) for s in seeds for lr in study.lrs]
-    total = len(pareto_cells) + len(later) + len(noise_methods) * len(seeds) * (study.training_seeds - 1)
-    rows += run_all(later, total)
-
-    # training noise: the original retrained under the other seeds, each with its own retrains and the headline
-    # methods at the strengths the rule chose on the own seed
+    later = _later_cells(study, seeds, chosen, default_lr)
+    grid.total = len(pareto_cells) + len(later) + (1 + len(chosen)) * len(seeds) * (study.training_seeds - 1)
+    grid.run(later)
     headline = chosen_by_attack(pareto)
-    lr_of = {h["method"]: h["lr"] for h in headline}
-    models = {t: reseeded(ws, original, t, progress) for t in seed_list}
-    for t in seed_list[1:]:
-        rows += run_all([Cell("training_seeds", study.request, m, lr_of.get(m, default_lr), s, training_seed=t)
-                         for s in seeds for m in noise_methods], total, (ws, models[t]))
-    noise = None
-    if len(seed_list) > 1:
-        forgets = {s: ws.forget_set(study.request, seed=s) for s in seeds}
-        noise = TrainingNoise(str(forgets[seeds[0]].spec), *noise_identity(ws, original), seed_list, tuple(
-            draw_noise(ws, s, forgets[s], models, {t: retrain_for(ws, m, forgets[s], progress)[0]
-                                                   for t, m in models.items()}, seed_list[0], progress)
-            for s in seeds))
-
-    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits)
-                for s in seeds]
+    noise = _training_noise(grid, seeds, ("retrain", *chosen), {h["method"]: h["lr"] for h in headline}, default_lr)
+    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits) for s in seeds]
     labelings = [c.labels for c in circuits]
-    sources = group_sources(original, study.request, dict(zip(seeds, labelings)), study.circuits, transfer, progress)
-    total += len(sources)
-    rows += run_all([Cell("transfer", study.request, "cure", default_lr, src.seed, groups_from=src.label,
-                          groups=transferable(src.groups, original) if src.kind == "datasets" else src.groups)
-                     for src in sources], total)
-    if transfer is not None:  # the reverse: groups found here drive CURE on the other dataset's same request
-        there = same_recipe_model(transfer, original, progress)
-        back = [Cell("transfer_back", study.request, "cure", default_lr, s) for s in seeds]
-        back += [Cell("transfer_back", study.request, "cure", default_lr, s, groups_from=f"{ws.data.name} draw {s}",
-                      groups=transferable(lab, there)) for s, lab in zip(seeds, labelings)]
-        total += len(back)
-        rows += run_all(back, total, (transfer, there))
+    sources = group_sources(original, study.request, dict(zip(seeds, labelings)), study.circuits, transfer,
+                            grid.progress)
+    _transfer(grid, seeds, labelings, sources, default_lr, transfer)
+    own_cure = cure_summary([r for r in grid.section("pareto") if r["lr"] == default_lr])
+    rows = grid.rows
+    return StudyResult(
+        study.key(), rows, default_lr, chosen, pareto, headline, noise,
+        with_training_noise(rows, headline, chosen, noise),
+        summarise(grid.section("rates"), ("request", "method")), summarise(grid.section("levels"), ("request", "method")),
+        _reproducibility(grid, seeds, circuits, own_cure), ablation(rows),
+        {section: _transferred(grid, section, labelings, sources, own_cure, transfer) for section in TRANSFER_SECTIONS},
+        None if transfer is None else TransferDataset(transfer.data.name, transfer.fingerprint),
+        time.perf_counter() - start)
 
+
+def _later_cells(study: StudyConfig, seeds: tuple[int, ...], chosen: list[str], lr: float) -> list[Cell]:
+    """Rates and levels (the compared methods), reproducibility (CURE with groups of another circuit seed), and
+    the ablation arms at every strength, so the rule picks each one's own (summary.ablation)."""
+    cells = [Cell("rates", spec, m, lr, s) for spec in study.rates for m in chosen for s in _draws(spec, study)]
+    cells += [Cell("levels", spec, m, lr, s) for spec in study.levels for m in chosen for s in _draws(spec, study)]
+    cells += [Cell("reproducibility", study.request, "cure", lr, s, study.other_circuit_seed) for s in seeds]
+    cells += [Cell("ablation", study.request, m, x, s, objective="npo") for s in seeds for x in study.lrs
+              for m in ("pcgrad", "salun")]
+    cells += [Cell("ablation", study.request, "cure", x, s, random_groups=0) for s in seeds for x in study.lrs]
+    return cells
+
+
+def _training_noise(grid: _Grid, seeds: tuple[int, ...], methods: tuple[str, ...], lr_of: dict[str, float],
+                    default_lr: float) -> TrainingNoise | None:
+    """The original retrained under the other training seeds, each with its own retrains and the headline methods
+    at the strengths the rule chose on the own seed; None with one training seed."""
+    ws, original, study = grid.ws, grid.original, grid.study
+    seed_list = training_seeds(original, study.training_seeds)
+    models = {t: reseeded(ws, original, t, grid.progress) for t in seed_list}
+    for t in seed_list[1:]:
+        grid.run([Cell("training_seeds", study.request, m, lr_of.get(m, default_lr), s, training_seed=t)
+                  for s in seeds for m in methods], (ws, models[t]))
+    if len(seed_list) < 2:
+        return None
+    forgets = {s: ws.forget_set(study.request, seed=s) for s in seeds}
+    return TrainingNoise(str(forgets[seeds[0]].spec), *noise_identity(ws, original), seed_list, tuple(
+        draw_noise(ws, s, forgets[s], models, {t: retrain_for(ws, m, forgets[s], grid.progress)[0]
+                                               for t, m in models.items()}, seed_list[0], grid.progress)
+        for s in seeds))
+
+
+def _transfer(grid: _Grid, seeds: tuple[int, ...], labelings: list[dict[str, Group]], sources: list,
+              lr: float, transfer: Workspace | None) -> None:
+    """CURE on each draw with groups found elsewhere; with a second dataset also the reverse (groups found here
+    driving CURE on the other dataset's same request)."""
+    study, original = grid.study, grid.original
+    grid.total += len(sources)
+    grid.run([Cell("transfer", study.request, "cure", lr, src.seed, groups_from=src.label,
+                   groups=transferable(src.groups, original) if src.kind == "datasets" else src.groups)
+              for src in sources])
+    if transfer is not None:
+        there = same_recipe_model(transfer, original, grid.progress)
+        back = [Cell("transfer_back", study.request, "cure", lr, s) for s in seeds]
+        back += [Cell("transfer_back", study.request, "cure", lr, s, groups_from=f"{grid.ws.data.name} draw {s}",
+                      groups=transferable(lab, there)) for s, lab in zip(seeds, labelings)]
+        grid.total += len(back)
+        grid.run(back, (transfer, there))
+
+
+def _reproducibility(grid: _Grid, seeds: tuple[int, ...], circuits: list, own_cure: Row | None) -> Reproducibility:
+    ws, original, study = grid.ws, grid.original, grid.study
+    labelings = [c.labels for c in circuits]
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
-    own_cure = cure_summary([r for r in rows if r["section"] == "pareto" and r["lr"] == default_lr])
-    reproducibility = {
-        "prompt_seeds": [s.jaccard if (s := c.stability()) else None for c in circuits],
-        "prompt_seed_sizes": [s.sizes if (s := c.stability()) else None for c in circuits],
-        "deletion_draws": group_stability(labelings) if len(labelings) > 1 else None,
-        "group_sizes": [{g.value: sum(1 for x in lab.values() if x is g) for g in Group} for lab in labelings],
-        "groups_from_other_circuit_seed": {
-            "same_groups": same_label_share(labelings, other),
-            "cure_with_own_groups": own_cure,
-            "cure_with_other_groups": cure_summary([r for r in rows if r["section"] == "reproducibility"])},
-    }
+    return Reproducibility(
+        [s.jaccard if (s := c.stability()) else None for c in circuits],
+        [s.sizes if (s := c.stability()) else None for c in circuits],
+        group_stability(labelings) if len(labelings) > 1 else None,
+        [{g.value: sum(1 for x in lab.values() if x is g) for g in Group} for lab in labelings],
+        OtherSeedGroups(same_label_share(labelings, other), own_cure,
+                        cure_summary(grid.section("reproducibility"))))
 
-    def transferred(kind: str, why_skipped: str) -> dict:
-        used = [src for src in sources if src.kind == kind]
-        if not used:
-            return {"skipped": why_skipped}
-        out = {"groups_from": [src.label for src in used],
-               "same_groups": same_label_share(labelings, [transferable(src.groups, original)
-                                                            if kind == "datasets" else src.groups for src in used]),
-               "cure_with_own_groups": own_cure,
-               "cure_with_transferred_groups": cure_summary(
-                   [r for r in rows if r["section"] == "transfer" and r["groups_from"] in {s.label for s in used}])}
-        if kind == "datasets":  # the same request's split on both datasets, per node kind (item rows: per
-            out["sizes_here"] = [sizes_by_kind(lab, original) for lab in labelings]  # dataset, not transferred)
-            out["sizes_there"] = [src.sizes for src in used]
-            out["item_rows"] = "not transferred: they name each dataset's own items"
-            back = [r for r in rows if r["section"] == "transfer_back"]
-            out["back"] = {"on": transfer.data.name, "groups_from": ws.data.name,
-                           "cure_with_own_groups": cure_summary([r for r in back if not r["groups_from"]]),
-                           "cure_with_transferred_groups": cure_summary([r for r in back if r["groups_from"]])}
-        return out
 
-    return {
-        "config": study.key(), "rows": rows, "default_lr": default_lr, "compared_methods": chosen,
-        "pareto": pareto, "headline": headline,
-        "training_noise": None if noise is None else noise.to_json(),
-        "headline_with_training_noise": with_training_noise(rows, headline, chosen, noise),
-        "rates": summarise([r for r in rows if r["section"] == "rates"], ("request", "method")),
-        "levels": summarise([r for r in rows if r["section"] == "levels"], ("request", "method")),
-        "reproducibility": reproducibility,
-        "ablation": ablation(rows),
-        "transfer": {"across_draws": transferred("draws", ONE_DRAW),
-                     "across_datasets": transferred("datasets", NO_SECOND_DATASET)},
-        "transfer_dataset": None if transfer is None else {"name": transfer.data.name,
-                                                           "fingerprint": transfer.fingerprint},
-        "seconds": time.perf_counter() - start,
-    }
+def _transferred(grid: _Grid, section: str, labelings: list[dict[str, Group]], sources: list, own_cure: Row | None,
+                 transfer: Workspace | None) -> TransferSection:
+    """One transfer section: CURE with its own groups against CURE with groups from elsewhere, or why skipped."""
+    kind, why_skipped = TRANSFER_SECTIONS[section]
+    used = [src for src in sources if src.kind == kind]
+    if not used:
+        return TransferSection(skipped=why_skipped)
+    original = grid.original
+    labels = {src.label for src in used}
+    same = same_label_share(labelings, [transferable(src.groups, original) if kind == "datasets" else src.groups
+                                        for src in used])
+    with_transferred = cure_summary([r for r in grid.section("transfer") if r["groups_from"] in labels])
+    if kind != "datasets":
+        return TransferSection(None, [src.label for src in used], same, own_cure, with_transferred)
+    back = grid.section("transfer_back")
+    # the same request's split on both datasets, per node kind (item rows: per dataset, not transferred)
+    return TransferSection(
+        None, [src.label for src in used], same, own_cure, with_transferred,
+        [sizes_by_kind(lab, original) for lab in labelings], [src.sizes for src in used],
+        "not transferred: they name each dataset's own items",
+        TransferBack(transfer.data.name, grid.ws.data.name, cure_summary([r for r in back if not r["groups_from"]]),
+                     cure_summary([r for r in back if r["groups_from"]])))

@@ -32,7 +32,6 @@ from ..progress import ProgressFn
 from ..unlearn.compare import reference_view
 from ..unlearn.yardstick import forget_auc, gap_interval, retrain_distance
 from ..workspace import Workspace
-from .report import list_reports
 
 
 def training_seed_of(model: Recommender) -> int:
@@ -139,22 +138,6 @@ def draw_noise(ws: Workspace, draw: int, forget: ForgetSet, originals: dict[int,
                      sum(floor) / len(floor) if floor else None)
 
 
-def quote_for(reports: list[dict], data: str, model: str, request: str) -> TrainingNoise | None:
-    """The newest study report's training noise for this data, model and request (reports newest first)."""
-    for report in reports:
-        found = report.get("training_noise")
-        if found and found["data"] == data and found["model"] == model and found["request"] == request \
-                and len(found["seeds"]) > 1:
-            return TrainingNoise.from_json(found)
-    return None
-
-
 def noise_identity(ws: Workspace, original: Recommender) -> tuple[str, str]:
     return ws.fingerprint, model_identity(original)
-
-
-def study_noise(ws: Workspace, original: Recommender, request: str) -> TrainingNoise | None:
-    """What the lab quotes beside its one retrain: the newest study's training noise for this request
-    (`request`: the forget set's spec as a string), or None where no study measured it."""
-    return quote_for(list_reports(ws.root), *noise_identity(ws, original), request)
 

@@ -10,21 +10,22 @@ import html
 import json
 import os
 import platform
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..cache import build_or_load, config_key, read_json, write_json_atomic
+from ..cache import build_or_load, config_key, write_json_atomic
 from ..circuits.discover import model_identity
 from ..config import CODE_VERSION
 from ..model.recommender import Recommender
 from ..pareto import pareto_front
 from ..workspace import Workspace
+from .result import REPORTS, Row, StudyResult
 from .tables import ABLATION_COLUMNS, ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows
 
-REPORTS = "reports"
 REPORT_VERSION = 13  # bump when the report's content changes (its cells stay cached)
 JSD_FLOOR = 1e-5  # retrain's JSD to itself is 0; a log axis needs a floor
 
@@ -145,10 +146,10 @@ def _original_point(summary: list[dict]) -> dict | None:
     return None if found is None else {"jsd_forget": found["original_jsd_forget"], "auc_test": found["original_auc_test"]}
 
 
-def _pareto(result: dict) -> go.Figure:
+def _pareto(result: StudyResult) -> go.Figure:
     """Retrain distance vs test AUC (do nothing and retrain drawn as points); older reports: JSD vs test AUC."""
-    summary = result["pareto"]
-    title = f"Pareto: every method at lr {', '.join(str(x) for x in result['config']['lrs'])}"
+    summary = result.pareto
+    title = f"Pareto: every method at lr {', '.join(str(x) for x in result.config['lrs'])}"
     runs = [{**s, "label": f"{s['method']} lr {s['lr']}"} for s in summary if s["method"] != "retrain"]
     retrain = next((s for s in summary if s["method"] == "retrain"), None)
     original = _original_point(summary)
@@ -160,17 +161,17 @@ def _pareto(result: dict) -> go.Figure:
     return pareto_figure(runs, title, original)
 
 
-def figures(result: dict) -> dict[str, go.Figure]:
-    rep = result["reproducibility"]
+def figures(result: StudyResult) -> dict[str, go.Figure]:
+    seeds = result.reproducibility.prompt_seeds
     return {
         "pareto": _pareto(result),
-        "rates": metric_lines(result["rates"], "request", ("jsd_forget", "auc_test", "mia_auc"),
+        "rates": metric_lines(result.rates, "request", ("jsd_forget", "auc_test", "mia_auc"),
                               "Deletion rates (user level)"),
-        "levels": metric_lines(result["levels"], "request", ("jsd_forget", "auc_test", "mia_auc"),
+        "levels": metric_lines(result.levels, "request", ("jsd_forget", "auc_test", "mia_auc"),
                                "Levels: user, interaction, behaviour"),
-        "reproducibility": jaccard_figure(rep["prompt_seeds"][0] if rep["prompt_seeds"] else None,
+        "reproducibility": jaccard_figure(seeds[0] if seeds else None,
                                           "Group stability over circuit prompt seeds (first deletion draw)"),
-        "privacy": privacy_figure(result["pareto"]),
+        "privacy": privacy_figure(result.pareto),
     }
 
 
@@ -192,55 +193,52 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def split_rows(result: dict) -> list[dict]:
+def split_rows(result: StudyResult) -> list[Row]:
     """The same request's groups per node kind on this dataset and on the transfer dataset, draw by draw."""
-    across = (result.get("transfer") or {}).get("across_datasets") or {}
-    if "sizes_here" not in across:
+    across = result.transfer.get("across_datasets")
+    if across is None or across.sizes_here is None:
         return []
-    name = (result.get("transfer_dataset") or {}).get("name", "other dataset")
+    name = result.transfer_dataset.name if result.transfer_dataset else "other dataset"
     rows = []
-    for draw, (here, there) in enumerate(zip(across["sizes_here"], across["sizes_there"])):
+    for draw, (here, there) in enumerate(zip(across.sizes_here, across.sizes_there)):
         for kind in sorted(set(here) | set(there or {})):
             for where, sizes in (("this dataset", here), (name, there or {})):
                 rows.append({"draw": draw, "node kind": kind, "dataset": where, **sizes.get(kind, {})})
     return rows
 
 
-def _split_by_kind(result: dict) -> str:
+def _split_by_kind(result: StudyResult) -> str:
     rows = split_rows(result)
     if not rows:
         return ""
-    note = result["transfer"]["across_datasets"]["item_rows"]
+    note = result.transfer["across_datasets"].item_rows
     return ("<h3>The same request on both datasets, per node kind</h3><p>Roles, heads and MLPs exist on both and "
             f"are what transfers; item rows: {html.escape(note)}.</p>"
             + _table(rows, ["draw", "node kind", "dataset", "forget-specific", "retain-specific", "task-shared",
                             "inactive"]))
 
 
-def transfer_rows(result: dict) -> list[dict]:
-    """One row per transfer kind and per groups' origin (own vs transferred), or why it was skipped."""
+def transfer_rows(result: StudyResult) -> list[Row]:
+    """The transfer table: one row per transfer kind and per groups' origin (own vs transferred), or why it was
+    skipped."""
     rows = []
-    sections = result["transfer"]
-    if "skipped" in sections:  # a report written before transfer across draws existed
-        sections = {"across_datasets": sections}
-    for kind, t in sections.items():
+    for kind, t in result.transfer.items():
         name = kind.replace("_", " ")
-        if "skipped" in t:
-            rows.append({"groups from": name, "cure with": f"skipped: {t['skipped']}"})
+        if t.skipped is not None:
+            rows.append({"groups from": name, "cure with": f"skipped: {t.skipped}"})
             continue
-        for which in ("own", "transferred"):
-            summary = t[f"cure_with_{which}_groups"] or {}
-            rows.append({"groups from": f"{name}: {', '.join(t['groups_from'])}", "same groups": t["same_groups"],
-                         "cure with": f"{which} groups", **summary})
-        back = t.get("back")
+        for which, summary in (("own", t.cure_with_own_groups), ("transferred", t.cure_with_transferred_groups)):
+            rows.append({"groups from": f"{name}: {', '.join(t.groups_from)}", "same groups": t.same_groups,
+                         "cure with": f"{which} groups", **(summary or {})})
+        back = t.back
         if back:  # the reverse direction: CURE on the other dataset, with its own groups and with ours
-            for which in ("own", "transferred"):
-                rows.append({"groups from": f"reverse, on {back['on']}: {back['groups_from']}",
-                             "cure with": f"{which} groups", **(back[f"cure_with_{which}_groups"] or {})})
+            for which, summary in (("own", back.cure_with_own_groups), ("transferred", back.cure_with_transferred_groups)):
+                rows.append({"groups from": f"reverse, on {back.on}: {back.groups_from}",
+                             "cure with": f"{which} groups", **(summary or {})})
     return rows
 
 
-def _utility_spread(pareto: list[dict]) -> str:
+def _utility_spread(pareto: list[Row]) -> str:
     """Whether test AUC separates the methods at all: their range next to retrain's own spread over draws."""
     kept = [s["auc_test"] for s in pareto if s["method"] not in ("retrain", "ga")]
     retrain = next((s for s in pareto if s["method"] == "retrain"), None)
@@ -251,7 +249,7 @@ def _utility_spread(pareto: list[dict]) -> str:
             "so a utility gap smaller than that is not evidence.")
 
 
-def _ablation_html(result: dict) -> str:
+def _ablation_html(result: StudyResult) -> str:
     arms, diffs = ablation_rows(result)
     if not arms:
         return ""
@@ -260,18 +258,18 @@ def _ablation_html(result: dict) -> str:
             + _table(diffs, ["comparison", "retrain_distance", "utility_cost", "mia_never_seen_auc"]))
 
 
-def _noise_html(result: dict) -> str:
+def _noise_html(result: StudyResult) -> str:
     draws, methods = noise_rows(result)
     if not draws:
         return f"<h2>Training-seed noise</h2><p>{NO_NOISE}</p>"
     return (f"<h2>Training-seed noise</h2><p>{NOISE_NOTE} Seeds: "
-            f"{', '.join(map(str, result['training_noise']['seeds']))}.</p>" + _table(draws, list(draws[0]))
+            f"{', '.join(map(str, result.training_noise.seeds))}.</p>" + _table(draws, list(draws[0]))
             + "<p>The compared methods at the rule's strengths over every (deletion draw, training seed) pair:</p>"
             + _table(methods, ["method", "lr", "pairs", "retrain_distance", "gap_closed", "utility_cost",
                                "matched attack"]))
 
 
-def render_html(result: dict, meta: dict) -> str:
+def render_html(result: StudyResult, meta: dict) -> str:
     figs = figures(result)
     parts = [f"<h1>CURE Explorer study</h1><p>{html.escape(meta['title'])}</p>",
              "<h2>Reproduce</h2><pre>" + html.escape(json.dumps(meta, indent=1)) + "</pre>"]
@@ -279,9 +277,9 @@ def render_html(result: dict, meta: dict) -> str:
     notes = {
         "pareto": "Each point: mean over deletion draws (error bars: standard deviation); x: forget-AUC gap closed "
                   "(0 = do nothing, 1 = retrain). Dashed: the Pareto front, which do nothing and retrain take part in. "
-                  + _utility_spread(result["pareto"]),
-        "rates": f"CURE and the two strongest baselines ({', '.join(result['compared_methods'][1:])}) at lr "
-                 f"{result['default_lr']}.",
+                  + _utility_spread(result.pareto),
+        "rates": f"CURE and the two strongest baselines ({', '.join(result.compared_methods[1:])}) at lr "
+                 f"{result.default_lr}.",
         "levels": "The same three methods on a user-level, an interaction-level and a behaviour-level request.",
         "reproducibility": "A group empty on both seeds is marked empty, not counted as agreement. Group sizes "
                            "and the effect of groups from another circuit seed are in the table below.",
@@ -291,10 +289,10 @@ def render_html(result: dict, meta: dict) -> str:
         parts.append(f"<h2>{name.capitalize()}</h2><p>{html.escape(notes[name])}</p>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
         first = False
-    rep = result["reproducibility"]
+    rep = result.reproducibility
     parts.append("<h3>Groups from another circuit seed</h3><pre>"
-                 + html.escape(json.dumps({"group sizes": rep["group_sizes"], "deletion draws": rep["deletion_draws"],
-                                           **rep["groups_from_other_circuit_seed"]}, indent=1, default=str)) + "</pre>")
+                 + html.escape(json.dumps({"group sizes": rep.group_sizes, "deletion draws": rep.deletion_draws,
+                                           **asdict(rep.other_seed)}, indent=1, default=str)) + "</pre>")
     parts.append(_ablation_html(result))
     parts.append(_noise_html(result))
     parts.append("<h2>Transfer</h2><p>CURE on each deletion draw with groups found elsewhere: on the next draw, "
@@ -304,64 +302,56 @@ def render_html(result: dict, meta: dict) -> str:
     parts.append(_split_by_kind(result))
     relative = ["retrain_distance", "retrain_distance_std", "gap_closed", "gap_closed_std", "jsd_ratio",
                 "jsd_ratio_std", "utility_cost", "utility_cost_std", "valid_drop"]
-    if result.get("headline"):
+    if result.headline:
         parts.append("<h2>Headline: each method at the strength the retrain-free rule chose</h2><p>The weakest lr "
                      "whose forgotten users are indistinguishable from never-seen users on validation-period samples "
                      "(matched attack; neither the retrain nor the test set is read). Retrain distance: 0 = the "
                      "retrain, 1 = as far from it as doing nothing, in either direction (the ranking); gap closed, "
                      "signed: &gt; 1 = over-forgetting; utility cost: test AUC lost; matched attack: forgotten vs "
                      "never-seen users' training-period samples (0.5 = never seen).</p>"
-                     + _table(result["headline"], ["method", "lr", "n_seeds", *relative, "mia_never_seen_auc",
+                     + _table(result.headline, ["method", "lr", "n_seeds", *relative, "mia_never_seen_auc",
                                                    "retrain_mia_never_seen_auc", "original_mia_never_seen_auc",
                                                    "mia_never_seen_valid_auc", "auc_forget_unseen", "auc_test",
                                                    "original_auc_test", "seconds", "chosen_by"]))
     keys = ["method", "lr", "n_seeds", *relative, "jsd_forget", "jsd_forget_std", "jsd_test", "auc_test", "auc_test_std",
             "auc_forget", "mia_auc", "mia_auc_std", "retrain_mia_auc", "retrain_auc_test", "original_jsd_forget",
             "original_auc_forget", "original_mia_auc", "original_auc_test", "seconds"]
-    parts.append("<h2>Pareto table</h2>" + _table(result["pareto"], keys))
-    parts.append("<h2>Rates and levels</h2>" + _table(result["rates"] + result["levels"], ["request", *keys]))
+    parts.append("<h2>Pareto table</h2>" + _table(result.pareto, keys))
+    parts.append("<h2>Rates and levels</h2>" + _table(result.rates + result.levels, ["request", *keys]))
     style = "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}" \
             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px}</style>"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>CURE study</title>{style}</head>" \
            f"<body>{''.join(parts)}</body></html>"
 
 
-def report_key(ws: Workspace, original: Recommender, result: dict) -> str:
-    return config_key({**ws.key_core(model_identity(original)), "report": REPORT_VERSION, "study": result["config"],
-                       "transfer_dataset": result.get("transfer_dataset")})
+def report_key(ws: Workspace, original: Recommender, result: StudyResult) -> str:
+    other = None if result.transfer_dataset is None else asdict(result.transfer_dataset)
+    return config_key({**ws.key_core(model_identity(original)), "report": REPORT_VERSION, "study": result.config,
+                       "transfer_dataset": other})
 
 
-def write_report(ws: Workspace, original: Recommender, result: dict, wall_seconds: float) -> Path:
-    meta = {"title": f"{ws.data.name}, model {original.path}", "config": result["config"], "seeds":
-            result["config"]["seeds"], "versions": _versions(),
+def write_report(ws: Workspace, original: Recommender, result: StudyResult, wall_seconds: float) -> Path:
+    rows, other = result.rows, result.transfer_dataset
+    meta = {"title": f"{ws.data.name}, model {original.path}", "config": result.config, "seeds": result.seeds,
+            "versions": _versions(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
             "wall_seconds": wall_seconds,
             # a resumed study's wall time is short; what its unlearning steps and retrains cost when computed
             # (circuit discovery and evaluation come on top)
-            "unlearning_and_retrain_seconds": sum(r["seconds"] for r in result["rows"] if r["method"] != "retrain")
+            "unlearning_and_retrain_seconds": sum(r["seconds"] for r in rows if r["method"] != "retrain")
             + sum({(r["section"] == "transfer_back", r["request"], r["seed"]): r["retrain_seconds"]  # one retrain
-                   for r in result["rows"]}.values()),  # per dataset, request and draw
-            "command": "cure study" + ("" if len(result["config"]["seeds"]) > 1 else " --quick")
-            + (f" --transfer-data {result['transfer_dataset']['name']}" if result.get("transfer_dataset") else ""),
-            "transfer_dataset": result.get("transfer_dataset")}
+                   for r in rows}.values()),  # per dataset, request and draw
+            "command": "cure study" + ("" if len(result.seeds) > 1 else " --quick")
+            + (f" --transfer-data {other.name}" if other else ""),
+            "transfer_dataset": None if other is None else asdict(other)}
 
     def build(tmp: Path) -> None:
         (tmp / "report.html").write_text(render_html(result, meta))
-        write_json_atomic(tmp / "study.json", {**result, "meta": meta})
-        keys = sorted({k for r in result["rows"] for k in r})
+        write_json_atomic(tmp / "study.json", {**result.to_json(), "meta": meta})
+        keys = sorted({k for r in rows for k in r})
         with open(tmp / "table.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
-            writer.writerows(result["rows"])
+            writer.writerows(rows)
 
     return build_or_load(ws.root, REPORTS, report_key(ws, original, result), build)
-
-
-def list_reports(root: Path) -> list[dict]:
-    out = []
-    for folder in sorted((Path(root) / REPORTS).glob("[0-9a-f]*"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            out.append({**read_json(folder / "study.json"), "path": str(folder)})
-        except Exception:  # an unreadable report is skipped, never fatal to the listing
-            continue
-    return out

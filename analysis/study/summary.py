@@ -7,12 +7,15 @@ shuffled groups is never averaged with the plain one.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from scipy.stats import bootstrap
 
 from ..pareto import rank_runs
 from ..unlearn.attack import AttackResult
 from ..unlearn.strength import StrengthPoint, choose_strength
+from .result import Ablation
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
 METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid", "auc_forget_unseen",
@@ -54,22 +57,34 @@ def cure_summary(rows: list[dict]) -> dict | None:
     return found[0] if found else None
 
 
-def mean_interval(values: list[float]) -> dict:
+@dataclass(frozen=True)
+class Interval:
+    """A mean over n values with its 95% bootstrap interval (None: fewer than 3 values, or no spread)."""
+    mean: float | None
+    n: int
+    low: float | None = None
+    high: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def mean_interval(values: list[float]) -> Interval:
     """Mean with a 95% percentile bootstrap interval (scipy) from 3 values on; no interval without spread."""
-    out = {"mean": float(np.mean(values)) if values else None, "n": len(values), "low": None, "high": None}
+    mean = float(np.mean(values)) if values else None
     if len(values) >= 3 and np.ptp(values) > 0:
         ci = bootstrap((np.array(values, dtype=float),), np.mean, n_resamples=2000, method="percentile",
                        rng=np.random.default_rng(0)).confidence_interval
-        out.update(low=float(ci.low), high=float(ci.high))
-    return out
+        return Interval(mean, len(values), float(ci.low), float(ci.high))
+    return Interval(mean, len(values))
 
 
 def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
-    """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on."""
+    """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on
+    (as the report's ablation table stores it: the count is of draws)."""
     other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
-    diffs = [r[key] - other[r["seed"]] for r in a if r.get(key) is not None and r["seed"] in other]
-    out = mean_interval(diffs)
-    return {"mean": out["mean"], "n_draws": out["n"], "low": out["low"], "high": out["high"]}
+    out = mean_interval([r[key] - other[r["seed"]] for r in a if r.get(key) is not None and r["seed"] in other])
+    return {"mean": out.mean, "n_draws": out.n, "low": out.low, "high": out.high}
 
 
 def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
@@ -106,7 +121,7 @@ ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
 ABLATION_ARMS = ("npo", "npo+pcgrad", "npo+salun", "cure", RANDOM_GROUPS)
 
 
-def ablation(rows: list[dict]) -> dict:
+def ablation(rows: list[dict]) -> Ablation:
     """Uniform NPO, NPO + PCGrad, NPO + SalUn, CURE and CURE with random groups (same sizes per node kind), each
     at the strength the retrain-free rule picks for it, and CURE minus each other arm paired by deletion draw:
     does the rule beat the plain objective, and does the circuit matter? Same objective (NPO) in every arm, so
@@ -115,6 +130,6 @@ def ablation(rows: list[dict]) -> dict:
     chosen = {s["arm"]: s for s in chosen_by_attack(summarise(mine, ("arm", "lr")), by="arm")}
     at_choice = {arm: [r for r in mine if r["arm"] == arm and r["lr"] == s["lr"]] for arm, s in chosen.items()}
     cure = at_choice.get("cure", [])
-    return {"arms": [chosen[a] for a in ABLATION_ARMS if a in chosen],
-            "cure_minus": {arm: {k: paired_difference(cure, at_choice[arm], k) for k in ABLATION_KEYS}
-                           for arm in ABLATION_ARMS if arm != "cure" and arm in at_choice}}
+    return Ablation([chosen[a] for a in ABLATION_ARMS if a in chosen],
+                    {arm: {k: paired_difference(cure, at_choice[arm], k) for k in ABLATION_KEYS}
+                     for arm in ABLATION_ARMS if arm != "cure" and arm in at_choice})

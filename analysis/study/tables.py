@@ -2,6 +2,8 @@
 the numbers are the study's own; this only names and formats them)."""
 from __future__ import annotations
 
+from .result import Row, StudyResult
+
 
 def _interval(d: dict | None, digits: int = 4, signed: bool = True) -> str:
     """'mean [low, high]', or the mean with its count where there is no interval."""
@@ -18,33 +20,31 @@ ABLATION_COLUMNS = ["arm", "lr", "n_seeds", "retrain_distance", "retrain_distanc
                     "auc_forget_unseen", "chosen_by"]
 
 
-def ablation_rows(result: dict) -> tuple[list[dict], list[dict]]:
+def ablation_rows(result: StudyResult) -> tuple[list[Row], list[Row]]:
     """The arms at the rule's strengths, and CURE minus each arm with its interval (both empty for reports
     written before the arms were)."""
-    ab = result.get("ablation") or {}
-    if "arms" not in ab:
-        return [], []
+    ab = result.ablation
     diffs = [{"comparison": f"cure minus {arm}", **{k: _interval(v) for k, v in d.items()}}
-             for arm, d in ab["cure_minus"].items()]
-    return [{k: a.get(k) for k in ABLATION_COLUMNS} for a in ab["arms"]], diffs
+             for arm, d in ab.cure_minus.items()]
+    return [{k: a.get(k) for k in ABLATION_COLUMNS} for a in ab.arms], diffs
 
 
-def noise_rows(result: dict) -> tuple[list[dict], list[dict]]:
+def noise_rows(result: StudyResult) -> tuple[list[Row], list[Row]]:
     """Per deletion draw, the gap under both noises and the noise floor; and the compared methods over (draw,
     training seed) pairs. Both empty when the study trained one seed."""
-    noise = result.get("training_noise")
+    noise = result.training_noise
     if not noise:
         return [], []
-    draws = [{"draw": d["draw"], "gap interval (both noises)": "n/a" if d["low"] is None else
-              f"[{d['low']:.4f}, {d['high']:.4f}]", "measurable": d["measurable"],
-              "original spread": round(d["original_spread"], 4), "retrain spread": round(d["retrain_spread"], 4),
-              "retrain with another seed, distance": None if d["retrain_seed_distance"] is None
-              else round(d["retrain_seed_distance"], 3)} for d in noise["draws"]]
+    draws = [{"draw": d.draw, "gap interval (both noises)": "n/a" if d.low is None else f"[{d.low:.4f}, {d.high:.4f}]",
+              "measurable": d.measurable, "original spread": round(d.original_spread, 4),
+              "retrain spread": round(d.retrain_spread, 4),
+              "retrain with another seed, distance": None if d.retrain_seed_distance is None
+              else round(d.retrain_seed_distance, 3)} for d in noise.draws]
     methods = [{"method": h["method"], "lr": h["lr"], "pairs": h["pairs"],
                 "retrain_distance": _interval(h["retrain_distance"], 3, False),
                 "gap_closed": _interval(h["gap_closed"], 3, False), "utility_cost": _interval(h["utility_cost"]),
                 "matched attack": _interval(h["mia_never_seen_auc"], 3, False)}
-               for h in result.get("headline_with_training_noise") or []]
+               for h in result.headline_with_training_noise]
     return draws, methods
 
 

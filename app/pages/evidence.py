@@ -9,7 +9,8 @@ from analysis.progress import TIMINGS, measured_seconds, typical_seconds
 from analysis.study import run_and_report
 from analysis.study.executors import make_executor
 from analysis.study.grid import StudyConfig
-from analysis.study.report import figures, list_reports, transfer_rows
+from analysis.study.report import figures, transfer_rows
+from analysis.study.result import list_reports
 from analysis.study.tables import ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows
 from analysis.unlearn.lab import list_runs
 from analysis.watched import run_watched
@@ -53,18 +54,17 @@ with state.readable_errors():
         else:
             st.caption("No runs of this request yet: the Unlearning lab makes one, or a quick study makes many.")
         st.stop()
-    result = state.pick_stored("Study", reports, lambda r: r["path"], lambda r: f"{len(r['config']['seeds'])} seed(s) · "
-                               f"{len(r['rows'])} cells · {r['meta']['wall_seconds']:.0f} s · "
-                               f"{r['path'].split('/')[-1]}", state.SessionKey.EVIDENCE_PICK, "ev_pick")
-    path = result["path"]
-    st.caption(f"Compared in the rate and level sections: {', '.join(result['compared_methods'])}.")
+    report = state.pick_stored("Study", reports, lambda r: str(r.path), lambda r: r.label, state.SessionKey.EVIDENCE_PICK,
+                               "ev_pick")
+    path, result = report.path, report.result
+    st.caption(f"Compared in the rate and level sections: {', '.join(result.compared_methods)}.")
     for name, fig in figures(result).items():
         st.plotly_chart(fig, width="stretch", key=f"ev_{name}")
     cols = ["method", "lr", "n_seeds", "jsd_forget", "jsd_forget_std", "original_jsd_forget", "auc_test",
             "auc_test_std", "auc_forget", "original_auc_forget", "mia_auc", "mia_auc_std", "seconds"]
     st.subheader("Pareto table")
     st.caption("original_*: the model before unlearning, i.e. what doing nothing scores.")
-    table = pd.DataFrame(result["pareto"])
+    table = pd.DataFrame(result.pareto)
     st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch", key="ev_table")
     arms, diffs = ablation_rows(result)
     if arms:

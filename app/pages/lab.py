@@ -7,7 +7,8 @@ from analysis.unlearn.lab import list_runs, unlearn
 from analysis.unlearn.record import RunRecord
 from analysis.unlearn.methods import RetainSpecific, UnlearningMethod
 from analysis.unlearn.registry import spec_of
-from analysis.study.noise import TrainingNoise, study_noise
+from analysis.study.noise import TrainingNoise
+from analysis.study.result import study_noise
 from analysis.unlearn.run import OPTIMIZERS, STOPS, UnlearnConfig
 from analysis.watched import run_watched
 from app import figures, state, tables
