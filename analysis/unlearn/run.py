@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -37,21 +37,21 @@ from ..clock import StageClock
 from ..circuits.discover import CircuitSettings
 from ..circuits.groups import Group, GroupThresholds
 from ..data.forget import ForgetSet
-from ..errors import SettingsError, TrainingError
+from ..errors import SettingsError
 from ..model.adapters import AdapterConfig
-from ..model.objectives import bce, prompt_scores
+from ..model.objectives import prompt_scores
 from ..model.recommender import Recommender
 from ..progress import ProgressFn, or_silent
 from ..workspace import Workspace
 from .attack import AttackStop
-from .conflict import conflict_maps, gradients, is_conflict
-from .methods import UnlearningMethod, RetainSpecific, Step, parse_unlearning_method
+from .conflict import gradients, is_conflict
+from .methods import UnlearningMethod, RetainSpecific, parse_unlearning_method
 from .modules import parse_modules
 from .record import ConflictRecord, ConflictSummary, Stopped
-from .registry import OBJECTIVES, MethodSpec, StepContext, retain_bce, saliency_mask, spec_of, step_spec_of
+from .registry import OBJECTIVES, MethodSpec, saliency_mask, spec_of, step_spec_of
 from .start import CONFLICT_SAMPLES, Batches, held_out_loss, raw_conflict, trainable_copy
+from .stepper import StepSettings, Stepper
 
-EXPLODING = 1e3
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -188,13 +188,6 @@ def _check_given(given: dict[str, Group], known) -> None:
                             f"architecture")
 
 
-def _check(name: str, loss: torch.Tensor, step: int) -> float:
-    value = float(loss.detach())
-    if not math.isfinite(value) or abs(value) > EXPLODING:
-        raise TrainingError(f"{name} loss is {value} at step {step}: the run stopped and nothing was stored")
-    return value
-
-
 @dataclass(frozen=True)
 class StepsResult:
     """What `unlearn_steps` hands back: the updated model (and peft's wrapper, with an adapter) and what the run
@@ -222,100 +215,52 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
     """Run the budget on a copy of the original; returns the model and everything measured."""
     progress = or_silent(progress)
     torch.manual_seed(cfg.seed)
-    spec = step_spec_of(cfg.method)
-    objective = OBJECTIVES[cfg.forget_objective]
     neurons = cfg.uses_circuits and cfg.circuits.granularity == "neurons"
     model, params, table, wrapper = trainable_copy(original, cfg.adapter, neurons)
-    reference = original.model.eval()
     batches = Batches(ws, original, forget, cfg.batch_size, cfg.seed)
-    score = lambda m, p: prompt_scores(m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id)  # noqa: E731
     clock = StageClock()
     with clock("conflict before/after"):
         before = raw_conflict(model, original, batches, table)
     if cfg.groups:  # found on another model: it must have the same modules
         _check_given(groups or {}, table)
-    rule_groups = _groups_for(cfg, groups or {}, table) if cfg.uses_circuits else None
-    saliency = None
-    if spec.uses_saliency:  # fixed at the start from the forget gradient on its own seeded samples
+    stepper = Stepper(model, params, original.model.eval(), lambda m, p: prompt_scores(
+        m, p, original.pad_id, original.fmt.yes_id, original.fmt.no_id), table,
+        StepSettings(cfg.lr, cfg.retain_weight, cfg.npo_beta, cfg.retain_specific), step_spec_of(cfg.method),
+        OBJECTIVES[cfg.forget_objective], _groups_for(cfg, groups or {}, table) if cfg.uses_circuits else None,
+        None, torch.optim.Adam(params.values(), lr=cfg.lr) if cfg.optimizer == "adam" else None, clock)
+    if stepper.spec.uses_saliency:  # fixed at the start from the forget gradient on its own seeded samples
         fp, fl = batches.draw("forget", CONFLICT_SAMPLES, np.random.default_rng(30_000 + cfg.seed))
-        saliency = saliency_mask(gradients(model, objective(_context(
-            model, reference, score, fp, fl, [], torch.zeros(0), table, cfg, None, None))), cfg.saliency)
+        alone = replace(stepper, groups=None, memo={}).context(fp, fl, [], torch.zeros(0))
+        stepper.saliency = saliency_mask(gradients(model, stepper.objective(alone)), cfg.saliency)
     target = held_out_loss(ws, original, forget) if cfg.stop == "loss" else None
     monitor = AttackStop(ws.interactions, original, forget) if cfg.stop == "auto" else None
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.lr) if cfg.optimizer == "adam" else None
     n_steps = cfg.n_steps(len(forget.forget_samples))
     forget_batches = batches.forget_epochs()
-
     curves: list[dict] = []
     rule_cos: list[float] = []
     update_cos: list[float] = []
     rules: dict[str, str] = {}
     recent: list[float] = []
     stopped = Stopped("budget", n_steps, target_loss=target)
-    memo: dict = {}  # the run's memo (StepContext.run_memo)
     start = time.perf_counter()
     for step in range(n_steps):
         with clock("batches"):
             fp, fl, f_rows = next(forget_batches)
             rp, rl = batches.draw("retain")
-        with clock("forward"):
-            ctx = _context(model, reference, score, fp, fl, rp, rl, table, cfg, rule_groups, saliency, memo, f_rows)
-        with clock("forget objective"):  # NPO's reference pass on the frozen original is here
-            forget_bce = bce(ctx.forget_scores, fl)
-            forget_obj = objective(ctx)
-            _check("forget", forget_obj, step)
-            _check("retain", ctx.retain_bce, step)
-        with clock("backward"):
-            g_f = gradients(model, forget_obj)
-            g_r = gradients(model, ctx.retain_bce)
-            if spec.second is None or spec.second is retain_bce:
-                g_second = g_r
-            else:
-                second = spec.second(ctx)
-                _check("second", second, step)
-                g_second = gradients(model, second)
-        with clock("rule"):
-            chosen: Step = spec.rule(g_f, g_second, ctx)
-            rules = chosen.rules or rules
-        with clock("optimiser"):
-            old = {n: p.detach().clone() for n, p in params.items()}
-            with torch.no_grad():
-                if optimizer is None:
-                    for name, p in params.items():
-                        p -= cfg.lr * chosen.direction[name]
-                else:
-                    for name, p in params.items():
-                        p.grad = chosen.direction[name]
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        with clock("conflict maps"):
-            # the parameter change actually applied, against the retain gradient: > 0 cosine between
-            # -change and g_r means the step lowers the retain loss to first order. Raw: this method's forget
-            # objective vs retain; applied: the rule's forget part (neither is touched by the optimiser step)
-            change = {n: old[n] - p.detach() for n, p in params.items()}
-            raw, applied, update = conflict_maps(table, g_r, [g_f, chosen.forget_part, change],
-                                                 [None, chosen.updated, chosen.updated])
-            update = update.moved()
-            rule_cos += applied.cos
-            update_cos += update.cos
-        recent = (recent + [float(forget_bce.detach())])[-STOP_WINDOW:]
+        out = stepper.step(step, fp, fl, rp, rl, f_rows)
+        rules = out.chosen.rules or rules
+        rule_cos += out.applied.cos
+        update_cos += out.update.cos
+        recent = (recent + [out.forget_bce])[-STOP_WINDOW:]
         with clock("attack stop"):
             seen = monitor.check(model) if monitor is not None and (step + 1) % monitor.EVERY == 0 else None
-        curves.append({"step": step + 1, "forget_bce": float(forget_bce.detach()),
-                       "retain_bce": float(ctx.retain_bce.detach()), "forget_objective": float(forget_obj.detach()),
-                       "applied_negative_share": applied.negative_share, "update_negative_share": update.negative_share,
-                       "raw_negative_share": raw.negative_share, "updated_modules": len(chosen.updated),
-                       "stop_target": target, "stop_attack": None if seen is None else seen.auc})
+        curves.append(out.curve_row(step, target, None if seen is None else seen.auc))
         if on_step:
             on_step(curves[-1])
         progress("unlearn", step + 1, n_steps)
-        if seen is not None and seen.indistinguishable:
-            stopped = Stopped("forgotten users indistinguishable from never-seen users (validation attack)",
-                              step + 1, attack=seen.auc, low=seen.low, high=seen.high)
-            progress("unlearn", n_steps, n_steps)
-            break
-        if target is not None and len(recent) == STOP_WINDOW and np.mean(recent) >= target:
-            stopped = Stopped("forget loss reached the held-out loss", step + 1, target_loss=target)
+        early = _early_stop(step, seen, target, recent)
+        if early is not None:
+            stopped = early
             progress("unlearn", n_steps, n_steps)  # done early: the bar completes, never goes back
             break
     seconds = time.perf_counter() - start
@@ -327,12 +272,12 @@ def unlearn_steps(ws: Workspace, original: Recommender, forget: ForgetSet, cfg: 
                        ConflictRecord(before, after, summary(rule_cos), summary(update_cos)))
 
 
-def _context(model, reference, score, fp, fl, rp, rl, table, cfg: UnlearnConfig, groups, saliency,
-             memo: dict | None = None, forget_rows: np.ndarray | None = None) -> StepContext:
-    f_scores = score(model, fp)
-    r_scores = score(model, rp) if len(rp) else torch.zeros(0)
-    return StepContext(model, reference, score, fp, fl, rp, rl, f_scores, r_scores,
-                       bce(r_scores, rl) if len(rp) else torch.tensor(0.0), table, cfg.retain_weight, cfg.npo_beta,
-                       groups, cfg.retain_specific, saliency, {} if memo is None else memo, forget_rows)
-
-
+def _early_stop(step: int, seen, target: float | None, recent: list[float]) -> Stopped | None:
+    """Why the run stops after this step, if it does: the validation attack no longer tells forgotten users from
+    never-seen ones (the auto stop), or the forget loss reached the held-out loss (the loss stop)."""
+    if seen is not None and seen.indistinguishable:
+        return Stopped("forgotten users indistinguishable from never-seen users (validation attack)",
+                       step + 1, attack=seen.auc, low=seen.low, high=seen.high)
+    if target is not None and len(recent) == STOP_WINDOW and np.mean(recent) >= target:
+        return Stopped("forget loss reached the held-out loss", step + 1, target_loss=target)
+    return None
