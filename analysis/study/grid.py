@@ -93,7 +93,7 @@ class Cell:
                              random_groups=self.random_groups, objective=self.objective)
 
 
-def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> dict:
+def _run_cell(ws: Workspace, original: Recommender, cell: Cell, study: StudyConfig, progress: ProgressFn) -> Row:
     # no top-10 lists: no section reads them (Compare computes a study run's ranking agreement on demand)
     run = unlearn(ws, original, ws.forget_set(cell.request, seed=cell.seed), cell.config(study), progress,
                   rankings=False)
@@ -119,8 +119,8 @@ def _draws(spec: str, study: StudyConfig) -> tuple[int, ...]:
     return study.seeds if parse_forget_spec(spec).is_random else study.seeds[:1]
 
 
-def with_training_noise(rows: list[dict], headline: list[dict], methods: list[str],
-                        noise: TrainingNoise | None) -> list[dict]:
+def with_training_noise(rows: list[Row], headline: list[Row], methods: list[str],
+                        noise: TrainingNoise | None) -> list[Row]:
     """The compared methods at the rule's strengths over every (deletion draw, training seed) pair: retrain
     distance and utility cost with a bootstrap interval over pairs (scipy, from 3 pairs on), next to the noise
     floor (a retrain with another seed, as a run). Empty with one training seed: nothing to add to the headline."""

@@ -15,7 +15,7 @@ from scipy.stats import bootstrap
 from ..pareto import rank_runs
 from ..unlearn.attack import AttackResult
 from ..unlearn.strength import StrengthPoint, choose_strength
-from .result import Ablation
+from .result import Ablation, Row
 
 BASELINES = ("ga", "graddiff", "npo", "kl", "pcgrad", "salun")
 METRICS = ("jsd_forget", "jsd_test", "auc_test", "auc_forget", "mia_auc", "auc_valid", "auc_forget_unseen",
@@ -32,7 +32,7 @@ def arm_of(method: str, objective: str | None = None, random_groups: int | None 
     return method if objective is None else f"{objective}+{method}"
 
 
-def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
+def summarise(rows: list[Row], by: tuple[str, ...]) -> list[Row]:
     """Mean and standard deviation over seeds of every metric, per group of `by`."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -52,7 +52,7 @@ def summarise(rows: list[dict], by: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def cure_summary(rows: list[dict]) -> dict | None:
+def cure_summary(rows: list[Row]) -> Row | None:
     found = summarise([r for r in rows if r["method"] == "cure"], ("method",))
     return found[0] if found else None
 
@@ -79,7 +79,7 @@ def mean_interval(values: list[float]) -> Interval:
     return Interval(mean, len(values))
 
 
-def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
+def paired_difference(a: list[Row], b: list[Row], key: str) -> dict:
     """Mean of a - b over the deletion draws both ran, with a 95% bootstrap interval (scipy) from 3 draws on
     (as the report's ablation table stores it: the count is of draws)."""
     other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
@@ -87,7 +87,7 @@ def paired_difference(a: list[dict], b: list[dict], key: str) -> dict:
     return {"mean": out.mean, "n_draws": out.n, "low": out.low, "high": out.high}
 
 
-def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]:
+def strongest_baselines(summary: list[Row], lr: float, n: int = 2) -> list[str]:
     """The baselines nearest the retrain at the given lr: ranked by retrain distance and utility cost (means),
     so a baseline that overshoots the retrain does not outrank one that lands on it."""
     at = [s for s in summary if s["method"] in BASELINES and s["lr"] == lr]
@@ -95,7 +95,7 @@ def strongest_baselines(summary: list[dict], lr: float, n: int = 2) -> list[str]
     return [at[i]["method"] for i in order[:n]]
 
 
-def chosen_by_attack(summary: list[dict], by: str = "method") -> list[dict]:
+def chosen_by_attack(summary: list[Row], by: str = "method") -> list[Row]:
     """Per method (or arm), the summary row at the strength the retrain-free rule picks (strength.choose_strength:
     the weakest lr whose forgotten users are indistinguishable from never-seen users on validation-period
     samples, mean over draws); reads neither the retrain nor the test set. Methods without the attack (an
@@ -121,7 +121,7 @@ ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
 ABLATION_ARMS = ("npo", "npo+pcgrad", "npo+salun", "cure", RANDOM_GROUPS)
 
 
-def ablation(rows: list[dict]) -> Ablation:
+def ablation(rows: list[Row]) -> Ablation:
     """Uniform NPO, NPO + PCGrad, NPO + SalUn, CURE and CURE with random groups (same sizes per node kind), each
     at the strength the retrain-free rule picks for it, and CURE minus each other arm paired by deletion draw:
     does the rule beat the plain objective, and does the circuit matter? Same objective (NPO) in every arm, so

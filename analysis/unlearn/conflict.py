@@ -50,11 +50,9 @@ class ConflictMap:
         """rows = layers, columns = heads 0..H-1 then the MLP; None where a module is absent."""
         return graph_table(n_layers, n_heads).heatmap(dict(zip(self.modules, self.cos)))
 
-    def summary(self) -> dict:
-        return {"negative_share": self.negative_share, "weighted_cos": self.weighted_cos, "n_modules": len(self.cos)}
-
     def to_json(self) -> dict:
-        return {**asdict(self), **self.summary()}
+        return {**asdict(self), "negative_share": self.negative_share, "weighted_cos": self.weighted_cos,
+                "n_modules": len(self.cos)}
 
     @classmethod
     def from_json(cls, d: dict) -> "ConflictMap":

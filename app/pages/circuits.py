@@ -8,7 +8,7 @@ from analysis.circuits.discover import CircuitSettings, discover_circuits
 from analysis.circuits.groups import GroupThresholds
 from analysis.circuits.view import GRAPH_KINDS
 from analysis.watched import run_watched
-from app import circuit_view, figures, state
+from app import circuit_view, figures, job_progress, state
 
 st.title("Circuits of a deletion request")
 st.write("Every embedding role (items, ratings, attributes, prompt words, positions), head, MLP and item-embedding "
@@ -65,13 +65,13 @@ with state.readable_errors():
     request, _ = state.request_input("circ_request")
     settings, thresholds = circuit_settings()
     forget = ws.forget_set(request)
-    if state.cancelled("circ_cancel") or st.session_state.get("circ_paused"):
+    if job_progress.cancelled("circ_cancel") or st.session_state.get("circ_paused"):
         # a cancelled discovery does not restart by itself on the rerun the Cancel click caused
         st.session_state["circ_paused"] = True
         if not st.button("Find circuits", key="circ_resume"):
             st.stop()
         st.session_state.pop("circ_paused")
-    box, progress = state.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root,
+    box, progress = job_progress.staged_progress("circuits", "Finding circuits (cached after the first time)", ws.root,
                                           cancel_key="circ_cancel")
     result = run_watched(lambda p: discover_circuits(ws, rec, forget, settings, thresholds, p), progress)
     progress.finish()

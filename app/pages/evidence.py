@@ -14,7 +14,7 @@ from analysis.study.result import list_reports
 from analysis.study.tables import ABLATION_NOTE, NO_NOISE, NOISE_NOTE, ablation_rows, noise_rows
 from analysis.unlearn.lab import list_runs
 from analysis.watched import run_watched
-from app import state, tables
+from app import job_progress, state, tables
 
 st.title("Evidence")
 st.write("A claim that circuit-aware unlearning beats uniform unlearning is worth as much as the evidence beside "
@@ -25,13 +25,13 @@ with state.readable_errors():
     rec = state.original()
     st.caption("The quick study is the same as `cure study --quick` (same cells, same circuit settings, same "
                "report), so one started here is resumed there and the other way round.")
-    state.cancelled("ev_cancel")
+    job_progress.cancelled("ev_cancel")
     where = st.radio("Run cells", ["here", "on Ray"], horizontal=True, key="ev_executor",
                      help="On Ray: each cell is a Ray task on the cluster at $CURE_RAY_ADDRESS (else a local "
                           "instance); the cache must be on storage every node mounts at the same path.")
     if st.button("Run a quick study (1 seed, fewer cells; resumes if interrupted)", key="ev_run",
                  help=state.LIMITS.note("the quick study; `cure study` runs the full one")):
-        box, progress = state.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
+        box, progress = job_progress.staged_progress("study", "Quick study", ws.root, cancel_key="ev_cancel")
         executor = make_executor("ray", os.environ.get("CURE_RAY_ADDRESS")) if where == "on Ray" else None
         path, _ = run_watched(lambda p: run_and_report(ws, rec, StudyConfig.quick(), p, executor=executor), progress)
         progress.finish()

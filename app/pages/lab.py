@@ -11,7 +11,7 @@ from analysis.study.noise import TrainingNoise
 from analysis.study.result import study_noise
 from analysis.unlearn.run import OPTIMIZERS, STOPS, UnlearnConfig
 from analysis.watched import run_watched
-from app import figures, state, tables
+from app import figures, job_progress, state, tables
 
 st.title("Unlearning lab")
 st.write("Every method starts from a copy of the original model and gets the same budget (epochs over the forget "
@@ -90,12 +90,12 @@ with state.readable_errors():
     if "modules" in spec.options:
         st.info(f"Selective unlearning updates only: {', '.join(modules) or 'nothing yet, pick modules on the '}"
                 + ("" if modules else "Circuits page"))
-    state.cancelled("lab_cancel")
+    job_progress.cancelled("lab_cancel")
     if st.button("Run", type="primary", key="lab_run", disabled=not valid):
         cfg = UnlearnConfig(method=method, **values, modules=modules if "modules" in spec.options else (),
                             circuits=settings, thresholds=thresholds)
         # progress first: below a growing chart it fell under the fold at 1400x900
-        box, progress = state.staged_progress(spec.plan, f"{method} on {request}", ws.root,
+        box, progress = job_progress.staged_progress(spec.plan, f"{method} on {request}", ws.root,
                                               cancel_key="lab_cancel")
         live = st.empty()
         rows: list[dict] = []
