@@ -43,8 +43,10 @@ class Reproducibility:
 
     @classmethod
     def from_json(cls, d: dict) -> "Reproducibility":
+        other = d.get("groups_from_other_circuit_seed") or {}
         return cls(d["prompt_seeds"], d.get("prompt_seed_sizes") or [], d.get("deletion_draws"),
-                   d.get("group_sizes") or [], OtherSeedGroups(**d["groups_from_other_circuit_seed"]))
+                   d.get("group_sizes") or [], OtherSeedGroups(*(other.get(k) for k in (
+                       "same_groups", "cure_with_own_groups", "cure_with_other_groups"))))
 
 
 @dataclass(frozen=True)
