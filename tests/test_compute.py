@@ -118,7 +118,7 @@ def test_out_of_memory_names_the_settings_that_bound_memory(monkeypatch, tmp_pat
     def no_room(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(cli, "run", no_room)
+    monkeypatch.setattr(cli.entry, "run", no_room)  # what main calls (analysis/cli/entry.py)
     code = cli.main(["prepare", "--cache", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "out of memory" in err and "--eval-batch" in err and "--train-batch" in err
