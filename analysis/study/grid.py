@@ -161,8 +161,8 @@ class _Grid:
         self.rows += self.executor.run([CellJob(data, model, cell, self.study) for cell in cells], _run_cell,
                                        self.progress, one_done)
 
-    def section(self, name: str, *more: str) -> list[Row]:
-        return [r for r in self.rows if r["section"] in (name, *more)]
+    def section(self, name: str) -> list[Row]:
+        return [r for r in self.rows if r["section"] == name]
 
 
 def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress: ProgressFn | None = None,
@@ -201,7 +201,7 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
         study.key(), rows, default_lr, chosen, pareto, headline, noise,
         with_training_noise(rows, headline, chosen, noise),
         summarise(grid.section("rates"), ("request", "method")), summarise(grid.section("levels"), ("request", "method")),
-        _reproducibility(grid, seeds, circuits, own_cure), ablation(rows),
+        _reproducibility(grid, seeds, circuits, labelings, own_cure), ablation(rows),
         {section: _transferred(grid, section, labelings, sources, own_cure, transfer) for section in TRANSFER_SECTIONS},
         None if transfer is None else TransferDataset(transfer.data.name, transfer.fingerprint),
         time.perf_counter() - start)
@@ -256,14 +256,14 @@ def _transfer(grid: _Grid, seeds: tuple[int, ...], labelings: list[dict[str, Gro
         grid.run(back, (transfer, there))
 
 
-def _reproducibility(grid: _Grid, seeds: tuple[int, ...], circuits: list, own_cure: Row | None) -> Reproducibility:
+def _reproducibility(grid: _Grid, seeds: tuple[int, ...], circuits: list, labelings: list[dict[str, Group]],
+                     own_cure: Row | None) -> Reproducibility:
     ws, original, study = grid.ws, grid.original, grid.study
-    labelings = [c.labels for c in circuits]
+    stabilities = [c.stability() for c in circuits]  # relabels every draw: once per circuit
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
                                replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
     return Reproducibility(
-        [s.jaccard if (s := c.stability()) else None for c in circuits],
-        [s.sizes if (s := c.stability()) else None for c in circuits],
+        [s.jaccard if s else None for s in stabilities], [s.sizes if s else None for s in stabilities],
         group_stability(labelings) if len(labelings) > 1 else None,
         [{g.value: sum(1 for x in lab.values() if x is g) for g in Group} for lab in labelings],
         OtherSeedGroups(same_label_share(labelings, other), own_cure,

@@ -164,8 +164,9 @@ class ReportMeta:
     versions: dict[str, str]
     machine: dict
     wall_seconds: float
-    unlearning_and_retrain_seconds: float | None  # what its steps and retrains cost when computed (a resumed
-    command: str                                  # study's wall time is short)
+    # what its steps and retrains cost when computed (a resumed study's wall time is short)
+    unlearning_and_retrain_seconds: float | None
+    command: str
 
     @classmethod
     def from_json(cls, d: dict) -> "ReportMeta":
