@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--transfer-data", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="deletion draws")
     parser.add_argument("--training-seeds", type=int, default=None, help="seeds per original and retrain")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the JSON summary goes")
     args = parser.parse_args()
     bars = StderrBars()
     ws = open_workspace(progress=bars)
@@ -65,7 +66,10 @@ def main() -> None:
     path, result = run_and_report(ws, original, config, bars, other)
     report = json.loads((path / "study.json").read_text())
     first = next(s for s in result.pareto if s["method"] == "cure")
-    print(f"report: {path / 'report.html'}  ({len(result.rows)} cells, seeds {list(config.seeds)})")
+    print(f"report: {path / 'report.html'}  ({len(result.rows)} cells, seeds {list(config.seeds)}, "
+          f"{config.training_seeds} training seed(s))")
+    print(f"wall time: {report['meta']['wall_seconds']:.0f} s ({report['meta']['wall_seconds'] / 60:.1f} min); "
+          f"unlearning and retrains inside it: {report['meta']['unlearning_and_retrain_seconds'] or 0:.0f} s")
     print("\nOriginal model (doing nothing): "
           + ", ".join(f"{m} {first[f'original_{m}']:.4f}" for m in ("jsd_forget", "auc_forget", "mia_auc")))
     print("\n## Headline: each method at the strength chosen on validation (request " + config.request + ")\n"
@@ -82,14 +86,14 @@ def main() -> None:
     for row in transfer_rows(result):
         print("transfer:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                             if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
-    OUT.parent.mkdir(exist_ok=True)
+    args.out.parent.mkdir(exist_ok=True)
     stored = result.to_json()
-    OUT.write_text(json.dumps({k: stored[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
+    args.out.write_text(json.dumps({k: stored[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
                                                       "rates",
                                                       "levels", "reproducibility", "transfer", "ablation",
                                                       "training_noise", "headline_with_training_noise")}
                               | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
-    print(f"\nwrote {OUT}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

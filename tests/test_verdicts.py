@@ -15,7 +15,9 @@ from analysis.data.samples import TEST, Interactions, build_interactions
 from analysis.model.sequences import PromptBuilder
 from analysis.model.train import train_recommender
 from analysis.pareto import rank_runs
-from analysis.study.grid import chosen_by_attack, strongest_baselines
+from analysis.study.grid import (METHODS, SWEPT_ARMS, StudyConfig, _picked_cells, _sweep_cells, chosen_by_attack,
+                                 strongest_baselines)
+from analysis.study.summary import Chosen, ablation, at_chosen, chosen_on_draw, summarise
 from analysis.study.report import distance_pareto_figure
 from analysis.unlearn.ablation import random_groups
 from analysis.unlearn.attack import AttackResult, attack_rows, matched_attack
@@ -162,6 +164,47 @@ def test_the_rule_picks_the_weakest_indistinguishable_strength():
     summary = [{**s, "original_mia_never_seen_valid_auc": 0.52, "original_mia_never_seen_valid_low": 0.43}
                for s in summary]
     assert chosen_by_attack(summary)[0]["lr"] == 1e-4 and "nothing for the rule" in chosen_by_attack(summary)[0]["chosen_by"]
+
+
+def test_the_study_sweeps_strengths_on_one_draw_and_runs_the_pick_on_the_others():
+    study = StudyConfig(seeds=(0, 1, 2), lrs=(1e-4, 3e-4, 1e-3))
+    sweep = _sweep_cells(study, 0, 1e-4)  # every method and arm at every strength, and the retrain
+    assert len(sweep) == 3 * len(METHODS) + 1 + 3 * len(SWEPT_ARMS) and {c.seed for c in sweep} == {0}
+    picks = {m: Chosen(3e-4 if m == "npo" else 1e-4, "rule") for m in METHODS}
+    arms = {a: Chosen(1e-3 if a == "npo+salun" else 1e-4, "rule") for a in SWEPT_ARMS}
+    later = _picked_cells(study, (1, 2), picks, arms, 1e-4)
+    # per draw: 7 methods at their pick, npo also at the default it differs from, the retrain, 3 arms
+    assert len(later) == 2 * (len(METHODS) + 1 + 1 + len(SWEPT_ARMS)) and {c.seed for c in later} == {1, 2}
+    assert {c.lr for c in later if c.method == "npo" and c.section == "pareto"} == {1e-4, 3e-4}
+    assert {(c.arm, c.lr) for c in later if c.section == "ablation"} == {
+        ("npo+pcgrad", 1e-4), ("npo+salun", 1e-3), ("cure (random groups)", 1e-4)}
+    # old 3 x (3 strengths x 7 methods + retrain + 3 strengths x 3 arms): 93 cells; the pick equal to the default: 53
+    assert len(sweep) + len(_picked_cells(study, (1, 2), {m: Chosen(1e-4, "") for m in METHODS}, {
+        a: Chosen(1e-4, "") for a in SWEPT_ARMS}, 1e-4)) == 53
+
+
+def _cell_row(arm, lr, seed, auc, low, distance):
+    method = arm.split("+")[-1] if arm != "cure (random groups)" else "cure"
+    return {"section": "pareto" if arm in ("npo", "cure") else "ablation", "method": method, "arm": arm, "lr": lr,
+            "seed": seed, "mia_never_seen_valid_auc": auc, "mia_never_seen_valid_low": low,
+            "retrain_distance": distance, "utility_cost": 0.1, "mia_never_seen_auc": 0.5}
+
+
+def test_the_pick_is_read_on_the_selection_draw_alone_and_reported_over_every_draw():
+    rows = [_cell_row("npo", lr, 0, auc, low, d) for lr, auc, low, d in (
+        (1e-4, 0.60, 0.55, 0.9), (3e-4, 0.51, 0.47, 0.5), (1e-3, 0.45, 0.40, 0.2))]
+    # draw 1 ran the pick only; had it run 1e-4 and looked never-seen there, the rule must still not see it
+    rows += [_cell_row("npo", 3e-4, 1, 0.52, 0.48, 0.3), _cell_row("npo", 1e-4, 1, 0.50, 0.45, 0.8)]
+    picks = chosen_on_draw(rows, 0)
+    assert picks["npo"].lr == 3e-4 and "weakest strength" in picks["npo"].reason
+    assert chosen_on_draw(rows, 1)["npo"].lr == 1e-4  # what draw 1 alone would have said: not what is used
+    (head,) = at_chosen(summarise(rows, ("method", "lr")), picks)
+    assert head["lr"] == 3e-4 and head["n_seeds"] == 2 and head["retrain_distance"] == pytest.approx(0.4)
+    rows += [_cell_row("cure", 1e-4, s, 0.5, 0.45, d) for s, d in ((0, 0.1), (1, 0.2))]
+    arms = ablation(rows, 0)
+    assert [(a["arm"], a["lr"], a["n_seeds"]) for a in arms.arms] == [("npo", 3e-4, 2), ("cure", 1e-4, 2)]
+    # CURE minus NPO paired by draw at each one's pick: (0.1 - 0.5 + 0.2 - 0.3) / 2
+    assert arms.cure_minus["npo"]["retrain_distance"]["mean"] == pytest.approx(-0.25)
 
 
 def test_the_rule_never_reads_the_retrain_or_the_test_set(tiny_ws, monkeypatch):

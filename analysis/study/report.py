@@ -277,6 +277,8 @@ def render_html(result: StudyResult, meta: dict) -> str:
     notes = {
         "pareto": "Each point: mean over deletion draws (error bars: standard deviation); x: forget-AUC gap closed "
                   "(0 = do nothing, 1 = retrain). Dashed: the Pareto front, which do nothing and retrain take part in. "
+                  "Every strength ran on the first deletion draw, where the retrain-free rule picks one per method; "
+                  "the other draws ran the pick and the default lr, so other strengths are one draw (n_seeds). "
                   + _utility_spread(result.pareto),
         "rates": f"CURE and the two strongest baselines ({', '.join(result.compared_methods[1:])}) at lr "
                  f"{result.default_lr}.",

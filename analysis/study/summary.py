@@ -117,18 +117,45 @@ def chosen_by_attack(summary: list[Row], by: str = "method") -> list[Row]:
     return out
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The strength the retrain-free rule picked for one method (or arm), and why."""
+    lr: float
+    reason: str
+
+
+def chosen_on_draw(rows: list[Row], draw: int, by: str = "method") -> dict[str, Chosen]:
+    """Per method (or arm), the rule's strength read on one deletion draw, the *selection draw*: only its rows
+    ran every strength (the study's other draws run the pick alone, grid.run_study), so the choice is made where
+    every candidate was measured and then carried to draws it never saw."""
+    picked = chosen_by_attack(summarise([r for r in rows if r["seed"] == draw], (by, "lr")), by=by)
+    return {p[by]: Chosen(p["lr"], p["chosen_by"]) for p in picked}
+
+
+def at_chosen(summary: list[Row], chosen: dict[str, Chosen], by: str = "method") -> list[Row]:
+    """The summary rows (means over every draw that ran them) at each method's chosen strength, with its reason."""
+    return [{**s, "chosen_by": chosen[s[by]].reason} for s in summary
+            if s[by] in chosen and s["lr"] == chosen[s[by]].lr]
+
+
 ABLATION_KEYS = ("retrain_distance", "utility_cost", "mia_never_seen_auc")
 ABLATION_ARMS = ("npo", "npo+pcgrad", "npo+salun", "cure", RANDOM_GROUPS)
 
 
-def ablation(rows: list[Row]) -> Ablation:
+def ablation_cells(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r["section"] in ("pareto", "ablation") and r["arm"] in ABLATION_ARMS]
+
+
+def ablation(rows: list[Row], draw: int) -> Ablation:
     """Uniform NPO, NPO + PCGrad, NPO + SalUn, CURE and CURE with random groups (same sizes per node kind), each
-    at the strength the retrain-free rule picks for it, and CURE minus each other arm paired by deletion draw:
-    does the rule beat the plain objective, and does the circuit matter? Same objective (NPO) in every arm, so
-    the comparison is of the update rule alone. Reads the Pareto section (npo, cure) and the ablation section."""
-    mine = [r for r in rows if r["section"] in ("pareto", "ablation") and r["arm"] in ABLATION_ARMS]
-    chosen = {s["arm"]: s for s in chosen_by_attack(summarise(mine, ("arm", "lr")), by="arm")}
-    at_choice = {arm: [r for r in mine if r["arm"] == arm and r["lr"] == s["lr"]] for arm, s in chosen.items()}
+    at the strength the retrain-free rule picks for it on the selection draw `draw`, and CURE minus each other arm
+    paired by deletion draw: does the rule beat the plain objective, and does the circuit matter? Same objective
+    (NPO) in every arm, so the comparison is of the update rule alone. Reads the Pareto section (npo, cure) and
+    the ablation section."""
+    mine = ablation_cells(rows)
+    picks = chosen_on_draw(mine, draw, by="arm")
+    chosen = {s["arm"]: s for s in at_chosen(summarise(mine, ("arm", "lr")), picks, by="arm")}
+    at_choice = {arm: [r for r in mine if r["arm"] == arm and r["lr"] == p.lr] for arm, p in picks.items()}
     cure = at_choice.get("cure", [])
     return Ablation([chosen[a] for a in ABLATION_ARMS if a in chosen],
                     {arm: {k: paired_difference(cure, at_choice[arm], k) for k in ABLATION_KEYS}
