@@ -88,11 +88,10 @@ def main() -> None:
                             if k in ("groups from", "same groups", "cure with", "jsd_forget", "auc_forget")})
     args.out.parent.mkdir(exist_ok=True)
     stored = result.to_json()
-    args.out.write_text(json.dumps({k: stored[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto",
-                                                      "rates",
-                                                      "levels", "reproducibility", "transfer", "ablation",
-                                                      "training_noise", "headline_with_training_noise")}
-                              | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
+    summary = {k: stored[k] for k in ("config", "default_lr", "compared_methods", "headline", "pareto", "rates",
+                                      "levels", "reproducibility", "transfer", "ablation", "training_noise",
+                                      "headline_with_training_noise")}
+    args.out.write_text(json.dumps(summary | {"report": str(path), "meta": report["meta"]}, indent=1, default=str))
     print(f"\nwrote {args.out}")
 
 

@@ -23,8 +23,9 @@ from ..workspace import Workspace
 from .executors import CellJob, LocalExecutor
 from .noise import TrainingNoise, draw_noise, noise_identity, reseeded, training_seeds
 from .result import OtherSeedGroups, Reproducibility, Row, StudyResult, TransferBack, TransferDataset, TransferSection
-from .summary import (BASELINES, METRICS, RANDOM_GROUPS, Chosen, ablation, ablation_cells, arm_of, at_chosen,  # noqa: F401
-                      chosen_by_attack, chosen_on_draw, cure_summary, mean_interval, strongest_baselines, summarise)
+from .summary import (BASELINES, METRICS, RANDOM_GROUPS, Chosen, ablation, ablation_cells, arm_of,  # noqa: F401
+                      at_chosen, chosen_by_attack, chosen_on_draw, cure_summary, mean_interval, strongest_baselines,
+                      summarise)
 from .transfer import (NO_SECOND_DATASET, ONE_DRAW, group_sources, planned, same_label_share, same_recipe_model,
                        sizes_by_kind, transferable)
 
