@@ -20,7 +20,8 @@ from analysis.study.grid import (METHODS, SWEPT_ARMS, StudyConfig, _picked_cells
 from analysis.study.summary import Chosen, ablation, at_chosen, chosen_on_draw, summarise
 from analysis.study.report import distance_pareto_figure
 from analysis.unlearn.ablation import random_groups
-from analysis.unlearn.attack import AttackResult, attack_rows, matched_attack
+from analysis.metrics import auc
+from analysis.unlearn.attack import AttackResult, ResampledAuc, attack_rows, matched_attack
 from analysis.unlearn.methods import UnlearningMethod
 from analysis.data.forget import ForgetSummary
 from analysis.unlearn.record import Comparison, ModelMetrics, RunRecord, Trio
@@ -143,6 +144,30 @@ def test_the_matched_attack_scores_about_half_when_neither_side_was_seen(wide_da
         result = matched_attack(rows, scores)
         assert abs(result.auc - 0.5) < 0.08 and result.low <= 0.5 <= result.high, (seed, result.auc)
         assert set(result.per_user) == set(forget.users) and all(0 <= v <= 1 for v in result.per_user.values())
+
+
+def test_the_attack_interval_from_pairs_of_users_equals_pooling_every_resample():
+    """Parity of two implementations: the bilinear form over users (ResampledAuc, one matrix product per
+    resample) against pooling each resample's users and ranking them (metrics.auc), on scores with ties and
+    users of very different sizes; each resample's AUC bit for bit, and scipy's interval from either the same."""
+    from scipy.stats import bootstrap
+    rng = np.random.default_rng(3)
+    users = lambda n, shift: [np.round(rng.normal(shift, 1, rng.integers(1, 40)), 1) for _ in range(n)]  # noqa: E731
+    forgotten, unseen = users(9, 0.3), users(7, 0.0)
+    fast = ResampledAuc(forgotten, unseen)
+
+    def pooled(fi, ui):
+        a, b = np.concatenate([forgotten[i] for i in fi]), np.concatenate([unseen[i] for i in ui])
+        return auc(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b])
+
+    fi, ui = rng.integers(0, 9, (50, 9)), rng.integers(0, 7, (50, 7))
+    assert np.array_equal(fast(fi, ui), [pooled(f, u) for f, u in zip(fi, ui)])
+    assert fast(np.arange(9), np.arange(7)) == pooled(range(9), range(7))
+    data = (np.arange(9), np.arange(7))
+    intervals = [bootstrap(data, statistic, n_resamples=300, method="percentile", vectorized=vectorized,
+                           rng=np.random.default_rng(0)).confidence_interval
+                 for statistic, vectorized in ((fast, True), (pooled, False))]
+    assert intervals[0] == intervals[1] and intervals[0].low < intervals[0].high
 
 
 # --------------------------------------------------------------- the retrain-free strength rule
