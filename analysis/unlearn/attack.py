@@ -172,7 +172,8 @@ class ResampledAuc:
             below = np.searchsorted(ordered, pooled, "left")
             tied = np.searchsorted(ordered, pooled, "right") - below
             self.wins[:, j] = np.bincount(owner, weights=below + 0.5 * tied, minlength=len(forgotten))
-        self.sizes = (np.array([len(s) for s in forgotten], float), np.array([len(s) for s in unseen], float))
+        self.forgotten_sizes = np.array([len(s) for s in forgotten], float)
+        self.unseen_sizes = np.array([len(s) for s in unseen], float)
 
     @staticmethod
     def _draws(indices: np.ndarray, n: int) -> np.ndarray:
@@ -183,9 +184,9 @@ class ResampledAuc:
 
     def __call__(self, forgotten_idx: np.ndarray, unseen_idx: np.ndarray, axis: int = -1) -> np.ndarray:
         """scipy.stats.bootstrap's vectorised statistic: resampled user positions along the last axis."""
-        c, d = self._draws(forgotten_idx, len(self.sizes[0])), self._draws(unseen_idx, len(self.sizes[1]))
+        c, d = self._draws(forgotten_idx, len(self.forgotten_sizes)), self._draws(unseen_idx, len(self.unseen_sizes))
         u = np.einsum("...i,ij,...j->...", c, self.wins, d)
-        return u / ((c @ self.sizes[0]) * (d @ self.sizes[1]))
+        return u / ((c @ self.forgotten_sizes) * (d @ self.unseen_sizes))
 
 
 NOT_DEFINED = ("the retrain-free rule reads forgotten *users* (or a genre's samples) against never-seen users; "
