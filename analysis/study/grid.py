@@ -199,7 +199,8 @@ def run_study(ws: Workspace, original: Recommender, study: StudyConfig, progress
     grid.run(later)
     headline = at_chosen(pareto, picks)
     noise = _training_noise(grid, seeds, ("retrain", *chosen), {h["method"]: h["lr"] for h in headline}, default_lr)
-    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits) for s in seeds]
+    circuits = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s), study.circuits,
+                                  progress=grid.progress) for s in seeds]
     labelings = [c.labels for c in circuits]
     sources = group_sources(original, study.request, dict(zip(seeds, labelings)), study.circuits, transfer,
                             grid.progress)
@@ -295,8 +296,11 @@ def _reproducibility(grid: _Grid, seeds: tuple[int, ...], circuits: list, labeli
                      own_cure: Row | None) -> Reproducibility:
     ws, original, study = grid.ws, grid.original, grid.study
     stabilities = [c.stability() for c in circuits]  # relabels every draw: once per circuit
+    # after the last cell, with the study's bar full: these ran ~5 min each on the full study without a sign of
+    # life (stop 36), so they report their own stages
     other = [discover_circuits(ws, original, ws.forget_set(study.request, seed=s),
-                               replace(study.circuits, seed=study.other_circuit_seed)).labels for s in seeds]
+                               replace(study.circuits, seed=study.other_circuit_seed), progress=grid.progress).labels
+             for s in seeds]
     return Reproducibility(
         [s.jaccard if s else None for s in stabilities], [s.sizes if s else None for s in stabilities],
         group_stability(labelings) if len(labelings) > 1 else None,
