@@ -81,8 +81,8 @@ class Harness:
     def run_here(self, argv: list[str]) -> subprocess.CompletedProcess:
         """The same command in this process. Recovery (sweeping a dead process's temp folder, quarantining a
         corrupted entry) is read from the cache, not from a fresh interpreter, so the original and every rerun
-        skip the ~10 s of importing torch and transformers a subprocess pays (7 of the 13 commands per kill
-        round)."""
+        skip the ~12 s of CPU a subprocess spends importing torch and transformers (7 of test_faults' 13
+        commands)."""
         from analysis.cli.entry import main
 
         out, err = io.StringIO(), io.StringIO()
